@@ -1,0 +1,162 @@
+"""Hugging Face checkpoint directories <-> sharded NNX decoders.
+
+Loading streams tensor by tensor from memory-mapped safetensors straight into sharded device
+arrays (`jax.make_array_from_callback` reads only each device's slice), so host RAM never holds a
+second full copy of the model. Exporting gathers one tensor at a time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from rlaif_jax.models import config as config_lib
+from rlaif_jax.models import hf_params, safetensors_io
+from rlaif_jax.models.decoder import Decoder
+from rlaif_jax.sharding import mesh as mesh_lib
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json")
+
+
+class CheckpointMismatchError(ValueError):
+  """A HF checkpoint does not fit the model: missing/unexpected tensor or wrong shape."""
+
+
+def _path_str(path: tuple) -> str:
+  return ".".join(str(p) for p in path)
+
+
+def abstract_model(cfg: config_lib.ModelConfig) -> Decoder:
+  return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+
+
+def init_sharded(cfg: config_lib.ModelConfig, mesh: Mesh | None = None, seed: int = 0) -> Decoder:
+  """A randomly initialised decoder whose parameters are created already sharded on `mesh`."""
+  mesh = mesh or mesh_lib.make_mesh((1, -1, 1))
+  graphdef, abstract_state = nnx.split(abstract_model(cfg))
+  shardings = mesh_lib.state_shardings(abstract_state, mesh)
+
+  @jax.jit
+  def make(key):
+    return nnx.state(Decoder(cfg, rngs=nnx.Rngs(params=key)))
+
+  state = jax.jit(make, out_shardings=shardings)(jax.random.key(seed))
+  return nnx.merge(graphdef, state)
+
+
+def _place(array: np.ndarray, sharding, dtype) -> jax.Array:
+  """Copies a host (memory-mapped) array to devices slice by slice."""
+  def slice_for(index):
+    return np.asarray(array[index]).astype(dtype)
+  return jax.make_array_from_callback(array.shape, sharding, slice_for)
+
+
+def load_hf_checkpoint(directory: str | os.PathLike, mesh: Mesh | None = None,
+                       **config_overrides: Any) -> Decoder:
+  """Loads `config.json` + safetensors from a HF directory into a sharded Decoder.
+
+  `config_overrides` (e.g. param_dtype="bfloat16", dtype="bfloat16", remat=True) adjust the
+  ModelConfig built from `config.json`.
+  """
+  directory = pathlib.Path(directory)
+  if not (directory / "config.json").exists():
+    raise FileNotFoundError(f"{directory}: no config.json (is this a Hugging Face model directory?)")
+  cfg = config_lib.from_hf_config(directory, **config_overrides)
+  mesh = mesh or mesh_lib.make_mesh((1, -1, 1))
+  graphdef, abstract_state = nnx.split(abstract_model(cfg))
+  flat = dict(nnx.to_flat_state(abstract_state))
+  by_path = {_path_str(p): p for p in flat}
+  filled: dict[tuple, jax.Array] = {}
+  for name, tensor in safetensors_io.iter_checkpoint(directory):
+    if hf_params.IGNORED_HF.match(name):
+      continue
+    hit = hf_params.hf_to_ours(name)
+    if hit is None or (hit[0] not in by_path and not (name == "lm_head.weight"
+                                                       and cfg.tie_embeddings)):
+      raise CheckpointMismatchError(
+          f"{directory}: unexpected tensor {name!r} shape {tuple(tensor.shape)} for a "
+          f"{cfg.architecture} model with {cfg.num_layers} layers")
+    ours, rule = hit
+    if ours not in by_path:  # tied embeddings: HF sometimes also stores lm_head.weight
+      continue
+    path = by_path[ours]
+    var = flat[path]
+    want = tuple(var.get_value().shape)
+    try:
+      converted = rule.to_ours(tensor, cfg)
+    except ValueError as e:
+      raise CheckpointMismatchError(
+          f"{directory}: tensor {name!r} has shape {tuple(tensor.shape)}; expected the HF layout "
+          f"of {ours} {want} ({e})") from e
+    if tuple(converted.shape) != want:
+      raise CheckpointMismatchError(
+          f"{directory}: tensor {name!r} has shape {tuple(tensor.shape)} -> {tuple(converted.shape)}"
+          f"; parameter {ours} expects {want}")
+    sharding = mesh_lib.logical_sharding(mesh, mesh_lib.variable_axes(var), want)
+    filled[path] = _place(converted, sharding, var.get_value().dtype)
+  missing = [_path_str(p) for p in flat if p not in filled]
+  if missing:
+    names = [hf_params.ours_to_hf(m)[0] for m in missing]
+    raise CheckpointMismatchError(f"{directory}: missing tensors {names[:8]}"
+                                  f"{' and %d more' % (len(names) - 8) if len(names) > 8 else ''}")
+  for path, var in flat.items():
+    var.set_value(filled[path])
+  return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def export_hf_checkpoint(model: Decoder, directory: str | os.PathLike, dtype: str = "float32",
+                         max_shard_bytes: int = 5 * 2**30,
+                         tokenizer_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """Writes config.json + safetensors (sharded with an index above `max_shard_bytes`)."""
+  cfg = model.cfg
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  np_dtype = np.dtype(jnp.dtype(dtype))
+  flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  entries = []
+  for path, var in flat.items():
+    hf_name, rule = hf_params.ours_to_hf(_path_str(path))
+    shape = tuple(rule.to_hf(np.empty(var.get_value().shape, np.int8), cfg).shape)
+    entries.append((hf_name, shape, np_dtype, path, rule))
+  shards, current, size = [], [], 0
+  for e in entries:
+    nbytes = int(np.prod(e[1])) * np_dtype.itemsize
+    if current and size + nbytes > max_shard_bytes:
+      shards.append(current)
+      current, size = [], 0
+    current.append(e)
+    size += nbytes
+  shards.append(current)
+  lookup = {e[0]: e for e in entries}
+
+  def fetch(name):
+    _, _, _, path, rule = lookup[name]
+    return rule.to_hf(np.asarray(jax.device_get(flat[path].get_value())).astype(np_dtype), cfg)
+
+  weight_map = {}
+  for k, shard in enumerate(shards):
+    fname = ("model.safetensors" if len(shards) == 1
+             else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors")
+    safetensors_io.write_file(directory / fname, [(e[0], e[1], e[2]) for e in shard], fetch)
+    weight_map.update({e[0]: fname for e in shard})
+  if len(shards) > 1:
+    total = sum(int(np.prod(e[1])) * np_dtype.itemsize for e in entries)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+  hf_cfg = config_lib.to_hf_config(cfg, torch_dtype=str(np.dtype(jnp.dtype(dtype)).name))
+  (directory / "config.json").write_text(json.dumps(hf_cfg, indent=2))
+  if tokenizer_dir is not None:
+    for name in TOKENIZER_FILES:
+      src = pathlib.Path(tokenizer_dir) / name
+      if src.exists():
+        shutil.copy(src, directory / name)
+  return directory

@@ -1,0 +1,135 @@
+"""The device mesh and the one table that maps logical axis names to mesh axes.
+
+Model code names axes logically ("embed", "heads", "mlp", "batch", ...); only this module knows
+how they land on the physical mesh axes `data`, `fsdp` and `tensor`. The same model code therefore
+runs on one CPU, 8 simulated CPU devices, a GPU, or a TPU pod slice.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
+LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("cache_length", None),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("norm", None),
+    ("layers", None),
+    ("value_out", None),
+)
+_RULES = dict(LOGICAL_AXIS_RULES)
+
+
+def make_mesh(shape: Sequence[int] | dict[str, int] = (1, -1, 1),
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over (data, fsdp, tensor). One entry may be -1: it takes the remaining devices."""
+  if isinstance(shape, dict):
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+      raise ValueError(f"mesh axes {sorted(unknown)} unknown; use {MESH_AXES}")
+    shape = [shape.get(a, 1) for a in MESH_AXES]
+  shape = [int(s) for s in shape]
+  if len(shape) != len(MESH_AXES):
+    raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries for {MESH_AXES}")
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices)
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
+  if -1 in shape:
+    known = math.prod(s for s in shape if s != -1)
+    if n % known:
+      raise ValueError(f"mesh shape {shape}: {n} devices are not divisible by {known}")
+    shape[shape.index(-1)] = n // known
+  if math.prod(shape) != n:
+    raise ValueError(f"mesh shape {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices; "
+                     f"{n} are available")
+  dev_array = np.asarray(devices).reshape(shape)
+  return Mesh(dev_array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(axes: Sequence[str | None] | None) -> PartitionSpec:
+  """Maps logical axis names to a PartitionSpec through LOGICAL_AXIS_RULES."""
+  if axes is None:
+    return PartitionSpec()
+  out, used = [], set()
+  for name in axes:
+    if name is None:
+      out.append(None)
+      continue
+    if name not in _RULES:
+      raise KeyError(f"logical axis {name!r} has no rule in LOGICAL_AXIS_RULES")
+    mesh_axes = _RULES[name]
+    # A mesh axis may shard at most one dimension of a tensor.
+    if isinstance(mesh_axes, tuple):
+      mesh_axes = tuple(a for a in mesh_axes if a not in used) or None
+    elif mesh_axes in used:
+      mesh_axes = None
+    if mesh_axes is not None:
+      used.update(mesh_axes if isinstance(mesh_axes, tuple) else (mesh_axes,))
+    out.append(mesh_axes)
+  return PartitionSpec(*out)
+
+
+def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+  """Drops mesh axes that do not divide a dimension (e.g. 2 kv heads on tensor=4)."""
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    if axes is None:
+      fitted.append(None)
+      continue
+    names = axes if isinstance(axes, tuple) else (axes,)
+    keep = []
+    for a in names:
+      if dim % (math.prod(mesh.shape[k] for k in keep) * mesh.shape[a]) == 0:
+        keep.append(a)
+    fitted.append(tuple(keep) if len(keep) > 1 else (keep[0] if keep else None))
+  return PartitionSpec(*fitted)
+
+
+def logical_sharding(mesh: Mesh, axes: Sequence[str | None] | None,
+                     shape: Sequence[int] | None = None) -> NamedSharding:
+  spec = logical_to_spec(axes)
+  if shape is not None:
+    spec = _fit_spec(spec, shape, mesh)
+  return NamedSharding(mesh, spec)
+
+
+def variable_axes(variable: nnx.Variable) -> tuple[str | None, ...] | None:
+  return variable.get_metadata().get("axes")
+
+
+def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
+  """NamedShardings for every variable of an NNX state, from its `axes` metadata."""
+  def one(v):
+    if isinstance(v, nnx.Variable):
+      return logical_sharding(mesh, variable_axes(v), np.shape(v.get_value()))
+    return NamedSharding(mesh, PartitionSpec())
+  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_activation(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Constrains an activation's sharding by logical names when a mesh is active (jax.set_mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+    return x
+  spec = _fit_spec(logical_to_spec(axes), x.shape, mesh)
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+def data_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Sharding of a [batch, ...] host batch: batch over (data, fsdp), the rest replicated."""
+  return logical_sharding(mesh, ("batch",) + (None,) * (ndim - 1))

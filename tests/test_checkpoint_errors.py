@@ -1,0 +1,86 @@
+"""Each bad checkpoint gives an error naming the tensor (and both shapes where they differ)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from rlaif_jax.models import checkpoint_bridge, config as config_lib, safetensors_io
+
+
+@pytest.fixture()
+def good_dir(tmp_path):
+  cfg = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                 num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+  torch.manual_seed(0)
+  transformers.Qwen2ForCausalLM(cfg).save_pretrained(tmp_path)
+  return tmp_path
+
+
+def rewrite(directory, edit):
+  path = directory / "model.safetensors"
+  tensors = {k: np.array(v) for k, v in safetensors_io.open_tensors(path).items()}
+  edit(tensors)
+  safetensors_io.write_file(path, [(k, v.shape, v.dtype) for k, v in tensors.items()],
+                            lambda k: tensors[k])
+
+
+def test_missing_tensor_is_named(good_dir):
+  rewrite(good_dir, lambda t: t.pop("model.layers.0.mlp.up_proj.weight"))
+  with pytest.raises(checkpoint_bridge.CheckpointMismatchError,
+                     match=r"missing tensors \['model\.layers\.0\.mlp\.up_proj\.weight'\]"):
+    checkpoint_bridge.load_hf_checkpoint(good_dir)
+
+
+def test_unexpected_tensor_is_named(good_dir):
+  rewrite(good_dir, lambda t: t.update({"model.layers.0.mlp.extra.weight": np.zeros((3, 3),
+                                                                                      np.float32)}))
+  with pytest.raises(checkpoint_bridge.CheckpointMismatchError,
+                     match=r"unexpected tensor 'model\.layers\.0\.mlp\.extra\.weight' shape \(3, 3\)"):
+    checkpoint_bridge.load_hf_checkpoint(good_dir)
+
+
+def test_extra_layer_is_unexpected(good_dir):
+  def add_layer(t):
+    t["model.layers.1.input_layernorm.weight"] = np.ones((32,), np.float32)
+  rewrite(good_dir, add_layer)
+  with pytest.raises(checkpoint_bridge.CheckpointMismatchError,
+                     match=r"model\.layers\.1\.input_layernorm\.weight"):
+    checkpoint_bridge.load_hf_checkpoint(good_dir)
+
+
+def test_wrong_shape_names_both_shapes(good_dir):
+  def shrink(t):
+    t["model.layers.0.mlp.down_proj.weight"] = np.zeros((32, 40), np.float32)
+  rewrite(good_dir, shrink)
+  with pytest.raises(checkpoint_bridge.CheckpointMismatchError,
+                     match=r"'model\.layers\.0\.mlp\.down_proj\.weight' has shape \(32, 40\).*"
+                           r"expects \(48, 32\)"):
+    checkpoint_bridge.load_hf_checkpoint(good_dir)
+
+
+def test_unsupported_architecture(good_dir):
+  cfg = json.loads((good_dir / "config.json").read_text())
+  cfg["architectures"] = ["GPTNeoXForCausalLM"]
+  (good_dir / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(config_lib.UnsupportedArchitectureError, match="GPTNeoXForCausalLM"):
+    checkpoint_bridge.load_hf_checkpoint(good_dir)
+
+
+def test_pickle_checkpoints_are_refused(good_dir):
+  (good_dir / "model.safetensors").rename(good_dir / "pytorch_model.bin")
+  with pytest.raises(safetensors_io.SafetensorsError, match="pickled checkpoints are never loaded"):
+    checkpoint_bridge.load_hf_checkpoint(good_dir)
+
+
+def test_missing_config(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    checkpoint_bridge.load_hf_checkpoint(tmp_path)
+
+
+def test_truncated_safetensors(good_dir):
+  path = good_dir / "model.safetensors"
+  path.write_bytes(path.read_bytes()[:4])
+  with pytest.raises(safetensors_io.SafetensorsError, match="too short"):
+    checkpoint_bridge.load_hf_checkpoint(good_dir)

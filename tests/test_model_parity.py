@@ -1,0 +1,142 @@
+"""Our decoder computes what `transformers` computes, on tiny random HF checkpoints (fp32)."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from rlaif_jax.models import KVCache, checkpoint_bridge, config as config_lib, positions_from_mask
+
+TOL = 1e-4
+
+VARIANTS = {
+    # kv heads < heads, tied head, QKV bias (Qwen2).
+    "qwen2_tied": ("qwen2", dict(tie_word_embeddings=True)),
+    "qwen2_untied": ("qwen2", dict(tie_word_embeddings=False, num_key_value_heads=3)),
+    # Llama-3 rope scaling, untied, no bias.
+    "llama3_scaled": ("llama", dict(tie_word_embeddings=False, rope_theta=500000.0,
+                                    max_position_embeddings=256,
+                                    rope_scaling=dict(rope_type="llama3", factor=8.0,
+                                                      low_freq_factor=1.0, high_freq_factor=4.0,
+                                                      original_max_position_embeddings=16))),
+}
+
+
+def make_hf_model(arch: str, **overrides):
+  base = dict(vocab_size=131, hidden_size=48, intermediate_size=76, num_hidden_layers=2,
+              num_attention_heads=6, num_key_value_heads=2, rms_norm_eps=1e-6)
+  base.update(overrides)
+  cls_cfg, cls_model = ((transformers.Qwen2Config, transformers.Qwen2ForCausalLM) if arch == "qwen2"
+                        else (transformers.LlamaConfig, transformers.LlamaForCausalLM))
+  torch.manual_seed(0)
+  model = cls_model(cls_cfg(**base)).eval()
+  with torch.no_grad():  # random biases/norm scales so that every tensor matters
+    for name, p in model.named_parameters():
+      if name.endswith("bias") or "norm" in name:
+        p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name else 0.0))
+  return model
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def hf_dir(request, tmp_path_factory):
+  arch, overrides = VARIANTS[request.param]
+  model = make_hf_model(arch, **overrides)
+  d = tmp_path_factory.mktemp(request.param)
+  model.save_pretrained(d)
+  return d, model
+
+
+def hf_logits(model, tokens, mask):
+  with torch.no_grad():
+    out = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)))
+  return out.logits.float().numpy()
+
+
+def ours_logits(model, tokens, mask):
+  mask = jnp.asarray(mask)
+  logits, _ = model(jnp.asarray(tokens), positions_from_mask(mask), mask)
+  return np.asarray(logits)
+
+
+def test_logits_match_transformers(hf_dir):
+  d, hf = hf_dir
+  ours = checkpoint_bridge.load_hf_checkpoint(d)
+  tokens = np.random.RandomState(1).randint(0, 131, (2, 11))
+  mask = np.ones_like(tokens, dtype=bool)
+  np.testing.assert_allclose(ours_logits(ours, tokens, mask), hf_logits(hf, tokens, mask), atol=TOL,
+                             rtol=0)
+
+
+def test_left_padded_batch_matches_transformers(hf_dir):
+  d, hf = hf_dir
+  ours = checkpoint_bridge.load_hf_checkpoint(d)
+  tokens = np.random.RandomState(2).randint(0, 131, (3, 9))
+  mask = np.ones_like(tokens, dtype=bool)
+  mask[0, :4] = False
+  mask[2, :1] = False
+  ref = hf_logits(hf, tokens, mask)
+  got = ours_logits(ours, tokens, mask)
+  np.testing.assert_allclose(got[mask], ref[mask], atol=TOL, rtol=0)
+  # Each padded row equals the same row run alone without padding.
+  alone = ours_logits(ours, tokens[:1, 4:], np.ones((1, 5), bool))
+  np.testing.assert_allclose(got[0, 4:], alone[0], atol=TOL, rtol=0)
+
+
+def test_kv_cache_incremental_equals_full_sequence(hf_dir):
+  d, _ = hf_dir
+  ours = checkpoint_bridge.load_hf_checkpoint(d)
+  cfg = ours.cfg
+  tokens = np.random.RandomState(3).randint(0, 131, (2, 10))
+  mask = np.ones_like(tokens, dtype=bool)
+  mask[1, :3] = False  # left padding inside the prompt
+  full = ours_logits(ours, tokens, mask)
+  positions = np.asarray(positions_from_mask(jnp.asarray(mask)))
+  cache = KVCache.zeros(cfg, batch=2, length=16)
+  prompt = 6
+  step = jax.jit(lambda m, t, p, a, c: m(t, p, a, c))
+  logits, cache = step(ours, jnp.asarray(tokens[:, :prompt]), jnp.asarray(positions[:, :prompt]),
+                       jnp.asarray(mask[:, :prompt]), cache)
+  pieces = [np.asarray(logits)]
+  for t in range(prompt, tokens.shape[1]):
+    logits, cache = step(ours, jnp.asarray(tokens[:, t:t + 1]), jnp.asarray(positions[:, t:t + 1]),
+                         jnp.asarray(mask[:, t:t + 1]), cache)
+    pieces.append(np.asarray(logits))
+  incremental = np.concatenate(pieces, axis=1)
+  assert int(cache.index) == tokens.shape[1]
+  np.testing.assert_allclose(incremental[mask], full[mask], atol=TOL, rtol=0)
+
+
+def test_export_roundtrip_through_transformers(hf_dir, tmp_path):
+  d, hf = hf_dir
+  ours = checkpoint_bridge.load_hf_checkpoint(d)
+  out = checkpoint_bridge.export_hf_checkpoint(ours, tmp_path / "export", max_shard_bytes=40_000)
+  assert (out / "model.safetensors.index.json").exists()  # small shards force the sharded layout
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  tokens = np.random.RandomState(4).randint(0, 131, (2, 7))
+  mask = np.ones_like(tokens, dtype=bool)
+  np.testing.assert_allclose(hf_logits(reloaded, tokens, mask), hf_logits(hf, tokens, mask),
+                             atol=TOL, rtol=0)
+  again = checkpoint_bridge.load_hf_checkpoint(out)
+  np.testing.assert_allclose(ours_logits(again, tokens, mask), ours_logits(ours, tokens, mask),
+                             atol=0, rtol=0)
+
+
+def test_bf16_compute_stays_close(hf_dir):
+  d, hf = hf_dir
+  ours = checkpoint_bridge.load_hf_checkpoint(d, param_dtype="bfloat16", dtype="bfloat16")
+  assert ours.layers[0].mlp.w_up.get_value().dtype == jnp.bfloat16
+  tokens = np.random.RandomState(5).randint(0, 131, (2, 8))
+  mask = np.ones_like(tokens, dtype=bool)
+  got, ref = ours_logits(ours, tokens, mask), hf_logits(hf, tokens, mask)
+  assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_config_roundtrip(hf_dir):
+  d, _ = hf_dir
+  cfg = config_lib.from_hf_config(d)
+  again = config_lib.from_hf_config(config_lib.to_hf_config(cfg))
+  assert again == cfg
+  assert config_lib.ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
