@@ -1,0 +1,87 @@
+"""RL losses of a model on a RolloutBatch: the actor (GRPO/PPO) and the critic (PPO).
+
+Per-token quantities are aligned with tokens (index t is about token t): the model's output at
+position t-1 predicts token t, so we compute at positions [0, T-1) and shift right by one.
+Logits are computed in chunks along the sequence under `jax.checkpoint`, so a [B, T, V] fp32
+tensor never exists at once (V is 152k for Qwen2.5).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from rlaif_jax.models.decoder import Decoder
+from rlaif_jax.models.scalar_head import ScalarHeadModel
+from rlaif_jax.rl import algorithms
+from rlaif_jax.rl.rollout_buffer import RolloutBatch
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorLossConfig:
+  clip_ratio: float = 0.2
+  clip_ratio_high: float | None = None
+  clip_ratio_c: float = 3.0
+  kl_coef: float = 0.001
+  kl_kind: str = "low_var_kl"
+  entropy_coef: float = 0.0
+  agg_mode: str = "token-mean"
+  logits_chunk: int = 256
+
+
+def shift_right(x: jax.Array) -> jax.Array:
+  """[B, T-1] (about tokens 1..T-1) -> [B, T] aligned with tokens (index 0 gets zero)."""
+  return jnp.pad(x, ((0, 0), (1, 0)))
+
+
+def token_log_probs_and_entropy(model: Decoder, tokens: jax.Array, positions: jax.Array,
+                                attention_mask: jax.Array, chunk: int = 256,
+                                with_entropy: bool = True) -> tuple[jax.Array, jax.Array]:
+  """(log π(token t | < t), entropy of π(· | < t)) as f32[B, T], aligned with tokens."""
+  h, _ = model.hidden_states(tokens, positions, attention_mask)
+  h, targets = h[:, :-1], tokens[:, 1:]
+
+  @jax.checkpoint
+  def piece(h_c, t_c):
+    logits = model.logits_from_hidden(h_c)
+    lp = algorithms.token_log_probs(logits, t_c)
+    ent = algorithms.entropy_from_logits(logits) if with_entropy else jnp.zeros_like(lp)
+    return lp, ent
+
+  lps, ents = [], []
+  for start in range(0, h.shape[1], chunk):
+    lp, ent = piece(h[:, start:start + chunk], targets[:, start:start + chunk])
+    lps.append(lp)
+    ents.append(ent)
+  return shift_right(jnp.concatenate(lps, 1)), shift_right(jnp.concatenate(ents, 1))
+
+
+def actor_loss(model: Decoder, batch: RolloutBatch, cfg: ActorLossConfig
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """verl's actor objective on the batch's response tokens (GRPO and PPO share it)."""
+  log_probs, entropy = token_log_probs_and_entropy(
+      model, batch.tokens, batch.positions, batch.attention_mask, cfg.logits_chunk)
+  ref = batch.ref_log_probs if cfg.kl_coef else None
+  loss, metrics = algorithms.grpo_loss(
+      log_probs, batch.old_log_probs, ref, batch.advantages, batch.response_mask,
+      clip_ratio=cfg.clip_ratio, kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind,
+      entropy_coef=cfg.entropy_coef, entropies=entropy, agg_mode=cfg.agg_mode,
+      clip_ratio_high=cfg.clip_ratio_high, clip_ratio_c=cfg.clip_ratio_c)
+  if ref is None:  # still report the KL to the reference, which the paper's runs monitor
+    metrics["kl_loss"] = algorithms.masked_mean(
+        algorithms.kl_penalty(log_probs, batch.ref_log_probs, cfg.kl_kind), batch.response_mask)
+  return loss, metrics
+
+
+def critic_values(critic: ScalarHeadModel, tokens: jax.Array, positions: jax.Array,
+                  attention_mask: jax.Array) -> jax.Array:
+  """V(state before token t) as f32[B, T], aligned with tokens (verl's value layout)."""
+  return shift_right(critic.token_values(tokens, positions, attention_mask)[:, :-1])
+
+
+def critic_loss(critic: ScalarHeadModel, batch: RolloutBatch, clip_range: float = 0.5,
+                agg_mode: str = "token-mean") -> tuple[jax.Array, dict[str, jax.Array]]:
+  values = critic_values(critic, batch.tokens, batch.positions, batch.attention_mask)
+  return algorithms.value_loss(values, batch.values, batch.returns, batch.response_mask,
+                               clip_range, agg_mode)

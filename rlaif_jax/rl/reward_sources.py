@@ -1,0 +1,143 @@
+"""Reward sources behind one interface: `score(prompts, completions) -> float32[batch]`.
+
+Sources: the trained reward model in-process (`rlaif_jax.training.reward_model.RewardModelScorer`),
+the LLM judge (`rlaif_jax.judging.reward.JudgeReward`), an offline batch job exchanging files
+(`OfflineFileReward`), and plain Python callables (`CallableReward`, verifiable rewards). Every
+call goes through `checked_scores`, which refuses a wrong length or non-finite values (a silent
+broadcast here was a real TRL bug).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+
+class RewardError(RuntimeError):
+  """A reward source returned something unusable, or an offline scorer did not answer."""
+
+
+class RewardSource(Protocol):
+
+  def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+    """f32[batch] rewards for (prompt, completion) pairs."""
+
+
+def checked_scores(name: str, scores, n: int) -> np.ndarray:
+  """Converts to float32[n] or raises naming the source and what was wrong."""
+  arr = np.asarray(scores, dtype=np.float32)
+  if arr.shape != (n,):
+    raise RewardError(f"reward source {name!r} returned shape {arr.shape} for a batch of {n}; "
+                      f"it must return one float per completion")
+  if not np.all(np.isfinite(arr)):
+    bad = np.flatnonzero(~np.isfinite(arr))[:5].tolist()
+    raise RewardError(f"reward source {name!r} returned non-finite rewards at indices {bad}")
+  return arr
+
+
+class CallableReward:
+  """Wraps `fn(prompts, completions) -> sequence of floats` (e.g. a verifiable reward)."""
+
+  def __init__(self, fn: Callable[[Sequence[str], Sequence[str]], Sequence[float]],
+               name: str | None = None):
+    self.fn = fn
+    self.name = name or getattr(fn, "__name__", "callable")
+
+  def score(self, prompts, completions) -> np.ndarray:
+    return checked_scores(self.name, self.fn(list(prompts), list(completions)), len(completions))
+
+
+class WeightedSum:
+  """sum_i w_i * source_i, each source's output checked; `last_components` keeps the parts."""
+
+  def __init__(self, sources: Sequence[tuple[str, RewardSource, float]]):
+    if not sources:
+      raise ValueError("WeightedSum needs at least one (name, source, weight)")
+    self.sources = list(sources)
+    self.last_components: dict[str, np.ndarray] = {}
+
+  def score(self, prompts, completions) -> np.ndarray:
+    total = np.zeros(len(completions), np.float32)
+    self.last_components = {}
+    for name, source, weight in self.sources:
+      part = checked_scores(name, source.score(prompts, completions), len(completions))
+      self.last_components[name] = part
+      total += np.float32(weight) * part
+    return total
+
+
+class OfflineFileReward:
+  """Hands each rollout batch to an external batch job through files, and waits for its scores.
+
+  For call k it writes `exchange_dir/rollout_{k:06d}.jsonl` (lines {"id", "query", "response"}),
+  atomically, then waits for `rollout_{k:06d}.scored.jsonl` with one line per id carrying
+  `reward` (float) or `verdict` (0/1, as `launch.judge` writes). Lines with an `error` field get
+  `fallback`. A scorer that has not produced every id within `timeout_s` raises RewardError
+  naming the file and how many ids are missing.
+  """
+
+  def __init__(self, exchange_dir: str | os.PathLike, timeout_s: float = 3600.0,
+               poll_s: float = 1.0, fallback: float = 0.0, start_index: int = 0):
+    self.dir = pathlib.Path(exchange_dir)
+    self.dir.mkdir(parents=True, exist_ok=True)
+    self.timeout_s, self.poll_s, self.fallback = timeout_s, poll_s, fallback
+    self.index = start_index
+
+  def paths(self, index: int) -> tuple[pathlib.Path, pathlib.Path]:
+    stem = f"rollout_{index:06d}"
+    return self.dir / f"{stem}.jsonl", self.dir / f"{stem}.scored.jsonl"
+
+  def _write(self, path: pathlib.Path, prompts, completions) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+      for i, (p, c) in enumerate(zip(prompts, completions)):
+        f.write(json.dumps({"id": i, "query": p, "response": c}, ensure_ascii=False) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+  def _read(self, path: pathlib.Path, n: int) -> dict[int, float]:
+    got: dict[int, float] = {}
+    if not path.exists():
+      return got
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line still being written; re-read on the next poll
+      rid = rec.get("id")
+      if not isinstance(rid, int) or not 0 <= rid < n:
+        raise RewardError(f"{path}:{lineno}: id {rid!r} is not one of the rollout's ids 0..{n - 1}")
+      if rec.get("error"):
+        got[rid] = self.fallback
+      elif "reward" in rec:
+        got[rid] = float(rec["reward"])
+      elif "verdict" in rec:
+        got[rid] = float(rec["verdict"])
+      else:
+        raise RewardError(f"{path}:{lineno}: record has neither 'reward' nor 'verdict'")
+    return got
+
+  def score(self, prompts, completions) -> np.ndarray:
+    n = len(completions)
+    out_path, scored_path = self.paths(self.index)
+    if not out_path.exists():
+      self._write(out_path, prompts, completions)
+    deadline = time.monotonic() + self.timeout_s
+    while True:
+      got = self._read(scored_path, n)
+      if len(got) == n:
+        break
+      if time.monotonic() > deadline:
+        raise RewardError(f"offline scorer: {scored_path} has {len(got)} of {n} ids after "
+                          f"{self.timeout_s:.0f}s; score {out_path} with e.g. `python -m "
+                          f"launch.judge --input={out_path} --output={scored_path} ...`")
+      time.sleep(self.poll_s)
+    self.index += 1
+    return checked_scores("offline", [got[i] for i in range(n)], n)
