@@ -1,0 +1,100 @@
+r"""python -m launch.curate --input=candidates.jsonl --output_dir=/tmp/curated \
+  --examples=$RLAIF_DATA_DIR/evaluation_set/evaluate_data.json --backend=openai \
+  --base_url=http://127.0.0.1:8000/v1 --model=Qwen2.5-72B-Instruct --concurrency=32
+
+Labels candidate greetings with the multi-agent curator and builds reward-model pairs.
+
+Input: JSON Lines {id?, query, response}. Stages: Retrieval (BM25 over character n-grams of
+the --examples pool) -> Positive + Negative agents -> Judge agent -> Reflect agent.
+Writes OUTPUT_DIR/labeled.jsonl (one line per id: every agent's output, final ``label``,
+``overturned`` = Reflect changed the Judge's label, ``error`` if a stage failed) and
+OUTPUT_DIR/pairs.json (the paper's RM pair format: chosen = approved, rejected = rejected
+response of the same query), rebuilt from every labeled*.jsonl in OUTPUT_DIR (so after the last
+shard finishes it covers all shards; --pairs_only rebuilds it alone). Re-running resumes.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+
+from absl import app, flags
+
+from rlaif_jax import storage
+from rlaif_jax.judging import batch_job, cli
+from rlaif_jax.judging.adversarial_run import load_labelled
+from rlaif_jax.judging.backends import FatalBackendError
+from rlaif_jax.judging.curator import MultiAgentCurator, build_preference_pairs
+from rlaif_jax.judging.retrieval import ExampleRetriever
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("input", None, "Candidate records, JSON Lines {id?, query, response}.")
+flags.DEFINE_string("output_dir", None, "Output folder (local or gs://).", required=True)
+flags.DEFINE_string("examples", None, "Labelled pool {query, response, label} for retrieval "
+                    "(e.g. the evaluation set); none = no few-shot examples.")
+flags.DEFINE_integer("num_examples", 3, "Few-shot examples retrieved per candidate.")
+flags.DEFINE_integer("max_pairs_per_query", 0, "Cap of RM pairs per query (0 = all combos).")
+flags.DEFINE_integer("pairs_seed", 0, "Seed of the pair subsampling.")
+flags.DEFINE_bool("pairs_only", False, "Only rebuild pairs.json from existing labeled*.jsonl.")
+cli.define_backend_flags()
+cli.define_job_flags()
+
+
+def write_pairs(output_dir: str) -> int:
+  """Rebuilds pairs.json from every labeled*.jsonl in output_dir; returns the pair count."""
+  labelled = []
+  for path in storage.glob(storage.join(output_dir, "labeled*.jsonl")):
+    labelled.extend(batch_job.read_output(path))
+  cap = FLAGS.max_pairs_per_query or None
+  pairs = build_preference_pairs(labelled, max_pairs_per_query=cap, seed=FLAGS.pairs_seed)
+  storage.write_text(storage.join(output_dir, "pairs.json"),
+                     json.dumps(pairs, ensure_ascii=False, indent=1) + "\n")
+  return len(pairs)
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  cli.quiet_http_loggers()
+  storage.makedirs(FLAGS.output_dir)
+  if FLAGS.pairs_only:
+    pairs_path = storage.join(FLAGS.output_dir, "pairs.json")
+    print(f"pairs: {write_pairs(FLAGS.output_dir)} -> {pairs_path}")
+    return 0
+  if not FLAGS.input:
+    raise app.UsageError("--input is required unless --pairs_only")
+  try:
+    records = batch_job.load_records(FLAGS.input)
+    batch_job.require_fields(records, ("query", "response"), FLAGS.input)
+    retriever = ExampleRetriever(load_labelled(FLAGS.examples)) if FLAGS.examples else None
+  except (storage.InputError, storage.StorageError) as e:
+    logging.error("bad input: %s", e)
+    return 1
+  backend = cli.backend_from_flags()
+  curator = MultiAgentCurator(backend, retriever, num_examples=FLAGS.num_examples,
+                              sampling=cli.sampling_from_flags(),
+                              max_attempts=FLAGS.max_parse_attempts)
+  config = cli.job_config_from_flags(FLAGS.input, storage.join(FLAGS.output_dir, "labeled.jsonl"))
+
+  async def run() -> batch_job.JobSummary:
+    try:
+      return await batch_job.run_job_async(config, curator.curate, records)
+    finally:
+      await backend.aclose()
+
+  try:
+    summary = asyncio.run(run())
+  except FatalBackendError as e:
+    logging.error("stopped: %s (finished lines are kept; re-run to resume)", e)
+    return 2
+  print(summary.table())
+  labelled = batch_job.read_output(summary.output_path)
+  overturned = sum(bool(r.get("overturned")) for r in labelled)
+  approved = sum(r.get("label") == 1 for r in labelled)
+  print(f"approved {approved} / {len(labelled)}, reflect overturned {overturned}")
+  print(f"pairs: {write_pairs(FLAGS.output_dir)} -> {storage.join(FLAGS.output_dir, 'pairs.json')}")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))

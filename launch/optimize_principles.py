@@ -1,0 +1,106 @@
+r"""python -m launch.optimize_principles \
+  --labeled=$RLAIF_DATA_DIR/evaluation_set/evaluate_data.json \
+  --queries=$RLAIF_DATA_DIR/random_query.txt --iterations=5 --output_dir=/tmp/principles_run \
+  --backend=openai --base_url=http://127.0.0.1:8000/v1 --model=Qwen2.5-72B-Instruct
+
+Refines the judge's principles with the adversarial game (Generator, Detector, Reflector,
+Strategy Optimizer).
+
+Writes OUTPUT_DIR/iter_{k}/{principles.json, strategy.json, update_log.jsonl, metrics.json}
+(metrics: held-out judge accuracy before/after the iteration) and
+OUTPUT_DIR/final_principles.json, usable as
+``python -m launch.judge --principles=OUTPUT_DIR/final_principles.json``.
+Re-running the same command skips finished iterations.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from absl import app, flags
+
+from rlaif_jax import storage
+from rlaif_jax.judging import cli
+from rlaif_jax.judging.adversarial import AdversarialGame, GameConfig
+from rlaif_jax.judging.adversarial_run import (check_run_config, load_labelled, load_queries,
+                                               run_optimization)
+from rlaif_jax.judging.backends import FatalBackendError, SamplingParams
+from rlaif_jax.judging.principles import MAX_RULES, load_principles
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("labeled", None, "Human-labelled JSON Lines {query, response, label}.",
+                    required=True)
+flags.DEFINE_string("queries", None, "Queries for the Generator: text lines or JSONL {query}.",
+                    required=True)
+flags.DEFINE_string("output_dir", None, "Output folder (local or gs://).", required=True)
+flags.DEFINE_integer("iterations", 5, "Game iterations K.")
+flags.DEFINE_string("principles", "v0", "Initial principle set (name or JSON path).")
+flags.DEFINE_integer("holdout_size", 200, "Labelled records held out for accuracy.")
+flags.DEFINE_integer("adversarial_batch", 4, "Generator queries per iteration.")
+flags.DEFINE_integer("reflect_batch", 8, "Labelled examples judged per reflection phase.")
+flags.DEFINE_integer("max_rules", MAX_RULES, "Rule cap of S_D and S_G (at most 10).")
+flags.DEFINE_float("generator_temperature", 0.9, "Generator sampling temperature.")
+flags.DEFINE_float("optimizer_temperature", 0.3, "Strategy optimizer temperature.")
+flags.DEFINE_integer("seed", 0, "Seed of the split and of the per-iteration sampling.")
+cli.define_backend_flags()
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  cli.quiet_http_loggers()
+  if not 1 <= FLAGS.max_rules <= MAX_RULES:
+    raise app.UsageError(f"--max_rules must be in [1, {MAX_RULES}]")
+  try:
+    labelled, queries = load_labelled(FLAGS.labeled), load_queries(FLAGS.queries)
+    initial = load_principles(FLAGS.principles)
+  except (storage.InputError, storage.StorageError, ValueError) as e:
+    logging.error("bad input: %s", e)
+    return 1
+  if not 0 < FLAGS.holdout_size < len(labelled):
+    raise app.UsageError(f"--holdout_size must be in (0, {len(labelled)}) for {FLAGS.labeled}")
+  backend = cli.backend_from_flags()
+  tokens = FLAGS.max_tokens
+  game = AdversarialGame(backend, GameConfig(
+      adversarial_batch=FLAGS.adversarial_batch, reflect_batch=FLAGS.reflect_batch,
+      max_rules=FLAGS.max_rules, max_attempts=FLAGS.max_parse_attempts,
+      judge_sampling=SamplingParams(temperature=FLAGS.temperature, max_tokens=tokens),
+      generator_sampling=SamplingParams(temperature=FLAGS.generator_temperature, max_tokens=tokens),
+      optimizer_sampling=SamplingParams(temperature=FLAGS.optimizer_temperature,
+                                        max_tokens=tokens)))
+  run_config = {"labeled": FLAGS.labeled, "queries": FLAGS.queries, "seed": FLAGS.seed,
+                "holdout_size": FLAGS.holdout_size, "initial_principles": initial.version,
+                "iterations": FLAGS.iterations, "backend": repr(backend)}
+
+  try:
+    storage.makedirs(FLAGS.output_dir)
+    check_run_config(FLAGS.output_dir, run_config)
+  except ValueError as e:
+    logging.error("%s", e)
+    return 1
+
+  async def run() -> list[dict]:
+    try:
+      return await run_optimization(game, initial=initial, labelled=labelled, queries=queries,
+                                    output_dir=FLAGS.output_dir, iterations=FLAGS.iterations,
+                                    holdout_size=FLAGS.holdout_size, seed=FLAGS.seed,
+                                    run_config=run_config)
+    finally:
+      await backend.aclose()
+
+  try:
+    metrics = asyncio.run(run())
+  except FatalBackendError as e:
+    logging.error("stopped: %s (finished iterations are kept; re-run to resume)", e)
+    return 2
+  print(f"{'iter':>4} {'acc before':>11} {'acc after':>10} {'|S_D|':>6} {'|S_G|':>6}")
+  for m in metrics:
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
+    print(f"{m['iteration']:>4} {fmt(m['accuracy_before']):>11} {fmt(m['accuracy_after']):>10} "
+          f"{m['num_principles']:>6} {m['num_bad_strategies']:>6}")
+  print(f"final principles: {storage.join(FLAGS.output_dir, 'final_principles.json')}")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))

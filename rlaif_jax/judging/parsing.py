@@ -1,0 +1,298 @@
+"""Robust parsing of LLM replies into the JSON objects the prompts ask for.
+
+Handles JSON inside or outside ``` fences, prose around it, echoed format examples before the
+real answer, full-width punctuation (｛｝：，“”), single quotes, Python literals, comments and
+trailing commas. A reply whose object never closes (cut off by max_tokens) is a ``ParseError``:
+callers retry it rather than guess. Every role parser returns a small frozen dataclass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from rlaif_jax.judging import principles as principles_lib
+
+T = TypeVar("T")
+
+_FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
+_OPEN, _CLOSE = "{｛", "}｝"
+_OUTSIDE_MAP = {"｛": "{", "｝": "}", "：": ":", "，": ",", "［": "[", "］": "]", "、": ","}
+_CLOSER = {'"': '"', "“": "”", "'": "'", "‘": "’", "”": "”"}
+_PY_LITERALS = {"True": "true", "False": "false", "None": "null"}
+
+_GOOD = {"good", "g", "好", "好的", "优", "优秀", "优质", "合格", "通过", "pass", "yes", "1", "true",
+         "positive", "正面", "积极", "是"}
+_BAD = {"bad", "b", "坏", "差", "不好", "较差", "劣", "劣质", "不合格", "不通过", "fail", "no", "0",
+        "false", "negative", "负面", "否"}
+
+
+class ParseError(ValueError):
+  """The reply holds no usable answer; the message says why (shown in job outputs)."""
+
+
+def _balanced_spans(text: str) -> list[str]:
+  """Outermost ``{...}`` spans (ASCII or full-width braces), skipping braces in "strings"."""
+  spans, depth, start, in_str, escaped = [], 0, -1, False, False
+  for i, ch in enumerate(text):
+    if in_str:
+      if escaped:
+        escaped = False
+      elif ch == "\\":
+        escaped = True
+      elif ch == '"':
+        in_str = False
+    elif ch == '"' and depth > 0:
+      in_str = True
+    elif ch in _OPEN:
+      if depth == 0:
+        start = i
+      depth += 1
+    elif ch in _CLOSE and depth > 0:
+      depth -= 1
+      if depth == 0:
+        spans.append(text[start:i + 1])
+  return spans
+
+
+def _normalise(candidate: str) -> str:
+  """Rewrites near-JSON into JSON: quotes, punctuation, comments, literals, trailing commas."""
+  out: list[str] = []
+  i, n = 0, len(candidate)
+  while i < n:
+    ch = candidate[i]
+    if ch in _CLOSER:  # A string: copy its body, escaping what JSON needs escaped.
+      closer, j, body, nested = _CLOSER[ch], i + 1, [], 0
+      curly = ch in "“”"
+      while j < n:
+        c = candidate[j]
+        if curly and c == "“":
+          nested += 1  # Chinese text quotes “inside” a “-delimited string.
+        elif curly and c == "”" and nested:
+          nested -= 1
+        elif c == closer or (curly and c == '"'):
+          break
+        if c == "\\" and j + 1 < n:
+          nxt = candidate[j + 1]
+          body.append(nxt if nxt in "'’" else candidate[j:j + 2])  # \' is not a JSON escape.
+          j += 2
+          continue
+        body.append('\\"' if c == '"' else c)
+        j += 1
+      out.append('"' + "".join(body) + '"')
+      i = j + 1
+    elif candidate.startswith("//", i):
+      while i < n and candidate[i] != "\n":
+        i += 1
+    elif candidate.startswith("/*", i):
+      end = candidate.find("*/", i + 2)
+      i = n if end < 0 else end + 2
+    elif ch.isascii() and ch.isdigit():
+      j = i
+      while j < n and candidate[j].isascii() and (candidate[j].isalnum() or candidate[j] in ".+-"):
+        j += 1
+      out.append(candidate[i:j])
+      i = j
+    elif ch.isalpha() and ch.isascii():
+      j = i
+      while j < n and (candidate[j].isalnum() or candidate[j] == "_") and candidate[j].isascii():
+        j += 1
+      word = _PY_LITERALS.get(candidate[i:j], candidate[i:j])
+      # JSON has no bare words besides literals: quote unquoted keys/values ({verdict: Good}).
+      out.append(word if word in ("true", "false", "null") else f'"{word}"')
+      i = j
+    else:
+      out.append(_OUTSIDE_MAP.get(ch, ch))
+      i += 1
+  return re.sub(r",(\s*[}\]])", r"\1", "".join(out))
+
+
+def _loads(candidate: str) -> Any:
+  try:
+    return json.loads(candidate, strict=False)
+  except ValueError:
+    return json.loads(_normalise(candidate), strict=False)
+
+
+def iter_json_objects(text: str) -> Iterator[dict[str, Any]]:
+  """Every JSON object found in ``text``: fenced blocks first, then bare ``{...}`` spans."""
+  candidates = [m.group(1).strip() for m in _FENCE.finditer(text)]
+  candidates += _balanced_spans(text)
+  seen = set()
+  for candidate in candidates:
+    if candidate in seen or not candidate:
+      continue
+    seen.add(candidate)
+    try:
+      value = _loads(candidate)
+    except ValueError:
+      for inner in _balanced_spans(candidate):  # A fence holding prose + object.
+        if inner != candidate and inner not in seen:
+          seen.add(inner)
+          try:
+            value = _loads(inner)
+          except ValueError:
+            continue
+          if isinstance(value, dict):
+            yield value
+      continue
+    if isinstance(value, dict):
+      yield value
+
+
+def _first_valid(text: str, build: Callable[[dict[str, Any]], T], what: str) -> T:
+  if not isinstance(text, str) or not text.strip():
+    raise ParseError(f"empty reply (expected {what})")
+  first_error = None
+  for obj in iter_json_objects(text):
+    try:
+      return build(obj)
+    except ParseError as e:
+      first_error = first_error or e
+  if first_error is not None:
+    raise ParseError(f"{first_error} (in reply {_preview(text)!r})")
+  unclosed = text.count("{") + text.count("｛") > text.count("}") + text.count("｝")
+  reason = "no complete JSON object (reply cut off?)" if unclosed else "no JSON object"
+  raise ParseError(f"{reason}; expected {what}; reply {_preview(text)!r}")
+
+
+def _preview(text: str, limit: int = 160) -> str:
+  text = " ".join(text.split())
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _get(obj: dict[str, Any], aliases: Sequence[str]) -> Any:
+  lowered = {str(k).strip().lower(): v for k, v in obj.items()}
+  for alias in aliases:
+    if alias.lower() in lowered:
+      return lowered[alias.lower()]
+  return None
+
+
+def _text(value: Any) -> str:
+  if value is None:
+    return ""
+  if isinstance(value, str):
+    return value.strip()
+  return json.dumps(value, ensure_ascii=False)
+
+
+def normalise_binary(value: Any, field: str) -> int:
+  """Good/Bad, 好/坏, 1/0, true/false (and similar) -> 1/0; ambiguous values are errors."""
+  if isinstance(value, bool):
+    return int(value)
+  if isinstance(value, (int, float)) and value in (0, 1):
+    return int(value)
+  if isinstance(value, str):
+    s = value.strip().strip("\"'“”‘’「」【】[]()（）。.!！ ").lower()
+    if s in _GOOD:
+      return 1
+    if s in _BAD:
+      return 0
+    tokens = re.findall(r"[a-z]+|\d+|[\u4e00-\u9fff]+", s)
+    classes = {1 if t in _GOOD else 0 for t in tokens if t in _GOOD or t in _BAD}
+    if len(classes) == 1:
+      return classes.pop()
+  raise ParseError(f"field {field!r} has unusable value {value!r} (expected Good/Bad or 1/0)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorReply:
+  """Principle-guided judge (Detector): ``verdict`` 1 = Good, 0 = Bad."""
+  verdict: int
+  explanation: str
+  suggestion: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeReply:
+  """Judge / Reflect agent of the curator: ``judge`` 1 = good, 0 = bad."""
+  judge: int
+  reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorReply:
+  """Adversarial generator: a subtly bad greeting and how it was made bad."""
+  bad_response: str
+  explanation: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ReflectorReply:
+  """Reflector: why the detector was wrong and how to change S_D."""
+  feedback: str
+  suggestion: str
+
+
+def _required(obj: dict[str, Any], aliases: Sequence[str]) -> Any:
+  value = _get(obj, aliases)
+  if value is None:
+    raise ParseError(f"JSON object lacks field {aliases[0]!r} (keys: {sorted(map(str, obj))})")
+  return value
+
+
+def parse_detector(text: str) -> DetectorReply:
+  """``{"verdict": "Good"|"Bad", "evaluation_explanation": ..., "suggested_for_G"?: ...}``."""
+  def build(obj: dict[str, Any]) -> DetectorReply:
+    verdict = _required(obj, ("verdict", "判断", "判断结果", "结论", "评估结果", "result"))
+    return DetectorReply(
+        verdict=normalise_binary(verdict, "verdict"),
+        explanation=_text(_get(obj, ("evaluation_explanation", "explanation", "reason", "评估解释",
+                                     "解释", "理由"))),
+        suggestion=_text(_get(obj, ("suggested_for_g", "suggestion", "建议"))))
+  return _first_valid(text, build, '{"verdict": "Good"|"Bad", "evaluation_explanation": ...}')
+
+
+def parse_judge(text: str) -> JudgeReply:
+  """``{"judge": 0|1, "reason": ...}`` (Judge and Reflect agents)."""
+  def build(obj: dict[str, Any]) -> JudgeReply:
+    judge = _required(obj, ("judge", "判定", "判定结果", "label", "verdict", "final_judge"))
+    return JudgeReply(judge=normalise_binary(judge, "judge"),
+                      reason=_text(_get(obj, ("reason", "理由", "final_reason", "explanation"))))
+  return _first_valid(text, build, '{"judge": 0|1, "reason": ...}')
+
+
+def parse_generator(text: str) -> GeneratorReply:
+  """``{"bad_response": ..., "explanation_of_flaws": ...}``."""
+  def build(obj: dict[str, Any]) -> GeneratorReply:
+    response = _text(_required(obj, ("bad_response", "response", "祝福语")))
+    if not response:
+      raise ParseError("field 'bad_response' is empty")
+    return GeneratorReply(bad_response=response, explanation=_text(
+        _get(obj, ("explanation_of_flaws", "explanation", "缺陷说明"))))
+  return _first_valid(text, build, '{"bad_response": ..., "explanation_of_flaws": ...}')
+
+
+def parse_reflector(text: str) -> ReflectorReply:
+  """``{"reflection_feedback": ..., "suggested_for_D": ...}`` (both may be empty)."""
+  def build(obj: dict[str, Any]) -> ReflectorReply:
+    feedback = _get(obj, ("reflection_feedback", "feedback", "反思反馈"))
+    suggestion = _get(obj, ("suggested_for_d", "suggestion", "建议"))
+    if feedback is None and suggestion is None:
+      raise ParseError("JSON object lacks 'reflection_feedback' and 'suggested_for_D'")
+    return ReflectorReply(feedback=_text(feedback), suggestion=_text(suggestion))
+  return _first_valid(text, build, '{"reflection_feedback": ..., "suggested_for_D": ...}')
+
+
+def parse_points(text: str) -> dict[str, str]:
+  """Positive/Negative agent: ``{"优点名": "原因", ...}`` (may be empty) -> str dict."""
+  def build(obj: dict[str, Any]) -> dict[str, str]:
+    return {str(k).strip(): _text(v) for k, v in obj.items() if str(k).strip()}
+  return _first_valid(text, build, '{"point": "reason", ...}')
+
+
+def parse_rules(text: str, max_rules: int = principles_lib.MAX_RULES) -> tuple[str, ...]:
+  """Strategy optimiser: ``{"optimized_strategy": [rules] | "rule\\nrule"}``, 1..max_rules."""
+  def build(obj: dict[str, Any]) -> tuple[str, ...]:
+    value = _required(obj, ("optimized_strategy", "strategy", "rules", "principles"))
+    rules = principles_lib.split_rules(value) if isinstance(value, str) else value
+    if not isinstance(rules, list):
+      raise ParseError("field 'optimized_strategy' must be a list or text, got "
+                       f"{type(value).__name__}")
+    try:
+      return principles_lib.clean_rules(rules, where="optimized_strategy", max_rules=max_rules)
+    except principles_lib.PrincipleError as e:
+      raise ParseError(str(e)) from None
+  return _first_valid(text, build, '{"optimized_strategy": [...]}')

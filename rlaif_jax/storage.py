@@ -1,0 +1,281 @@
+"""Reading and writing files on local disk or Google Cloud Storage (``gs://bucket/path``).
+
+Local paths are the primary target. JSON Lines outputs are append-only and crash-safe
+(``JsonlAppender``): each record is one ``write`` of a whole line followed by flush + fsync, and
+on reopen a trailing partial line (a write cut by a kill) is truncated away. GCS objects cannot
+be appended to, so a ``gs://`` output is staged in a local file and uploaded every
+``upload_every_s`` seconds and on close (``StagedGcsAppender``); on restart the longer of the
+staged file and the uploaded object is resumed from.
+
+Functions take an optional ``client`` (anything with ``bucket(name).blob(path)`` and
+``list_blobs(bucket, prefix=)``); by default a ``google.cloud.storage.Client()`` is made lazily.
+"""
+from __future__ import annotations
+
+import fnmatch
+import functools
+import glob as glob_lib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from typing import Any, Iterator
+
+GCS_PREFIX = "gs://"
+
+
+class StorageError(OSError):
+  """A path could not be read or written."""
+
+
+class InputError(ValueError):
+  """An input file has a malformed line; the message names file and line."""
+
+
+def is_gcs(path: str) -> bool:
+  return path.startswith(GCS_PREFIX)
+
+
+def split_gcs(path: str) -> tuple[str, str]:
+  """``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
+  if not is_gcs(path):
+    raise StorageError(f"not a gs:// path: {path!r}")
+  bucket, _, blob = path[len(GCS_PREFIX):].partition("/")
+  if not bucket:
+    raise StorageError(f"gs:// path without bucket: {path!r}")
+  return bucket, blob
+
+
+@functools.lru_cache(maxsize=1)
+def _default_gcs_client() -> Any:
+  try:
+    from google.cloud import storage as gcs  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise StorageError("gs:// paths need google-cloud-storage "
+                       "(pip install google-cloud-storage)") from e
+  return gcs.Client()
+
+
+def _blob(path: str, client: Any | None) -> Any:
+  bucket, name = split_gcs(path)
+  if not name:
+    raise StorageError(f"gs:// path without object name: {path!r}")
+  return (client or _default_gcs_client()).bucket(bucket).blob(name)
+
+
+def join(base: str, *parts: str) -> str:
+  if is_gcs(base):
+    return "/".join([base.rstrip("/")] + [p.strip("/") for p in parts])
+  return os.path.join(base, *parts)
+
+
+def exists(path: str, *, client: Any | None = None) -> bool:
+  if is_gcs(path):
+    return bool(_blob(path, client).exists())
+  return os.path.exists(path)
+
+
+def makedirs(path: str) -> None:
+  """Creates a local directory tree (GCS has no directories: no-op)."""
+  if not is_gcs(path) and path:
+    os.makedirs(path, exist_ok=True)
+
+
+def read_bytes(path: str, *, client: Any | None = None) -> bytes:
+  if is_gcs(path):
+    blob = _blob(path, client)
+    if not blob.exists():
+      raise StorageError(f"{path} does not exist")
+    return blob.download_as_bytes()
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as e:
+    raise StorageError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def read_text(path: str, *, client: Any | None = None) -> str:
+  data = read_bytes(path, client=client)
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    raise InputError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
+
+
+def write_text(path: str, text: str, *, client: Any | None = None) -> None:
+  """Writes a whole file; local writes are atomic (temp file + fsync + rename)."""
+  if is_gcs(path):
+    _blob(path, client).upload_from_string(text.encode("utf-8"))
+    return
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def glob(pattern: str, *, client: Any | None = None) -> list[str]:
+  """Sorted paths matching a shell pattern (``*``, ``?``, ``[..]``), local or gs://."""
+  if not is_gcs(pattern):
+    return sorted(glob_lib.glob(pattern))
+  bucket, name = split_gcs(pattern)
+  cut = min([i for i in (name.find(c) for c in "*?[") if i >= 0], default=len(name))
+  blobs = (client or _default_gcs_client()).list_blobs(bucket, prefix=name[:cut])
+  return sorted(f"{GCS_PREFIX}{bucket}/{b.name}" for b in blobs
+                if fnmatch.fnmatchcase(b.name, name))
+
+
+def parse_jsonl(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+  """Yields ``(0-based line index, object)`` for each non-blank line; errors name source:line."""
+  for index, line in enumerate(text.split("\n")):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise InputError(
+          f"{source}:{index + 1}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(record, dict):
+      raise InputError(f"{source}:{index + 1}: expected a JSON object, got {type(record).__name__}")
+    yield index, record
+
+
+def read_jsonl(path: str, *, client: Any | None = None) -> list[tuple[int, dict[str, Any]]]:
+  """All ``(0-based line index, object)`` pairs of a JSON Lines file."""
+  return list(parse_jsonl(read_text(path, client=client), path))
+
+
+def dumps_line(record: dict[str, Any]) -> bytes:
+  """One JSON Lines line (UTF-8, newline-terminated, no NaN)."""
+  return (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+class JsonlAppender:
+  """Crash-safe append-only JSON Lines writer for a local file."""
+
+  def __init__(self, path: str, *, fsync: bool = True):
+    self.path = path
+    self._fsync = fsync
+    self._fd: int | None = None
+
+  def recover(self) -> list[dict[str, Any]]:
+    """Truncates a trailing partial line and returns the records already written."""
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path, "rb+") as f:
+      data = f.read()
+      end = data.rfind(b"\n") + 1
+      if end < len(data):
+        f.truncate(end)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+      text = data[:end].decode("utf-8")
+    except UnicodeDecodeError as e:
+      line = data[:e.start].count(b"\n") + 1
+      raise InputError(f"{self.path}:{line}: not valid UTF-8 ({e.reason})") from None
+    return [record for _, record in parse_jsonl(text, self.path)]
+
+  def rewrite(self, records: list[dict[str, Any]]) -> None:
+    """Atomically replaces the whole file with ``records`` (file must not be open)."""
+    if self._fd is not None:
+      raise StorageError(f"{self.path}: rewrite() while open for appending")
+    write_text(self.path, "".join(dumps_line(r).decode("utf-8") for r in records))
+
+  def open(self) -> "JsonlAppender":
+    if self._fd is None:
+      directory = os.path.dirname(os.path.abspath(self.path))
+      os.makedirs(directory, exist_ok=True)
+      self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    return self
+
+  def append(self, record: dict[str, Any]) -> None:
+    """Writes the whole line with one ``write`` (retried for short writes), then fsyncs."""
+    if self._fd is None:
+      self.open()
+    assert self._fd is not None
+    view = memoryview(dumps_line(record))
+    while view:
+      written = os.write(self._fd, view)
+      view = view[written:]
+    if self._fsync:
+      os.fsync(self._fd)
+
+  def close(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self) -> "JsonlAppender":
+    return self.open()
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()
+
+
+class StagedGcsAppender(JsonlAppender):
+  """``JsonlAppender`` on a local staging file, mirrored to a ``gs://`` object."""
+
+  def __init__(self, gcs_path: str, *, staging_dir: str | None = None, client: Any | None = None,
+               upload_every_s: float = 30.0, fsync: bool = True):
+    split_gcs(gcs_path)
+    staging_dir = staging_dir or os.path.join(tempfile.gettempdir(), "rlaif_jax_gcs_staging")
+    digest = hashlib.sha1(gcs_path.encode("utf-8")).hexdigest()[:16]
+    super().__init__(os.path.join(staging_dir, f"{digest}-{os.path.basename(gcs_path)}"),
+                     fsync=fsync)
+    self.gcs_path = gcs_path
+    self._client = client
+    self._upload_every_s = upload_every_s
+    self._last_upload = time.monotonic()
+    self._dirty = False
+
+  def recover(self) -> list[dict[str, Any]]:
+    blob = _blob(self.gcs_path, self._client)
+    remote = blob.download_as_bytes() if blob.exists() else b""
+    local_size = os.path.getsize(self.path) if os.path.exists(self.path) else -1
+    if len(remote) > local_size:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      with open(self.path, "wb") as f:
+        f.write(remote)
+        f.flush()
+        os.fsync(f.fileno())
+    return super().recover()
+
+  def rewrite(self, records: list[dict[str, Any]]) -> None:
+    super().rewrite(records)
+    self._dirty = True
+
+  def upload(self) -> None:
+    _blob(self.gcs_path, self._client).upload_from_filename(self.path)
+    self._last_upload = time.monotonic()
+    self._dirty = False
+
+  def append(self, record: dict[str, Any]) -> None:
+    super().append(record)
+    self._dirty = True
+    if time.monotonic() - self._last_upload >= self._upload_every_s:
+      self.upload()
+
+  def close(self) -> None:
+    super().close()
+    if self._dirty:
+      self.upload()
+
+
+def open_appender(path: str, *, staging_dir: str | None = None, client: Any | None = None,
+                  upload_every_s: float = 30.0) -> JsonlAppender:
+  """The right appender for a local or gs:// output path."""
+  if is_gcs(path):
+    return StagedGcsAppender(path, staging_dir=staging_dir, client=client,
+                             upload_every_s=upload_every_s)
+  return JsonlAppender(path)

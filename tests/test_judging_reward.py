@@ -1,0 +1,70 @@
+"""JudgeReward: the LLM judge as an RL reward source."""
+import asyncio
+
+import numpy as np
+import pytest
+
+from fake_openai_server import FakeOpenAIServer, make_local_generate_fn, schedule_by_key
+from rlaif_jax.judging.backends import LocalSamplerBackend, OpenAIChatBackend, RetryPolicy
+from rlaif_jax.judging.judge import Verdict
+from rlaif_jax.judging.reward import JudgeReward, query_from_prompt
+
+LONG = "愿你前程似锦，万事顺意，岁岁平安，笑口常开，幸福美满！"
+
+
+def test_query_from_prompt():
+  assert query_from_prompt("请只生成一条祝福语：给妈妈的生日祝福") == "给妈妈的生日祝福"
+  chat = ("<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n"
+          "请只生成一条祝福语：新年快乐<|im_end|>\n<|im_start|>assistant\n")
+  assert query_from_prompt(chat) == "新年快乐"
+  assert query_from_prompt("  祝贺同事升职 ") == "祝贺同事升职"
+
+
+def test_rewards_all_in_flight_with_fallback_and_mask():
+  completions = ["生日快乐", "妈妈，" + LONG, "坏掉", "爸爸，" + LONG, "好", "新年，" + LONG]
+  prompts = [f"请只生成一条祝福语：请求{i}" for i in range(6)]
+  plan = {"坏掉": ["garbage"] * 5}
+  with FakeOpenAIServer(fault_fn=schedule_by_key(plan), delay_s=0.3, min_len=20) as server:
+    backend = OpenAIChatBackend(server.base_url, "m", concurrency=16, timeout_s=5,
+                                retry=RetryPolicy(base_delay_s=0.01))
+    reward = JudgeReward(backend, "v0", fallback=-1.0, good_reward=1.0, bad_reward=0.0,
+                         max_attempts=2)
+    try:
+      rewards = reward.score(prompts, completions)
+      assert server.max_in_flight == 6  # The whole batch was in flight at once.
+      assert {r.key for r in server.log if r.role == "detector"} == set(completions)
+      again = reward(prompts[:2], completions[:2])  # Same loop and session reused.
+    finally:
+      reward.close()
+  assert rewards.dtype == np.float32 and rewards.shape == (6,)
+  np.testing.assert_array_equal(rewards, [0, 1, -1, 1, 0, 1])
+  np.testing.assert_array_equal(again, [0, 1])
+  assert reward.last_valid_mask.tolist() == [True, True]
+  assert "JudgeReward(principles='v0'" in repr(reward)
+
+
+def test_mask_marks_failed_items_and_lengths_are_checked():
+  reward = JudgeReward(LocalSamplerBackend(make_local_generate_fn(min_len=20)), "v0",
+                       good_reward=2.0, bad_reward=-2.0)
+  rewards = reward.score(["请只生成一条祝福语：a", "b"], ["短", "长长的" + LONG])
+  np.testing.assert_array_equal(rewards, [-2.0, 2.0])
+  assert reward.last_valid_mask.tolist() == [True, True]
+  with pytest.raises(ValueError, match="2 prompts but 1 completions"):
+    reward.score(["a", "b"], ["x"])
+
+  async def too_few(queries, responses):
+    return [Verdict(verdict=1, reason="")]
+  reward.judge.judge = too_few
+  with pytest.raises(RuntimeError, match="returned 1 verdicts for 2 completions"):
+    reward.score(["a", "b"], ["x", "y"])
+  reward.close()
+
+
+def test_score_works_when_called_from_inside_an_event_loop():
+  reward = JudgeReward(LocalSamplerBackend(make_local_generate_fn(min_len=5)), "v0")
+
+  async def trainer_step():
+    return reward.score(["q"], ["一条足够长的祝福"])
+  np.testing.assert_array_equal(asyncio.run(trainer_step()), [1.0])
+  np.testing.assert_array_equal(asyncio.run(reward.ascore(["q"], ["短"])), [0.0])
+  reward.close()
