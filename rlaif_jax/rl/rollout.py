@@ -1,0 +1,73 @@
+"""Turning sampled responses and their rewards into a device-resident RolloutBatch.
+
+One jitted function computes, for the whole batch at once: old log-probs (the policy that
+sampled), reference log-probs (the frozen initial policy), critic values (PPO), token-level
+rewards, and advantages (GRPO: group-relative on sequence rewards; PPO: GAE on token rewards).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rlaif_jax.rl import algorithms, losses
+from rlaif_jax.rl.rollout_buffer import RolloutBatch
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageConfig:
+  estimator: str = "grpo"  # "grpo" | "dr_grpo" | "gae"
+  group_size: int = 4
+  gamma: float = 1.0
+  lam: float = 1.0
+  kl_in_reward_coef: float = 0.0  # PPO-style KL penalty folded into token rewards (paper: 0)
+  kl_kind: str = "low_var_kl"
+  logits_chunk: int = 256
+
+
+def make_prepare_fn(policy_graphdef: nnx.GraphDef, critic_graphdef: nnx.GraphDef | None,
+                    cfg: AdvantageConfig) -> Callable[..., RolloutBatch]:
+  """Returns jitted `prepare(policy_params, ref_params, critic_params|None, seq, seq_rewards)`.
+
+  seq: dict from `rollout_buffer.assemble_sequences` (device arrays); seq_rewards f32[B].
+  """
+
+  def log_probs(graphdef, params, seq):
+    model = nnx.merge(graphdef, params)
+    lp, _ = losses.token_log_probs_and_entropy(model, seq["tokens"], seq["positions"],
+                                               seq["attention_mask"], cfg.logits_chunk,
+                                               with_entropy=False)
+    return lp
+
+  @jax.jit
+  def prepare(policy_params, ref_params, critic_params, seq, seq_rewards) -> RolloutBatch:
+    mask = seq["response_mask"]
+    old_lp = log_probs(policy_graphdef, policy_params, seq) * mask
+    ref_lp = log_probs(policy_graphdef, ref_params, seq) * mask
+    token_rewards = algorithms.last_token_rewards(seq_rewards, mask)
+    if cfg.kl_in_reward_coef:
+      token_rewards = token_rewards - cfg.kl_in_reward_coef * algorithms.kl_penalty(
+          old_lp, ref_lp, cfg.kl_kind) * mask
+    if cfg.estimator == "gae":
+      if critic_graphdef is None:
+        raise ValueError("the 'gae' estimator needs a critic")
+      critic = nnx.merge(critic_graphdef, critic_params)
+      values = losses.critic_values(critic, seq["tokens"], seq["positions"],
+                                    seq["attention_mask"]) * mask
+      advantages, returns = algorithms.gae_advantages(token_rewards, values, mask, cfg.gamma,
+                                                      cfg.lam)
+    else:
+      estimator = algorithms.get_advantage_estimator(cfg.estimator)
+      seq_adv = estimator(seq_rewards, cfg.group_size)
+      advantages = algorithms.sequence_to_token_advantages(seq_adv, mask)
+      values = returns = jnp.zeros_like(mask)
+    return RolloutBatch(tokens=seq["tokens"], positions=seq["positions"],
+                        attention_mask=seq["attention_mask"], response_mask=mask,
+                        old_log_probs=old_lp, ref_log_probs=ref_lp, values=values,
+                        token_rewards=token_rewards, advantages=advantages * mask,
+                        returns=returns * mask, sequence_rewards=seq_rewards)
+
+  return prepare

@@ -1,0 +1,247 @@
+"""One RL trainer for GRPO and PPO: sample -> score -> old/ref log-probs -> advantages -> K
+epochs of shuffled mini-batch updates, all on device except the reward call.
+
+GRPO (the paper): n samples per prompt, group-relative advantages, KL loss to the frozen
+reference with the k3 estimator, no critic. PPO: GAE advantages from a critic (a ScalarHeadModel,
+its own optimizer and checkpoints). Both reuse `training.trainer.make_train_step` with the loss
+of `rl.losses`; the rollout lives in a device-resident `RolloutBatch`, and mini-batches are
+gathered on device from a permutation (no host round trip between updates).
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from rlaif_jax.data import formatting
+from rlaif_jax.models.decoder import Decoder
+from rlaif_jax.models.scalar_head import ScalarHeadModel
+from rlaif_jax.rl import algorithms, losses, rollout as rollout_lib, rollout_buffer
+from rlaif_jax.rl.reward_sources import RewardSource, checked_scores
+from rlaif_jax.sampling.logits_processing import SamplingParams
+from rlaif_jax.sampling.sampler import Sampler
+from rlaif_jax.sharding import mesh as mesh_lib
+from rlaif_jax.tokenizers.base import Tokenizer
+from rlaif_jax.training import checkpointing, metrics as metrics_lib, optim
+from rlaif_jax.training import train_state as ts, trainer as trainer_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+  """An RL run. Batch sizes count sequences: prompts_per_step * n_samples rows per rollout."""
+  algorithm: str = "grpo"  # "grpo" | "ppo"
+  total_steps: int = 100
+  prompts_per_step: int = 8
+  n_samples: int = 4
+  mini_batch_size: int = 16  # sequences per optimizer update
+  epochs: int = 1
+  max_new_tokens: int = 64
+  temperature: float = 1.0
+  top_p: float = 1.0
+  top_k: int = 0
+  actor: losses.ActorLossConfig = losses.ActorLossConfig()
+  advantage: rollout_lib.AdvantageConfig = rollout_lib.AdvantageConfig()
+  critic_clip: float = 0.5
+  seed: int = 0
+  log_every: int = 1
+  checkpoint_every: int = 50
+  keep_checkpoints: int = 2
+  ref_on_host: bool = False
+
+  def __post_init__(self):
+    if self.algorithm not in ("grpo", "ppo"):
+      raise ValueError(f"rl.algorithm must be 'grpo' or 'ppo', got {self.algorithm!r}")
+    rows = self.prompts_per_step * self.n_samples
+    if rows % self.mini_batch_size:
+      raise ValueError(f"rl.mini_batch_size={self.mini_batch_size} must divide the rollout size "
+                       f"prompts_per_step*n_samples={rows}")
+    if self.algorithm == "grpo" and self.advantage.estimator == "gae":
+      raise ValueError("GRPO uses a group estimator ('grpo' or 'dr_grpo'), not 'gae'")
+    if self.algorithm == "ppo" and self.advantage.estimator != "gae":
+      raise ValueError("PPO needs advantage.estimator='gae'")
+
+  @property
+  def updates_per_step(self) -> int:
+    return self.epochs * self.prompts_per_step * self.n_samples // self.mini_batch_size
+
+
+PromptSchedule = Callable[[int], Sequence[str]]  # step -> the step's requests (pure function)
+
+
+class RLTrainer:
+  """Trains `policy` against `reward`, writing metrics/checkpoints to `workdir`."""
+
+  def __init__(self, policy: Decoder, tokenizer: Tokenizer, reward: RewardSource,
+               prompts: PromptSchedule, cfg: RLConfig, fmt: formatting.FormatConfig, mesh: Mesh,
+               workdir: str | pathlib.Path, actor_optimizer, actor_schedule=None,
+               critic: ScalarHeadModel | None = None, critic_optimizer=None,
+               meta: dict[str, Any] | None = None):
+    if cfg.algorithm == "ppo" and (critic is None or critic_optimizer is None):
+      raise ValueError("PPO needs a critic model and its optimizer")
+    self.cfg, self.tok, self.reward, self.prompts, self.fmt = cfg, tokenizer, reward, prompts, fmt
+    self.mesh, self.workdir = mesh, pathlib.Path(workdir)
+    self.meta = dict(meta or {})
+    self.actor_ckpt = checkpointing.Checkpointer(self.workdir / checkpointing.CHECKPOINT_DIR,
+                                                 cfg.keep_checkpoints)
+    self.critic_ckpt = (checkpointing.Checkpointer(self.workdir / "critic_checkpoints",
+                                                   cfg.keep_checkpoints) if critic else None)
+    self.writer = metrics_lib.MetricWriter(self.workdir)
+    self.sampler = Sampler(policy, tokenizer, mesh=mesh)
+    self.actor_opt = actor_optimizer
+    self.actor = self._restore_or_create(policy, actor_optimizer, self.actor_ckpt)
+    # The reference is the policy we start from (never the resumed one): exact resume.
+    ref = nnx.state(policy, nnx.Param)
+    self.ref_params = jax.device_get(ref) if cfg.ref_on_host else jax.tree.map(jnp.copy, ref)
+    self._ref_shardings = ts.variable_shardings(ref, mesh)
+    self.critic = (self._restore_or_create(critic, critic_optimizer, self.critic_ckpt)
+                   if critic is not None else None)
+    actor_loss = lambda model, batch, rng: losses.actor_loss(model, batch, cfg.actor)
+    self.actor_step = trainer_lib.make_train_step(
+        actor_loss, actor_optimizer, actor_schedule, mesh=mesh,
+        shardings=ts.state_shardings(self.actor, mesh, actor_optimizer))
+    if self.critic is not None:
+      critic_loss = lambda model, batch, rng: losses.critic_loss(model, batch, cfg.critic_clip,
+                                                                 cfg.actor.agg_mode)
+      self.critic_step = trainer_lib.make_train_step(
+          critic_loss, critic_optimizer, mesh=mesh,
+          shardings=ts.state_shardings(self.critic, mesh, critic_optimizer))
+    self.prepare = rollout_lib.make_prepare_fn(
+        self.actor.graphdef, self.critic.graphdef if self.critic is not None else None,
+        cfg.advantage)
+    self._minibatch = jax.jit(rollout_buffer.minibatch, static_argnums=(3,))
+
+  def _restore_or_create(self, model, optimizer, ckpt) -> ts.TrainState:
+    latest = ckpt.latest_step()
+    if latest is None:
+      return ts.create_train_state(model, optimizer, self.mesh, self.cfg.seed)
+    abstract = ts.abstract_train_state(nnx.eval_shape(lambda: model), optimizer, self.mesh)
+    state, _ = ckpt.restore(abstract, latest)
+    return state
+
+  @property
+  def step(self) -> int:
+    return int(jax.device_get(self.actor.step)) // self.cfg.updates_per_step
+
+  # -- one RL step ---------------------------------------------------------------------------
+
+  def rollout(self, step: int) -> tuple[rollout_buffer.RolloutBatch, dict[str, float]]:
+    cfg = self.cfg
+    queries = list(self.prompts(step))
+    if len(queries) != cfg.prompts_per_step:
+      raise ValueError(f"prompt schedule gave {len(queries)} prompts for step {step}; expected "
+                       f"rl.prompts_per_step={cfg.prompts_per_step}")
+    t0 = time.perf_counter()
+    enc = formatting.encode_prompts(self.tok, queries, self.fmt)
+    key = jax.random.fold_in(jax.random.key(cfg.seed), step)
+    sampling = SamplingParams(cfg.temperature, cfg.top_k, cfg.top_p)
+    out = self.sampler.generate_ids(self.actor.params, enc["tokens"],
+                                    enc["attention_mask"].astype(bool), cfg.max_new_tokens,
+                                    sampling, key, n=cfg.n_samples).to_numpy()
+    lengths = out.lengths
+    texts = [self.tok.decode(out.tokens[i, :lengths[i]]) for i in range(len(lengths))]
+    t1 = time.perf_counter()
+    rep_queries = [q for q in queries for _ in range(cfg.n_samples)]
+    rewards = checked_scores("reward", self.reward.score(rep_queries, texts), len(texts))
+    t2 = time.perf_counter()
+    seq = rollout_buffer.assemble_sequences(
+        np.repeat(enc["tokens"], cfg.n_samples, 0), np.repeat(enc["attention_mask"], cfg.n_samples, 0),
+        out.tokens, np.asarray(out.response_mask))
+    seq = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.data_sharding(self.mesh, np.ndim(x))),
+                       seq)
+    ref = self.ref_params
+    if self.cfg.ref_on_host:
+      ref = jax.device_put(ref, self._ref_shardings)
+    critic_params = self.critic.params if self.critic is not None else None
+    with jax.set_mesh(self.mesh):
+      batch = self.prepare(self.actor.params, ref, critic_params, seq,
+                           jax.device_put(rewards, mesh_lib.data_sharding(self.mesh, 1)))
+    stats = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+             "response_len": float(lengths.mean()),
+             "response_chars": float(np.mean([len(t) for t in texts])),
+             "truncated_frac": float(np.mean(~out.stopped)), "t_generate": t1 - t0,
+             "t_score": t2 - t1}
+    self.last_texts = list(zip(rep_queries, texts, rewards.tolist()))
+    return batch, stats
+
+  def update(self, batch: rollout_buffer.RolloutBatch, step: int) -> dict[str, float]:
+    cfg = self.cfg
+    rows = batch.size
+    per_epoch = rows // cfg.mini_batch_size
+    outs = []
+    for epoch in range(cfg.epochs):
+      perm = jax.random.permutation(
+          jax.random.fold_in(jax.random.key(cfg.seed + 1), step * cfg.epochs + epoch), rows)
+      for i in range(per_epoch):
+        with jax.set_mesh(self.mesh):
+          mb = self._minibatch(batch, perm, jnp.int32(i), cfg.mini_batch_size)
+        if self.critic is not None:
+          self.critic, c_out = self.critic_step(self.critic, mb)
+          outs.append({f"critic_{k}": v for k, v in c_out.items()})
+        self.actor, a_out = self.actor_step(self.actor, mb)
+        outs.append(a_out)
+    merged: dict[str, list[float]] = {}
+    for o in jax.device_get(outs):
+      for k, v in o.items():
+        merged.setdefault(k, []).append(float(v))
+    return {k: float(np.mean(v)) for k, v in merged.items()}
+
+  def _kl_to_ref(self, batch) -> float:
+    kl = algorithms.kl_penalty(batch.old_log_probs, batch.ref_log_probs, self.cfg.actor.kl_kind)
+    return float(algorithms.masked_mean(kl, batch.response_mask))
+
+  # -- the loop ------------------------------------------------------------------------------
+
+  def train(self) -> dict[str, float]:
+    cfg = self.cfg
+    start = self.step
+    self.writer.truncate_after(start)
+    bar = tqdm(range(start + 1, cfg.total_steps + 1), initial=start, total=cfg.total_steps,
+               desc=cfg.algorithm, dynamic_ncols=True, disable=jax.process_index() != 0)
+    row: dict[str, float] = {}
+    for step in bar:
+      batch, stats = self.rollout(step)
+      t0 = time.perf_counter()
+      upd = self.update(batch, step)
+      t_update = time.perf_counter() - t0
+      row = {**stats, **{k: v for k, v in upd.items() if k != "loss_weight"},
+             "kl": self._kl_to_ref(batch), "t_update": t_update}
+      row["tokens_per_sec"] = float(np.asarray(batch.response_mask).sum()) / max(
+          stats["t_generate"] + stats["t_score"] + t_update, 1e-9)
+      bad = [k for k in ("loss", "grad_norm", "kl") if not np.isfinite(row.get(k, 0.0))]
+      if bad:
+        self.close()
+        raise trainer_lib.NonFiniteLossError(
+            f"RL step {step}: {bad} not finite; stopped without saving; the last good checkpoint "
+            f"is step {self.actor_ckpt.latest_step()} in {self.actor_ckpt.directory}")
+      if step % cfg.log_every == 0 or step == cfg.total_steps:
+        self.writer.write(step, row)
+      bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.4f}")
+      if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
+        self.save(step)
+    bar.close()
+    self.actor_ckpt.wait()
+    return row
+
+  def save(self, step: int) -> None:
+    meta = {**self.meta, "rl_step": step, "kind": "policy"}
+    self.actor_ckpt.save(self.actor, meta)
+    if self.critic is not None:
+      self.critic_ckpt.save(self.critic, {"rl_step": step, "kind": "critic"})
+
+  def policy(self) -> Decoder:
+    return self.actor.model()
+
+  def close(self) -> None:
+    for c in (self.actor_ckpt, self.critic_ckpt):
+      if c is not None:
+        c.close()
+    self.actor_ckpt = self.critic_ckpt = None
+    self.writer.close()

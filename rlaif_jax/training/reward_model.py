@@ -1,0 +1,235 @@
+"""Path A's scalar reward model: Bradley–Terry training on (prompt, chosen, rejected) pairs.
+
+`run_train_rm` plugs `rm_loss` into the shared Trainer (checkpoints, exact resume, metrics.jsonl,
+TensorBoard, progress bar); `load_reward_model` restores a run for scoring. The trunk starts from
+an SFT run (`config.init.sft_workdir`), a HF checkpoint (`config.model.hf_checkpoint`), or random.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlaif_jax.data import formatting, greetings, paths
+from rlaif_jax.models import Decoder, checkpoint_bridge
+from rlaif_jax.models.config import ModelConfig
+from rlaif_jax.models.scalar_head import ScalarHeadModel
+from rlaif_jax.sharding import mesh as mesh_lib
+from rlaif_jax.tokenizers import load_tokenizer
+from rlaif_jax.tokenizers.base import Tokenizer
+from rlaif_jax.training import checkpointing, optim, reward_data, sft
+from rlaif_jax.training import train_state as ts, trainer as trainer_lib
+from rlaif_jax.training.reward_losses import bradley_terry_loss
+from rlaif_jax.training.reward_scoring import LengthDebiaser, RewardModelScorer
+
+DEBIASER_FILE = "length_debiaser.json"
+
+
+def rm_loss(model: ScalarHeadModel, batch: dict[str, jax.Array], rng: jax.Array,
+            center_coef: float = 0.0, margin: float = 0.0
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """batch: 2B rows (chosen rows first) of tokens/positions/attention_mask int32[2B, T]."""
+  del rng
+  scores = model(batch["tokens"], batch["positions"], batch["attention_mask"].astype(bool))
+  b = scores.shape[0] // 2
+  chosen, rejected = scores[:b], scores[b:]
+  m = None if not margin else jnp.full((b,), margin, jnp.float32)
+  loss, metrics = bradley_terry_loss(chosen, rejected, m, center_coef)
+  return loss, {**metrics, optim.LOSS_WEIGHT_KEY: jnp.asarray(b, jnp.float32)}
+
+
+def _rm_loss_fn(config: Any) -> trainer_lib.LossFn:
+  center, margin = float(config.loss.center_coef), float(config.loss.margin)
+  return lambda model, batch, rng: rm_loss(model, batch, rng, center, margin)
+
+
+def _trunk(config: Any, workdir: pathlib.Path, data_dir: pathlib.Path, mesh
+           ) -> tuple[Callable[[], Decoder], ModelConfig, Tokenizer, pathlib.Path]:
+  """(build the trunk, its config, tokenizer, tokenizer path) for the configured init."""
+  sft_dir = config.init.get("sft_workdir")
+  if sft_dir:
+    meta = checkpointing.Checkpointer(pathlib.Path(sft_dir) / checkpointing.CHECKPOINT_DIR,
+                                      async_save=False)
+    try:
+      m = meta.restore_meta()
+    finally:
+      meta.close()
+    cfg = ModelConfig.from_dict(m["model_config"]).replace(remat=config.model.remat)
+    tok_path = pathlib.Path(m["tokenizer"])
+    return (lambda: checkpointing.load_model_from_workdir(sft_dir, mesh, remat=cfg.remat),
+            cfg, load_tokenizer(tok_path), tok_path)
+  tok, tok_path = sft.prepare_tokenizer(config, workdir, data_dir)
+  cfg = sft.model_config(config, tok)
+  return sft.init_model_fn(config, cfg, mesh), cfg, tok, tok_path
+
+
+def _with_head(trunk: Callable[[], Decoder], seed: int) -> Callable[[], ScalarHeadModel]:
+  return lambda: ScalarHeadModel(trunk(), rngs=nnx.Rngs(params=seed + 1))
+
+
+def abstract_reward_model(cfg: ModelConfig) -> ScalarHeadModel:
+  return nnx.eval_shape(lambda: ScalarHeadModel(Decoder(cfg, rngs=nnx.Rngs(0)),
+                                                rngs=nnx.Rngs(1)))
+
+
+def _batches(encoded, batch_size, buckets, pad_id, seed) -> Callable[[int], Iterator[dict]]:
+  if len(encoded) < batch_size:
+    raise ValueError(f"{len(encoded)} training pairs cannot fill a batch of {batch_size} pairs")
+  return lambda start: reward_data.pair_batches(encoded, batch_size, buckets=buckets,
+                                                pad_id=pad_id, seed=seed, start_batch=start)
+
+
+def _eval_batches(encoded, batch_size, buckets, pad_id) -> Callable[[], Iterator[dict]]:
+  def make():
+    for lo in range(0, len(encoded), batch_size):
+      rows = list(encoded[lo:lo + batch_size])
+      if len(rows) < batch_size:  # fixed shape; the repeated pairs are dropped by weight below
+        break
+      yield reward_data.pair_batch(rows, buckets, pad_id)
+  return make
+
+
+def load_pairs(config: Any, data_dir: pathlib.Path):
+  train_file = config.data.get("train_file") or paths.dataset_file(data_dir, "reward_train")
+  test_file = config.data.get("test_file") or paths.dataset_file(data_dir, "reward_test")
+  train = greetings.read_pair_file(train_file)
+  test = greetings.read_pair_file(test_file)
+  if config.data.get("length_balanced"):
+    train = reward_data.length_balanced(train, config.seed)
+  if config.data.get("max_train_pairs"):
+    train = train[:config.data.max_train_pairs]
+  return train, test, pathlib.Path(test_file)
+
+
+def run_train_rm(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike
+                 ) -> dict[str, Any]:
+  """Trains (or resumes) the reward model in `workdir`; evaluates on the test pairs.
+
+  Returns {"pair_accuracy", "length_baseline_accuracy", "spearman_score_length", ...} as also
+  written to WORKDIR/rm_report.json.
+  """
+  t0 = time.perf_counter()
+  workdir, data_dir = pathlib.Path(workdir), pathlib.Path(data_dir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = mesh_lib.make_mesh(tuple(config.mesh))
+  trunk, cfg, tok, tok_path = _trunk(config, workdir, data_dir, mesh)
+  fmt = sft.format_config(config.format)
+  train_pairs, test_pairs, test_file = load_pairs(config, data_dir)
+  stats = formatting.FormattingStats()
+  train_enc = reward_data.encode_pairs(tok, train_pairs, fmt, stats)
+  test_enc = reward_data.encode_pairs(tok, test_pairs, fmt, stats)
+  buckets = formatting.sequence_buckets(fmt)
+  print(f"reward pairs: {len(train_enc)} train / {len(test_enc)} test; {stats.summary()}")
+  print(f"model: {cfg.num_params / 1e6:.2f}M params + scalar head, mesh {dict(mesh.shape)}")
+  optimizer, schedule = optim.optimizer_from_config(config.optim, config.loop.total_steps)
+  meta = {"model_config": cfg.to_dict(), "tokenizer": str(tok_path.absolute()),
+          "config": json.loads(config.to_json()), "kind": "reward_model"}
+  trainer = trainer_lib.Trainer(
+      _rm_loss_fn(config), optimizer, schedule, mesh, workdir,
+      trainer_lib.LoopConfig.from_config(config.loop), seed=config.seed, meta=meta)
+  try:
+    state = trainer.init_state(_with_head(trunk, config.seed), abstract_reward_model(cfg))
+    eval_every = _eval_batches(test_enc[:config.data.get("max_eval_pairs") or None],
+                               config.eval_batch_size, buckets, tok.pad_id)
+    state = trainer.fit(state, _batches(train_enc, config.batch_size, buckets, tok.pad_id,
+                                        config.seed), eval_every)
+  finally:
+    trainer.close()
+  model = state.model()
+  scorer = RewardModelScorer(model, tok, fmt, batch_size=config.eval_batch_size, mesh=mesh)
+  debiaser = fit_debiaser(scorer, train_pairs, config.seed)
+  debiaser.save(workdir / DEBIASER_FILE)
+  report = evaluate_pairs(scorer, test_pairs, debiaser)
+  report.update(test_file=str(test_file), wall_s=time.perf_counter() - t0)
+  (workdir / "rm_report.json").write_text(json.dumps(report, indent=2))
+  print(format_pair_report(report))
+  return report
+
+
+def fit_debiaser(scorer: RewardModelScorer, pairs, seed: int, n: int = 1000) -> LengthDebiaser:
+  """The length trend of the RM's scores on (up to n) training pairs' responses."""
+  rng = np.random.default_rng(seed)
+  pick = rng.choice(len(pairs), size=min(n, len(pairs)), replace=False)
+  queries = [pairs[i].prompt for i in pick] * 2
+  responses = [pairs[i].chosen for i in pick] + [pairs[i].rejected for i in pick]
+  scores = scorer.raw_scores(queries, responses)
+  return LengthDebiaser.fit(scores, [len(r) for r in responses])
+
+
+def evaluate_pairs(scorer: RewardModelScorer, pairs, debiaser: LengthDebiaser | None = None
+                   ) -> dict[str, Any]:
+  """Pair accuracy beside the "longer wins" baseline, the accuracy where the chosen response is
+  not longer, and the score/length Spearman correlation; with a debiaser, the same after it."""
+  from rlaif_jax.evaluation import length_bias, stats as stats_lib
+  queries = [p.prompt for p in pairs]
+  chosen_t, rejected_t = [p.chosen for p in pairs], [p.rejected for p in pairs]
+  c = scorer.raw_scores(queries, chosen_t)
+  r = scorer.raw_scores(queries, rejected_t)
+  lengths = [len(t) for t in chosen_t + rejected_t]
+
+  def summary(cs, rs):
+    hard = length_bias.accuracy_where_chosen_not_longer(cs, rs, chosen_t, rejected_t)
+    return {"pair_accuracy": float(np.mean(cs > rs)),
+            "accuracy_chosen_not_longer": hard["accuracy"], "n_chosen_not_longer": hard["n"],
+            "spearman_score_length": stats_lib.spearman(np.concatenate([cs, rs]), lengths)}
+
+  out = {"n_pairs": len(pairs), **summary(c, r),
+         "length_baseline_accuracy": length_bias.longer_wins_accuracy(chosen_t,
+                                                                      rejected_t)["accuracy"]}
+  if debiaser is not None:
+    dc = debiaser.apply(c, [len(t) for t in chosen_t])
+    dr = debiaser.apply(r, [len(t) for t in rejected_t])
+    out["debiased"] = summary(dc, dr)
+    out["debiaser_slope_per_char"] = debiaser.slope
+  out["chosen_scores"], out["rejected_scores"] = c.tolist(), r.tolist()
+  return out
+
+
+def format_pair_report(report: dict[str, Any]) -> str:
+  rows = [("reward model", report), ("reward model, length-debiased", report.get("debiased"))]
+  lines = ["| scorer | pair accuracy | accuracy where chosen is not longer (n) | "
+           "Spearman(score, length) |", "|---|---|---|---|"]
+  for name, r in rows:
+    if r:
+      lines.append(f"| {name} | {r['pair_accuracy']:.4f} | {r['accuracy_chosen_not_longer']:.4f} "
+                   f"({r['n_chosen_not_longer']}) | {r['spearman_score_length']:.3f} |")
+  lines.append(f"| longer response wins (baseline) | {report['length_baseline_accuracy']:.4f} | "
+               "0 by construction | 1 |")
+  return "\n".join(lines)
+
+
+def load_reward_model(workdir: str | os.PathLike, mesh=None, batch_size: int = 32,
+                      debias: bool = False) -> RewardModelScorer:
+  """A scorer over a reward-model run's latest checkpoint (and its length debiaser if asked)."""
+  workdir = pathlib.Path(workdir)
+  ckpt = checkpointing.Checkpointer(workdir / checkpointing.CHECKPOINT_DIR, async_save=False)
+  try:
+    meta = ckpt.restore_meta()
+    if meta.get("kind") != "reward_model":
+      raise ValueError(f"{workdir}: not a reward-model run (checkpoint kind={meta.get('kind')!r})")
+    cfg = ModelConfig.from_dict(meta["model_config"])
+    mesh = mesh or mesh_lib.make_mesh((1, -1, 1))
+    graphdef, params, rest = ts.split_model(abstract_reward_model(cfg))
+    shardings = ts.variable_shardings(params, mesh)
+    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                            params, shardings)
+    params = ckpt.restore_params(abstract, meta["step"])
+  finally:
+    ckpt.close()
+  model = nnx.merge(graphdef, params, rest)
+  tok = load_tokenizer(meta["tokenizer"])
+  fmt = sft.format_config(meta["config"]["format"])
+  debiaser = None
+  if debias:
+    path = workdir / DEBIASER_FILE
+    if not path.exists():
+      raise FileNotFoundError(f"{path}: no length debiaser was fitted for this run")
+    debiaser = LengthDebiaser.load(path)
+  return RewardModelScorer(model, tok, fmt, batch_size=batch_size, mesh=mesh, debiaser=debiaser)
