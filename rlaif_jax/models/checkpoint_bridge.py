@@ -24,7 +24,8 @@ from rlaif_jax.models.decoder import Decoder
 from rlaif_jax.sharding import mesh as mesh_lib
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json")
+                   "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json",
+                   "chat_template.jinja", "chat_template.json")
 
 
 class CheckpointMismatchError(ValueError):

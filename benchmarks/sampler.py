@@ -1,0 +1,157 @@
+r"""python -m benchmarks.sampler --batch_sizes=1,8,32 --new_tokens=64
+
+Times our jitted sampler against `transformers` `generate` on the same random weights (greedy,
+no early stop, so both produce exactly batch x new_tokens tokens). Default: a ~39M-parameter
+Qwen2-shaped model (`--preset=cpu_small`) that runs on CPU in minutes; on GPU use e.g.
+`--preset=qwen2_5_1_5b` (bf16 there by default). Warm-up (compilation, first CUDA calls) is
+excluded. Prints a table, the tokens/s ratios, and as the last line
+`ratio_vs_transformers_b32=<x>` (nan when batch 32 was not run).
+
+On GPU it also prints the fraction of the memory-bandwidth roofline of the decode loop: bytes
+read per decode step (all parameters + the whole K/V cache our loop attends over) x decode
+steps/s / (--hbm_gbps x 1e9). Decode steps/s comes from the total time minus a 1-token call
+(the prefill).
+"""
+import math
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from rlaif_jax.models import checkpoint_bridge, config as config_lib
+from rlaif_jax.sampling.logits_processing import SamplingParams
+from rlaif_jax.sampling.sampler import Sampler
+
+_PRESET = flags.DEFINE_string("preset", "cpu_small", "cpu_small or a rlaif_jax.models preset.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8", "32", "64"], "Batch sizes.")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "Prompt tokens per row.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "New tokens per row.")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "Timed runs per setting (the best is kept).")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
+                           "Weights and compute dtype (default: bfloat16 on GPU, else float32).")
+_NUM_LAYERS = flags.DEFINE_integer("num_layers", None, "Override the preset's layer count.")
+_HBM_GBPS = flags.DEFINE_float("hbm_gbps", 3350.0, "Memory bandwidth (GB/s) for the roofline.")
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0,
+                                      "torch.set_num_threads for transformers (0 = default).")
+_SKIP_HF = flags.DEFINE_bool("skip_transformers", False, "Time only our sampler.")
+
+
+def cpu_small(**overrides) -> config_lib.ModelConfig:
+  base = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_layers=8,
+              num_heads=8, num_kv_heads=2, head_dim=64, rope_theta=1e6, qkv_bias=True,
+              tie_embeddings=True, max_position_embeddings=4096, architecture="qwen2")
+  base.update(overrides)
+  return config_lib.ModelConfig(**base)
+
+
+def build_models(cfg: config_lib.ModelConfig, dtype: str, device: str):
+  """A random HF model, saved and loaded into ours, so both hold the same weights."""
+  import torch
+  import transformers
+  hf_cfg = config_lib.to_hf_config(cfg)
+  cls_cfg, cls_model = ((transformers.Qwen2Config, transformers.Qwen2ForCausalLM)
+                        if cfg.architecture == "qwen2"
+                        else (transformers.LlamaConfig, transformers.LlamaForCausalLM))
+  torch.manual_seed(0)
+  hf = cls_model(cls_cfg(**hf_cfg)).eval()
+  with tempfile.TemporaryDirectory() as d:
+    hf.save_pretrained(d)
+    ours = checkpoint_bridge.load_hf_checkpoint(d, param_dtype=dtype, dtype=dtype)
+  hf = hf.to(device=device, dtype=getattr(torch, dtype))
+  return hf, ours
+
+
+def time_ours(sampler: Sampler, tokens, mask, new_tokens: int, repeats: int) -> tuple[float, float]:
+  """(seconds for the full generation, seconds for a 1-token call ~ prefill)."""
+  def run(n):
+    out = sampler.generate_ids(None, tokens, mask, n, SamplingParams.greedy(), stop_ids=())
+    jax.block_until_ready(out)
+    assert int(np.min(np.asarray(out.lengths))) == n
+  run(new_tokens), run(1)  # compile both shapes
+  best = best_prefill = math.inf
+  for _ in range(repeats):
+    t = time.perf_counter()
+    run(new_tokens)
+    best = min(best, time.perf_counter() - t)
+    t = time.perf_counter()
+    run(1)
+    best_prefill = min(best_prefill, time.perf_counter() - t)
+  return best, best_prefill
+
+
+def time_hf(hf, tokens, new_tokens: int, repeats: int, device: str) -> float:
+  import torch
+  ids = torch.tensor(tokens, dtype=torch.long, device=device)
+  mask = torch.ones_like(ids)
+
+  def run(n):
+    with torch.inference_mode():
+      out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
+                        min_new_tokens=n, pad_token_id=0)
+    if device == "cuda":
+      torch.cuda.synchronize()
+    assert out.shape[1] == ids.shape[1] + n
+  run(2)  # warm-up
+  best = math.inf
+  for _ in range(repeats):
+    t = time.perf_counter()
+    run(new_tokens)
+    best = min(best, time.perf_counter() - t)
+  return best
+
+
+def decode_bytes_per_step(cfg: config_lib.ModelConfig, batch: int, cache_len: int,
+                          itemsize: int) -> int:
+  kv = 2 * cfg.num_layers * batch * cache_len * cfg.num_kv_heads * cfg.head_dim * itemsize
+  return cfg.num_params * itemsize + kv
+
+
+def _torch_threads() -> int:
+  import torch
+  return torch.get_num_threads()
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  on_gpu = jax.default_backend() == "gpu"
+  dtype = _DTYPE.value or ("bfloat16" if on_gpu else "float32")
+  overrides = {} if _NUM_LAYERS.value is None else {"num_layers": _NUM_LAYERS.value}
+  cfg = (cpu_small(**overrides) if _PRESET.value == "cpu_small"
+         else config_lib.preset(_PRESET.value, **overrides))
+  device = "cuda" if on_gpu else "cpu"
+  if _TORCH_THREADS.value:
+    import torch
+    torch.set_num_threads(_TORCH_THREADS.value)
+  hf, ours = build_models(cfg, dtype, device)
+  sampler = Sampler(ours)
+  p, n = _PROMPT_LEN.value, _NEW_TOKENS.value
+  print(f"preset={_PRESET.value} params={cfg.num_params / 1e6:.1f}M dtype={dtype} "
+        f"backend={jax.default_backend()} ({jax.devices()[0].device_kind}) prompt_len={p} "
+        f"new_tokens={n} torch_threads={_torch_threads()}")
+  header = f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>9} {'ratio':>6} {'ours ms/step':>12}"
+  print(header + (f" {'roofline':>8}" if on_gpu else ""))
+  ratios = {}
+  for b in [int(x) for x in _BATCH_SIZES.value]:
+    tokens = np.random.RandomState(b).randint(0, cfg.vocab_size, (b, p)).astype(np.int32)
+    total, prefill = time_ours(sampler, tokens, np.ones((b, p), bool), n, _REPEATS.value)
+    ours_tps = b * n / total
+    hf_tps = math.nan if _SKIP_HF.value else b * n / time_hf(hf, tokens, n, _REPEATS.value,
+                                                             device)
+    ratios[b] = ours_tps / hf_tps
+    step_s = max(total - prefill, 1e-9) / max(n - 1, 1)
+    row = f"{b:>5} {ours_tps:>11.1f} {hf_tps:>9.1f} {ratios[b]:>6.2f} {1e3 * step_s:>12.2f}"
+    if on_gpu:
+      itemsize = np.dtype(jax.numpy.dtype(dtype)).itemsize
+      moved = decode_bytes_per_step(cfg, b, p + n - 1, itemsize)
+      row += f" {moved / step_s / (_HBM_GBPS.value * 1e9):>8.1%}"
+    print(row, flush=True)
+  print("tokens/s ratio ours/transformers: " + ", ".join(f"b{b}={r:.2f}"
+                                                         for b, r in ratios.items()))
+  print(f"ratio_vs_transformers_b32={ratios.get(32, math.nan):.3f}")
+
+
+if __name__ == "__main__":
+  app.run(main)

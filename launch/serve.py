@@ -1,0 +1,59 @@
+r"""python -m launch.serve --hf_dir=runs/sft/export --port=8000
+
+Serves a model over an OpenAI-compatible HTTP API (non-streaming), e.g.
+
+  curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \
+    -d '{"messages": [{"role": "user", "content": "写一条新年祝福"}], "n": 2, "max_tokens": 64}'
+
+Endpoints: /v1/chat/completions, /v1/completions, /v1/models, /health. Concurrent requests are
+batched into one sampler call (see rlaif_jax/sampling/server.py). Binds 127.0.0.1 unless --host.
+--checkpoint=W loads a trainer work directory's export (rlaif_jax/sampling/loading.py).
+"""
+import pathlib
+
+from absl import app, flags, logging
+from aiohttp import web
+
+from rlaif_jax.sampling.loading import load_policy
+from rlaif_jax.sampling.sampler import Sampler
+from rlaif_jax.sampling.server import ServerConfig, make_app
+from rlaif_jax.sharding import mesh as mesh_lib
+
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trainer work directory (uses W/export).")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind.")
+_PORT = flags.DEFINE_integer("port", 8000, "Port to bind.")
+_MODEL_NAME = flags.DEFINE_string("model_name", None, "Model id in responses (default: the "
+                                  "model directory's name).")
+_MAX_BATCH_ROWS = flags.DEFINE_integer("max_batch_rows", 64, "Rows (prompts x n) per batch.")
+_BATCH_WINDOW_MS = flags.DEFINE_float("batch_window_ms", 5.0, "How long to gather requests.")
+_DEFAULT_MAX_TOKENS = flags.DEFINE_integer("default_max_tokens", 256,
+                                           "max_tokens when a request gives none.")
+_MAX_TOKENS_LIMIT = flags.DEFINE_integer("max_tokens_limit", 2048, "Largest max_tokens accepted.")
+_MAX_PROMPT_TOKENS = flags.DEFINE_integer("max_prompt_tokens", 2048, "Longest prompt accepted.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "Parameter and compute dtype.")
+_MESH = flags.DEFINE_list("mesh", ["1", "-1", "1"], "Mesh shape data,fsdp,tensor (-1 = rest).")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if (_HF_DIR.value is None) == (_CHECKPOINT.value is None):
+    raise app.UsageError("pass exactly one of --hf_dir or --checkpoint")
+  mesh = mesh_lib.make_mesh([int(s) for s in _MESH.value])
+  policy = load_policy(_HF_DIR.value, _CHECKPOINT.value, mesh, param_dtype=_DTYPE.value,
+                       dtype=_DTYPE.value)
+  name = _MODEL_NAME.value or pathlib.Path(_HF_DIR.value or _CHECKPOINT.value).resolve().name
+  config = ServerConfig(model_name=name, default_max_tokens=_DEFAULT_MAX_TOKENS.value,
+                        max_tokens_limit=_MAX_TOKENS_LIMIT.value,
+                        max_prompt_tokens=_MAX_PROMPT_TOKENS.value,
+                        max_batch_rows=_MAX_BATCH_ROWS.value,
+                        batch_window_s=_BATCH_WINDOW_MS.value / 1000.0)
+  logging.info("serving %s from %s on http://%s:%d", name, policy.source, _HOST.value, _PORT.value)
+  web.run_app(make_app(Sampler(policy.model, policy.tokenizer, mesh=mesh), config),
+              host=_HOST.value, port=_PORT.value, print=lambda msg: print(msg, flush=True))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,289 @@
+"""Batched autoregressive sampling: a jitted prefill and a jitted `lax.while_loop` decode over a
+preallocated KV cache.
+
+Design:
+  * The parameters are an argument of the jitted functions (`nnx.split` graphdef + state), never
+    closed over, so the RL trainer passes new weights every step without recompiling. Compiles
+    happen once per (batch, prompt length, max_new_tokens, stop-id slots) shape; `generate`
+    pads to buckets to keep that number small.
+  * Prompts are left-padded so all rows share the cache index; RoPE positions come from the mask.
+  * The decode state (`SamplerState`, KV cache included) is donated to the decode call, so XLA
+    updates the cache in place.
+  * Every sampling setting is a per-row traced array: greedy and sampled rows, different
+    temperatures and per-row max_tokens mix in one batch.
+  * Randomness: row b at step t draws with fold_in(split(key, B)[b], t), which does not depend on
+    device count or sharding (threefry is partitionable), so a mesh run reproduces a 1-device run.
+  * The loop exits as soon as every row has ended.
+
+Under a mesh (`with jax.set_mesh(mesh):` and parameters sharded with `state_shardings`), rows are
+split over the `data`/`fsdp` axes and the KV cache's kv heads over `tensor`, through the logical
+axis rules of `rlaif_jax.sharding.mesh`.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlaif_jax.models.decoder import Decoder, KVCache, positions_from_mask
+from rlaif_jax.sampling import completions as comp
+from rlaif_jax.sampling.logits_processing import SamplingArrays, SamplingParams, sample_step
+from rlaif_jax.sampling.state import GenerationOutput, SamplerState
+from rlaif_jax.sharding.mesh import shard_activation
+from rlaif_jax.tokenizers.base import Tokenizer
+
+_KV_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+_STOP_SLOTS = 8  # stop-id arrays are padded to a multiple of this, so their count rarely recompiles
+
+
+def _shard_rows(x: jax.Array) -> jax.Array:
+  return shard_activation(x, ("batch",) + (None,) * (x.ndim - 1))
+
+
+def _record(state: SamplerState, logits: jax.Array) -> SamplerState:
+  """Samples token number `state.step` from logits f32[B, V] and updates the bookkeeping."""
+  step = state.step
+  keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.keys, step)
+  tok, lp, plp = sample_step(keys, logits, state.params)
+  running = ~state.done
+  tok = jnp.where(running, tok, state.pad_id)
+  lp, plp = jnp.where(running, lp, 0.0), jnp.where(running, plp, 0.0)
+
+  def put(buf: jax.Array, col: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_update_slice(buf, col[:, None].astype(buf.dtype), (0, step))
+
+  lengths = state.lengths + running.astype(jnp.int32)
+  hit_stop = running & jnp.any(tok[:, None] == state.stop_ids[None, :], axis=-1)
+  done = state.done | hit_stop | (lengths >= state.params.max_tokens)
+  return state.replace(tokens=put(state.tokens, tok), logprobs=put(state.logprobs, lp),
+                       processed_logprobs=put(state.processed_logprobs, plp), next_token=tok,
+                       lengths=lengths, done=done, stopped=state.stopped | hit_stop,
+                       step=step + 1)
+
+
+def _prefill(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, mask: jax.Array,
+             sampling: SamplingArrays, stop_ids: jax.Array, pad_id: jax.Array, key: jax.Array,
+             max_new_tokens: int) -> SamplerState:
+  """Runs the prompts i32[B, P] (left-padded, mask bool[B, P]) through the model into a fresh
+  cache of P + max_new_tokens - 1 slots and samples the first new token of every row."""
+  model = nnx.merge(graphdef, params)
+  b, p = tokens.shape
+  tokens, mask = _shard_rows(tokens), _shard_rows(mask)
+  positions = positions_from_mask(mask)
+  cache = KVCache.zeros(model.cfg, b, p + max_new_tokens - 1)
+  cache = cache.replace(k=shard_activation(cache.k, _KV_AXES),
+                        v=shard_activation(cache.v, _KV_AXES), mask=_shard_rows(cache.mask))
+  hidden, cache = model.hidden_states(tokens, positions, mask, cache)
+  logits = model.logits_from_hidden(hidden[:, -1:])[:, 0]  # only the last position is needed
+  empty = ~jnp.any(mask, axis=-1)  # padding rows added by bucketing: finished from the start
+  zeros_f = _shard_rows(jnp.zeros((b, max_new_tokens), jnp.float32))
+  state = SamplerState(
+      cache=cache, tokens=_shard_rows(jnp.full((b, max_new_tokens), pad_id, jnp.int32)),
+      logprobs=zeros_f, processed_logprobs=zeros_f, next_token=jnp.zeros((b,), jnp.int32),
+      next_position=positions[:, -1] + 1, lengths=jnp.zeros((b,), jnp.int32), done=empty,
+      stopped=jnp.zeros((b,), bool), step=jnp.zeros((), jnp.int32),
+      keys=jax.random.split(key, b), params=sampling, stop_ids=stop_ids, pad_id=pad_id)
+  return _record(state, logits)
+
+
+def _decode(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState) -> SamplerState:
+  """Feeds each row's last token and samples the next until every row is done or the buffers
+  are full."""
+  model = nnx.merge(graphdef, params)
+  n = state.max_new_tokens
+  ones = jnp.ones((state.tokens.shape[0], 1), bool)
+
+  def cond(s: SamplerState) -> jax.Array:
+    return (s.step < n) & ~jnp.all(s.done)
+
+  def body(s: SamplerState) -> SamplerState:
+    logits, cache = model(s.next_token[:, None], s.next_position[:, None], ones, s.cache)
+    s = s.replace(cache=cache, next_position=s.next_position + 1)
+    return _record(s, logits[:, 0])
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+def _output(state: SamplerState) -> GenerationOutput:
+  return GenerationOutput(tokens=state.tokens, logprobs=state.logprobs,
+                          processed_logprobs=state.processed_logprobs, lengths=state.lengths,
+                          stopped=state.stopped, steps=state.step)
+
+
+# Module-level jits: the compile cache is shared by every Sampler with the same graphdef.
+_prefill_jit = jax.jit(_prefill, static_argnums=(0,), static_argnames=("max_new_tokens",))
+_decode_jit = jax.jit(_decode, static_argnums=(0,), donate_argnums=(2,))
+_output_jit = jax.jit(_output, donate_argnums=(0,))
+
+
+def _check_left_padded(mask: np.ndarray) -> None:
+  bad = np.nonzero(np.any(np.diff(mask.astype(np.int8), axis=1) < 0, axis=1))[0]
+  if bad.size:
+    raise ValueError(f"prompt_mask rows {bad[:8].tolist()} are not left-padded (a real token is "
+                     "followed by padding); the sampler needs padding on the left")
+
+
+def _as_key(key: jax.Array | int) -> jax.Array:
+  if isinstance(key, (int, np.integer)):
+    return jax.random.key(int(key))
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(key)
+  return key
+
+
+class Sampler:
+  """Generates from a `Decoder`.
+
+  Token level (RL rollouts): `generate_ids(model_or_params, prompt_tokens, prompt_mask, ...)`.
+  Text level (CLI, server, judges): `generate(prompts, ...)`, needs a tokenizer.
+
+  Args:
+    model: the Decoder (its graphdef is kept; its current parameters are the default ones).
+    tokenizer: needed by `generate`; its eos and stop_ids are the default stop ids.
+    mesh: when given, every call runs under `jax.set_mesh(mesh)`; otherwise the caller's mesh
+      context (if any) applies.
+    prompt_bucket: `generate` pads prompt lengths to a multiple of this.
+  """
+
+  def __init__(self, model: Decoder, tokenizer: Tokenizer | None = None, *,
+               mesh: jax.sharding.Mesh | None = None, prompt_bucket: int = 32):
+    self.graphdef, self.params = nnx.split(model)
+    self.cfg = model.cfg
+    self.tokenizer = tokenizer
+    self.mesh = mesh
+    self.prompt_bucket = prompt_bucket
+    self.stop_ids: tuple[int, ...] = ()
+    if tokenizer is not None:
+      self.stop_ids = tuple(dict.fromkeys([tokenizer.eos_id, *tokenizer.stop_ids]))
+    self._seed_counter = itertools.count()
+
+  def _mesh_context(self):
+    return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+  def _split(self, model_or_params) -> tuple[nnx.GraphDef, nnx.State]:
+    if model_or_params is None:
+      return self.graphdef, self.params
+    if isinstance(model_or_params, nnx.Module):
+      return nnx.split(model_or_params)
+    return self.graphdef, model_or_params
+
+  def generate_ids(self, model_or_params: Decoder | nnx.State | None, prompt_tokens,
+                   prompt_mask, max_new_tokens: int,
+                   sampling: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
+                   key: jax.Array | int = 0, *, n: int = 1,
+                   stop_ids: Sequence[int] | None = None) -> GenerationOutput:
+    """Samples up to `max_new_tokens` per row.
+
+    Args:
+      model_or_params: a Decoder, or an `nnx.State` for this sampler's graphdef (e.g. the
+        trainer's current parameters), or None for the parameters given at construction.
+      prompt_tokens: int32[B, P], left-padded. prompt_mask: bool[B, P] (True on real tokens); a
+        row with no real token produces nothing (length 0).
+      max_new_tokens: static buffer size N (one compile per (B*n, P, N)).
+      sampling: one SamplingParams for all rows, or one per prompt (stop strings are ignored
+        here; they apply to text in `generate`).
+      key: PRNG key or int seed; the same key gives the same tokens.
+      n: samples per prompt; output rows [i*n, (i+1)*n) belong to prompt i.
+      stop_ids: ids that end a row; default the tokenizer's eos + stop_ids; () never stops early.
+    Returns:
+      GenerationOutput with device arrays of B*n rows.
+    """
+    graphdef, params = self._split(model_or_params)
+    if isinstance(prompt_mask, np.ndarray):
+      _check_left_padded(prompt_mask)
+    if prompt_tokens.ndim != 2 or prompt_tokens.shape != prompt_mask.shape:
+      raise ValueError(f"prompt_tokens {prompt_tokens.shape} and prompt_mask {prompt_mask.shape} "
+                       "must both be [batch, prompt_len]")
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if n < 1:
+      raise ValueError(f"n must be >= 1, got {n}")
+    b = prompt_tokens.shape[0]
+    per_prompt = [sampling] * b if isinstance(sampling, SamplingParams) else list(sampling)
+    if len(per_prompt) != b:
+      raise ValueError(f"got {len(per_prompt)} SamplingParams for {b} prompts")
+    arrays = SamplingArrays.from_params([p for p in per_prompt for _ in range(n)], max_new_tokens)
+    ids = list(self.stop_ids if stop_ids is None else stop_ids)
+    stop = np.full(comp.round_up(max(len(ids), 1), _STOP_SLOTS), -1, np.int32)
+    stop[:len(ids)] = ids
+    pad_id = np.int32(self.tokenizer.pad_id if self.tokenizer is not None else 0)
+    tokens, mask = jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask, bool)
+    if n > 1:
+      tokens, mask = jnp.repeat(tokens, n, axis=0), jnp.repeat(mask, n, axis=0)
+    with self._mesh_context():
+      state = _prefill_jit(graphdef, params, tokens, mask, arrays, stop, pad_id, _as_key(key),
+                           max_new_tokens=int(max_new_tokens))
+      state = _decode_jit(graphdef, params, state)
+      return _output_jit(state)
+
+  def generate(self, prompts: Sequence[comp.Prompt], max_new_tokens: int = 256,
+               sampling: SamplingParams | Sequence[SamplingParams] = SamplingParams(), *,
+               n: int = 1, seed: int | None = None, use_chat_template: bool = True,
+               add_bos: bool = False, params: nnx.State | None = None,
+               stop_ids: Sequence[int] | None = None) -> list[comp.Completion]:
+    """Text in, `Completion`s out: len(prompts) * n of them, prompt-major.
+
+    A str prompt is wrapped as one user message of the chat template (`use_chat_template`) or
+    used verbatim; a message list always goes through the chat template. Stop strings
+    (`SamplingParams.stop`) are applied to the decoded text. `seed` None draws a fresh seed
+    from a per-sampler counter (0, 1, 2, ...), so repeated calls differ but a run is repeatable.
+    The static sizes are bucketed (prompt count -> power of two, prompt length -> multiple of
+    `prompt_bucket`, max_new_tokens -> power of two; each row still stops at its own limit).
+    """
+    if self.tokenizer is None:
+      raise ValueError("Sampler.generate needs a tokenizer; pass tokenizer= to Sampler(...)")
+    ids = comp.encode_prompts(self.tokenizer, prompts, use_chat_template, add_bos)
+    return self.generate_encoded(ids, max_new_tokens, sampling, n=n, seed=seed, params=params,
+                                 stop_ids=stop_ids)
+
+  def generate_encoded(self, ids: Sequence[Sequence[int]], max_new_tokens: int = 256,
+                       sampling: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
+                       *, n: int = 1, seed: int | None = None, params: nnx.State | None = None,
+                       stop_ids: Sequence[int] | None = None) -> list[comp.Completion]:
+    """`generate` for prompts already encoded (lists of ids, e.g. from `encode_prompts`)."""
+    if self.tokenizer is None:
+      raise ValueError("Sampler.generate needs a tokenizer; pass tokenizer= to Sampler(...)")
+    if not ids:
+      return []
+    if not all(len(x) for x in ids):
+      raise ValueError("every prompt needs at least one token")
+    per_prompt = ([sampling] * len(ids) if isinstance(sampling, SamplingParams)
+                  else list(sampling))
+    if len(per_prompt) != len(ids):
+      raise ValueError(f"got {len(per_prompt)} SamplingParams for {len(ids)} prompts")
+    rows = comp.next_power_of_two(len(ids))
+    length = comp.round_up(max(len(x) for x in ids), self.prompt_bucket)
+    tokens, mask = comp.left_pad(ids, self.tokenizer.pad_id, length, rows)
+    limits = [SamplingParams(p.temperature, p.top_k, p.top_p,
+                             min(p.max_tokens or max_new_tokens, max_new_tokens))
+              for p in per_prompt]
+    limits += [SamplingParams.greedy()] * (rows - len(ids))
+    seed = next(self._seed_counter) if seed is None else seed
+    out = self.generate_ids(params, tokens, mask, comp.next_power_of_two(max_new_tokens), limits,
+                            seed, n=n, stop_ids=stop_ids).to_numpy()
+    results = []
+    for i, (prompt_ids, p) in enumerate(zip(ids, per_prompt)):
+      for j in range(n):
+        r = i * n + j
+        k = int(out.lengths[r])
+        text, tok, lps, plps, reason = comp.finish_row(
+            self.tokenizer, out.tokens[r, :k], out.logprobs[r, :k],
+            out.processed_logprobs[r, :k], bool(out.stopped[r]), p.stop)
+        results.append(comp.Completion(i, j, text, tok, lps, plps, reason, len(prompt_ids)))
+    return results
+
+  def make_generate_fn(self, *, use_chat_template: bool = True
+                       ) -> Callable[[list[list[dict]], int, float], list[str]]:
+    """`generate_fn(conversations, max_tokens, temperature) -> texts` for
+    `rlaif_jax.judging.backends.local.LocalSamplerBackend`."""
+    def generate_fn(conversations: list[list[dict]], max_tokens: int,
+                    temperature: float) -> list[str]:
+      outs = self.generate(conversations, max_tokens, SamplingParams(temperature=temperature),
+                           use_chat_template=use_chat_template)
+      return [c.text for c in outs]
+    return generate_fn
