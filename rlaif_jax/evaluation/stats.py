@@ -25,7 +25,8 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
   denom = 1.0 + z * z / n
   centre = (p + z * z / (2 * n)) / denom
   half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-  return max(0.0, centre - half), min(1.0, centre + half)
+  # Clamp to [0, p] and [p, 1]: rounding can put a bound a hair past the rate (6e-17 at p = 0).
+  return min(max(0.0, centre - half), p), max(min(1.0, centre + half), p)
 
 
 def excellence_rate(labels: Sequence[int] | np.ndarray, z: float = Z_95) -> dict[str, float]:

@@ -1,0 +1,124 @@
+r"""python -m launch.evaluate --checkpoints=sft=runs/sft,grpo=runs/grpo --output_dir=/tmp/eval \
+  --judges='rm:runs/rm,llm:openai@http://127.0.0.1:8000/v1#Qwen2.5-72B-Instruct,length' \
+  --data_dir=$RLAIF_DATA_DIR --max_prompts=200 --reliability
+
+Generates with every checkpoint on the evaluation prompts, judges the greetings with every
+judge, and writes excellence rates (95% Wilson CIs), diversity, length, tables (markdown + CSV)
+and plots to --output_dir (layout: rlaif_jax/evaluation/harness.py). Re-running the same
+command resumes: finished generations and judgements are kept.
+
+  --checkpoints   comma list of NAME=PATH or PATH (name = the directory's basename). PATH is a
+                  trainer run directory with export/, an HF model directory, or hf:DIR.
+  --judges        comma list of [NAME=]KIND[:TARGET][?KEY=VALUE&...], KIND in rm, llm,
+                  curator, length; e.g. rm:/runs/rm?threshold=0.5,
+                  llm:openai@http://127.0.0.1:8000/v1#MODEL?principles=v0, curator:openai@URL#MODEL,
+                  length (full format: rlaif_jax/evaluation/judges.py). Quote the value in a
+                  shell: it may hold '#', '?' and '&'. Thresholds not given are calibrated on the
+                  labelled evaluation set.
+  --prompt_set    grpo_test (grpo_data/test.parquet), eval_queries (the evaluation set's
+                  queries) or both; --max_prompts takes a seeded subset.
+  --reliability   also score every judge against the human labels of the evaluation set
+                  (accuracy, precision, recall, F1, Cohen's kappa, beside the length baseline).
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+from typing import Any
+
+from absl import app, flags
+
+from rlaif_jax.data import formatting, greetings, paths
+from rlaif_jax import storage
+from rlaif_jax.evaluation import harness, judges as judges_lib, report
+
+_CHECKPOINTS = flags.DEFINE_list("checkpoints", [], "NAME=PATH or PATH items (see docstring).")
+_JUDGES = flags.DEFINE_string("judges", None, "Judge spec (see docstring).", required=True)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output folder.", required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Greetings dataset (default: $RLAIF_DATA_DIR).")
+_PROMPT_SET = flags.DEFINE_enum("prompt_set", "grpo_test", list(harness.PROMPT_SETS),
+                                "Which requests to generate for.")
+_MAX_PROMPTS = flags.DEFINE_integer("max_prompts", 0, "Seeded subset of prompts; 0 = all.")
+_MAX_LABELLED = flags.DEFINE_integer("max_labelled", 0, "Use the first N labelled records for "
+                                     "calibration and reliability; 0 = all.")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "New tokens per response.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0 = greedy).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus mass in (0, 1]; 1 = off.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens; 0 = off.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed; generation batch k uses seed + k.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Prompts per sampler call.")
+_JUDGE_CHUNK = flags.DEFINE_integer("judge_chunk_size", 64, "Items per judge call (resume unit).")
+_PROMPT_TEMPLATE = flags.DEFINE_string("prompt_template", formatting.GRPO_PROMPT_TEMPLATE,
+                                       "User message; must contain {query}.")
+_CHAT_TEMPLATE = flags.DEFINE_bool("chat_template", True, "Wrap prompts in the chat template.")
+_SYSTEM_PROMPT = flags.DEFINE_string("system_prompt", None, "Optional system message.")
+_MAX_PROMPT_LEN = flags.DEFINE_integer("max_prompt_len", 256, "Prompt token budget.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model dtype.")
+_MESH = flags.DEFINE_list("mesh", ["1", "-1", "1"], "Mesh shape data,fsdp,tensor (-1 = rest).")
+_RELIABILITY = flags.DEFINE_bool("reliability", False, "Also write the judge reliability table.")
+
+
+def _generation_config() -> harness.GenerationConfig:
+  return harness.GenerationConfig(
+      max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
+      top_k=_TOP_K.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
+      prompt_template=_PROMPT_TEMPLATE.value, use_chat_template=_CHAT_TEMPLATE.value,
+      system_prompt=_SYSTEM_PROMPT.value, max_prompt_len=_MAX_PROMPT_LEN.value,
+      dtype=_DTYPE.value)
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _CHECKPOINTS.value and not _RELIABILITY.value:
+    raise app.UsageError("nothing to do: pass --checkpoints and/or --reliability")
+  for flag, low in ((_MAX_PROMPTS, 0), (_MAX_LABELLED, 0), (_JUDGE_CHUNK, 1)):
+    if flag.value < low:
+      raise app.UsageError(f"--{flag.name} must be >= {low}, got {flag.value}")
+  try:
+    checkpoints = harness.parse_checkpoints(_CHECKPOINTS.value)
+    judges_lib.parse_judge_specs(_JUDGES.value)
+    generation = _generation_config()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  data_dir = paths.resolve_data_dir(_DATA_DIR.value)
+  labelled = greetings.load_evaluation_set(data_dir)
+  if _MAX_LABELLED.value > 0:
+    labelled = labelled[:_MAX_LABELLED.value]
+  from rlaif_jax.sharding import mesh as mesh_lib  # Local: JAX after the flags are checked.
+  mesh = mesh_lib.make_mesh([int(s) for s in _MESH.value])
+  try:
+    judges = judges_lib.make_judges(_JUDGES.value, labelled, mesh=mesh)
+  except judges_lib.JudgeSpecError as e:
+    raise app.UsageError(str(e)) from e
+  for j in judges:
+    print(f"judge {j.name}: {j.signature}")
+  try:
+    _run(judges, labelled, checkpoints, data_dir, generation, mesh)
+  except storage.InputError as e:  # a stale output file from other settings
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {_OUTPUT_DIR.value}")
+  return 0
+
+
+def _run(judges: list[judges_lib.EvalJudge], labelled: list[greetings.LabeledResponse],
+         checkpoints: dict[str, str], data_dir: pathlib.Path,
+         generation: harness.GenerationConfig, mesh: Any) -> None:
+  """Writes the reliability table (--reliability) and the checkpoint evaluation."""
+  if _RELIABILITY.value:
+    rows = harness.judge_reliability(judges, labelled, _OUTPUT_DIR.value, _JUDGE_CHUNK.value)
+    print("Judge reliability vs human labels\n" + report.markdown_table(
+        rows, harness.RELIABILITY_COLUMNS))
+  if checkpoints:
+    result = harness.evaluate_checkpoints(
+        checkpoints, judges, _OUTPUT_DIR.value, data_dir=data_dir, prompt_set=_PROMPT_SET.value,
+        max_prompts=_MAX_PROMPTS.value or None, generation=generation, mesh=mesh,
+        judge_chunk_size=_JUDGE_CHUNK.value)
+    print("Excellence rate\n"
+          + report.markdown_table(result["excellence"], harness.EXCELLENCE_COLUMNS))
+    print("Diversity\n" + report.markdown_table(result["diversity"], harness.DIVERSITY_COLUMNS))
+
+
+if __name__ == "__main__":
+  app.run(main)

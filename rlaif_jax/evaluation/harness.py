@@ -1,0 +1,403 @@
+"""Evaluation harness: generate with every checkpoint on the evaluation prompts, judge the
+greetings with every judge, and report excellence rates, diversity and length; plus the
+reliability of the judges themselves against the human labels.
+
+`evaluate_checkpoints` writes under OUTPUT_DIR:
+
+  generations/<checkpoint>.jsonl       {id, query, prompt, response, finish_reason,
+                                         completion_tokens, prompt_truncated, seed, settings}
+  judgements/<checkpoint>/<judge>.jsonl {id, query, response, label (0/1, null if invalid),
+                                         valid, score, judge (what decided), reason | error}
+  excellence.{md,csv}                  per checkpoint x judge: rate with 95% Wilson CI over the
+                                         valid verdicts, n, n_invalid, mean score, Spearman of
+                                         score vs length
+  diversity.{md,csv}                   per checkpoint: distinct-1/2, self-BLEU-4 (characters),
+                                         length statistics, share ended by EOS
+  plots/excellence.png, plots/length_<checkpoint>.png, report.md, summary.json
+
+Prompts are formatted as in training: `GenerationConfig.prompt_template` (the GRPO template
+"请只生成一条祝福语：{query}" by default) inside the tokenizer's chat template
+(`rlaif_jax.data.formatting`). Both stages resume: generation batch k (prompts
+[k*batch_size, (k+1)*batch_size)) always uses seed + k and is written whole, so a resumed run
+writes what an uninterrupted one would; judgements are appended chunk by chunk and only
+missing ids are judged. A file written under other prompts or settings is refused, not mixed
+in (a checkpoint retrained in place under the same path is not detected: use a new output
+directory). Lengths are non-whitespace characters (`diversity.char_length`),
+except for the length judge, which thresholds len(response) as the paper's baseline does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import re
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from rlaif_jax import storage
+from rlaif_jax.data import formatting, greetings
+from rlaif_jax.evaluation import agreement, diversity, plots, report, stats
+from rlaif_jax.evaluation.judges import EvalJudge
+from rlaif_jax.judging.judge_report import json_safe
+
+PROMPT_SETS = ("grpo_test", "eval_queries", "both")
+EXCELLENCE_COLUMNS = ("checkpoint", "judge", "rate", "ci_low", "ci_high", "n", "n_invalid",
+                      "mean_score", "spearman_score_length")
+DIVERSITY_COLUMNS = ("checkpoint", "n", "distinct_1", "distinct_2", "self_bleu", "mean_chars",
+                     "median_chars", "std_chars", "min_chars", "max_chars", "eos_rate")
+RELIABILITY_COLUMNS = ("judge", "kind", "n", "n_invalid", "accuracy", "precision", "recall",
+                       "f1", "cohen_kappa", "positive_rate_pred", "threshold")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+  """How each checkpoint generates: sampling, batching and prompt formatting."""
+  max_new_tokens: int = 128
+  temperature: float = 1.0
+  top_p: float = 1.0
+  top_k: int = 0
+  seed: int = 0
+  batch_size: int = 32
+  prompt_template: str = formatting.GRPO_PROMPT_TEMPLATE
+  use_chat_template: bool = True
+  system_prompt: str | None = None
+  add_bos: bool = False
+  max_prompt_len: int = 256
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    for field in ("max_new_tokens", "batch_size", "max_prompt_len"):
+      if getattr(self, field) < 1:
+        raise ValueError(f"GenerationConfig.{field} must be >= 1, got {getattr(self, field)}")
+    self.sampling()  # validates temperature / top_p / top_k
+
+  def format_config(self) -> formatting.FormatConfig:
+    return formatting.FormatConfig(
+        max_prompt_len=self.max_prompt_len, use_chat_template=self.use_chat_template,
+        prompt_template=self.prompt_template, system_prompt=self.system_prompt,
+        add_bos=self.add_bos)
+
+  def fingerprint(self, checkpoint: str) -> str:
+    """Short hash of these settings and the checkpoint path, stored with every generation so
+    that a resumed run never mixes samples drawn under different settings."""
+    text = json.dumps([checkpoint, dataclasses.asdict(self)], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+  def sampling(self) -> Any:
+    from rlaif_jax.sampling.logits_processing import SamplingParams  # Local: pulls in JAX.
+    return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: checkpoints and prompts.
+
+
+def parse_checkpoints(values: Sequence[str]) -> dict[str, str]:
+  """`name=path` or `path` items -> {name: path}; a path is a run directory (with export/), an
+  HF directory, or `hf:DIR`. The default name is the directory's basename (its parent's for
+  .../export)."""
+  out: dict[str, str] = {}
+  for value in values:
+    m = re.match(r"^([A-Za-z0-9_.\-]+)=(.*)$", value)
+    name, path = (m[1], m[2]) if m else (None, value)
+    if not path.strip() or path == "hf:":
+      raise ValueError(f"checkpoint {value!r}: empty path; expected NAME=PATH or PATH")
+    if name is None:
+      parts = pathlib.PurePath(path.removeprefix("hf:")).parts
+      parts = parts[:-1] if len(parts) > 1 and parts[-1] == "export" else parts
+      name = re.sub(r"[^A-Za-z0-9_.\-]+", "_", parts[-1] if parts else "").strip("_")
+      if not name:
+        raise ValueError(f"checkpoint {value!r}: cannot derive a name; use NAME=PATH")
+    if name in out:
+      raise ValueError(f"checkpoint name {name!r} is used twice ({out[name]!r} and {path!r}); "
+                       "name them with NAME=PATH")
+    out[name] = path
+  return out
+
+
+def select_queries(data_dir: str | os.PathLike, prompt_set: str = "grpo_test",
+                   max_prompts: int | None = None, seed: int = 0) -> list[str]:
+  """Evaluation requests: the GRPO test queries, the evaluation set's queries, or both.
+
+  Duplicates are dropped (first occurrence kept). With `max_prompts` below the count, a seeded
+  random subset is taken, kept in file order.
+  """
+  if prompt_set not in PROMPT_SETS:
+    raise ValueError(f"prompt_set must be one of {PROMPT_SETS}, got {prompt_set!r}")
+  queries: list[str] = []
+  if prompt_set in ("grpo_test", "both"):
+    queries += [p.query for p in greetings.load_rl_prompts(data_dir, "test")]
+  if prompt_set in ("eval_queries", "both"):
+    queries += [r.query for r in greetings.load_evaluation_set(data_dir)]
+  queries = list(dict.fromkeys(queries))
+  if max_prompts is not None and max_prompts < len(queries):
+    if max_prompts < 1:
+      raise ValueError(f"max_prompts must be >= 1, got {max_prompts}")
+    picked = np.random.default_rng(seed).choice(len(queries), size=max_prompts, replace=False)
+    queries = [queries[i] for i in sorted(picked)]
+  return queries
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation (resumable).
+
+
+def _recover_generations(path: pathlib.Path, queries: Sequence[str], batch_size: int,
+                         fingerprint: str) -> tuple[storage.JsonlAppender, dict[int, dict]]:
+  """Records already written for whole batches; records of a cut batch are removed."""
+  appender = storage.JsonlAppender(str(path))
+  records, done = appender.recover(), {}
+  for n, r in enumerate(records, start=1):
+    i = r.get("id")
+    same_prompt = isinstance(i, int) and 0 <= i < len(queries) and r.get("query") == queries[i]
+    if not same_prompt or r.get("settings") != fingerprint:
+      raise storage.InputError(
+          f"{path}: record {n} (id {i!r}, query {r.get('query')!r:.40}, settings "
+          f"{r.get('settings')!r}) was written for other prompts or generation settings (now "
+          f"{fingerprint!r}): delete the file or use another output directory")
+    done.setdefault(i, r)
+  whole = {i: r for i, r in done.items()
+           if all(j in done for j in range(i - i % batch_size,
+                                           min(i - i % batch_size + batch_size, len(queries))))}
+  if len(whole) < len(records):
+    appender.rewrite([whole[i] for i in sorted(whole)])
+  return appender, whole
+
+
+def _load_sampler(path: str, dtype: str, mesh: Any) -> Any:
+  from rlaif_jax.sampling.loading import load_policy  # Local: JAX only when generating.
+  from rlaif_jax.sampling.sampler import Sampler
+  if path.startswith("hf:"):
+    policy = load_policy(hf_dir=path[3:], mesh=mesh, param_dtype=dtype, dtype=dtype)
+  else:
+    policy = load_policy(checkpoint=path, mesh=mesh, param_dtype=dtype, dtype=dtype)
+  return Sampler(policy.model, policy.tokenizer, mesh=mesh)
+
+
+def generate_checkpoint(path: str, queries: Sequence[str], out_path: str | os.PathLike,
+                        cfg: GenerationConfig, mesh: Any = None) -> list[dict[str, Any]]:
+  """Generates one response per query with the checkpoint at `path` into `out_path` (JSONL,
+  resumed; the model is only loaded when something is missing). Returns the records by id."""
+  out_path = pathlib.Path(out_path)
+  fingerprint = cfg.fingerprint(path)
+  appender, done = _recover_generations(out_path, queries, cfg.batch_size, fingerprint)
+  batches = [list(range(s, min(s + cfg.batch_size, len(queries))))
+             for s in range(0, len(queries), cfg.batch_size)]
+  pending = [k for k, ids in enumerate(batches) if any(i not in done for i in ids)]
+  if pending:
+    if mesh is None:
+      from rlaif_jax.sharding import mesh as mesh_lib
+      mesh = mesh_lib.make_mesh((1, -1, 1))
+    sampler = _load_sampler(path, cfg.dtype, mesh)
+    fmt, sampling = cfg.format_config(), cfg.sampling()
+    with appender:
+      for k in pending:
+        encoded = [formatting.encode_prompt(sampler.tokenizer, queries[i], fmt) for i in batches[k]]
+        completions = sampler.generate_encoded([ids for ids, _ in encoded], cfg.max_new_tokens,
+                                               sampling, seed=cfg.seed + k)
+        for i, (_, cut), c in zip(batches[k], encoded, completions):
+          done[i] = {"id": i, "query": queries[i],
+                     "prompt": cfg.prompt_template.replace("{query}", queries[i]),
+                     "response": c.text.strip(), "finish_reason": c.finish_reason,
+                     "completion_tokens": c.completion_tokens, "prompt_truncated": cut,
+                     "seed": cfg.seed + k, "settings": fingerprint}
+          appender.append(done[i])
+  return [done[i] for i in range(len(queries))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging (resumable).
+
+
+def judge_records(judge: EvalJudge, items: Sequence[dict[str, Any]], path: str | os.PathLike,
+                  chunk_size: int = 64) -> list[dict[str, Any]]:
+  """Judges items {id, query, response, [human_label]} into `path` (JSONL), `chunk_size` per
+  judge call; ids already in the file are kept. Returns one record per item, in order."""
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  appender = storage.JsonlAppender(str(path))
+  by_id = {it["id"]: it for it in items}
+  done: dict[Any, dict[str, Any]] = {}
+  for n, r in enumerate(appender.recover(), start=1):
+    item = by_id.get(r.get("id"))
+    if item is None or r.get("response") != item["response"] or r.get("judge") != judge.signature:
+      raise storage.InputError(
+          f"{path}: record {n} (id {r.get('id')!r}) was judged on another response or with "
+          f"other settings ({r.get('judge')!r}, now {judge.signature!r}); delete the file to "
+          "judge again")
+    done[r["id"]] = r
+  pending = [it for it in items if it["id"] not in done]
+  with appender:
+    for start in range(0, len(pending), chunk_size):
+      chunk = pending[start:start + chunk_size]
+      result = judge.judge([c["query"] for c in chunk], [c["response"] for c in chunk])
+      for k, c in enumerate(chunk):
+        valid = bool(result.valid[k])
+        record = {"id": c["id"], "query": c["query"], "response": c["response"],
+                  "label": int(result.labels[k]) if valid else None, "valid": valid,
+                  "score": float(result.scores[k]) if valid else None,
+                  "judge": judge.signature, **result.details[k]}
+        if "human_label" in c:
+          record["human_label"] = c["human_label"]
+        appender.append(record)
+        done[c["id"]] = record
+  return [done[it["id"]] for it in items]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics, tables and plots.
+
+
+def excellence_row(checkpoint: str, judge: str, records: Sequence[dict[str, Any]]
+                   ) -> dict[str, Any]:
+  """Excellence rate with its 95% Wilson CI over the valid verdicts, the invalid count, the mean
+  score and Spearman(score, length) of one checkpoint under one judge."""
+  valid = [r for r in records if r["valid"]]
+  scores = np.array([r["score"] for r in valid], dtype=np.float64)
+  lengths = [diversity.char_length(r["response"]) for r in valid]
+  return {"checkpoint": checkpoint, "judge": judge,
+          **stats.excellence_rate(np.array([r["label"] for r in valid], dtype=np.int64)),
+          "n_invalid": len(records) - len(valid),
+          "mean_score": float(scores.mean()) if scores.size else float("nan"),
+          "spearman_score_length": stats.spearman(scores, lengths)}
+
+
+def diversity_row(checkpoint: str, generations: Sequence[dict[str, Any]], seed: int = 0
+                  ) -> dict[str, Any]:
+  """Diversity and length statistics of one checkpoint's responses."""
+  texts = [g["response"] for g in generations]
+  eos = np.mean([g["finish_reason"] == "stop" for g in generations]) if generations else np.nan
+  return {"checkpoint": checkpoint, **diversity.diversity_report(texts, seed=seed),
+          "eos_rate": float(eos)}
+
+
+def plot_length_histogram(lengths: Sequence[int], title: str, path: str | os.PathLike) -> str:
+  """Histogram PNG of response lengths (characters)."""
+  fig = Figure(figsize=(6.4, 4.0))
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  values = np.asarray(lengths, dtype=np.int64)
+  bins = int(min(30, max(1, np.unique(values).size)))
+  ax.hist(values, bins=bins, color="tab:blue", alpha=0.8)
+  if values.size:
+    ax.axvline(values.mean(), color="tab:red", linestyle="--", label=f"mean {values.mean():.1f}")
+    ax.legend()
+  ax.set_title(title)
+  ax.set_xlabel("response length (non-whitespace characters)")
+  ax.set_ylabel("responses")
+  fig.tight_layout()
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=100)
+  return str(path)
+
+
+def _check_names(kind: str, names: Sequence[str]) -> None:
+  for name in names:
+    if not _NAME.match(name):
+      raise ValueError(f"{kind} name {name!r} may only hold letters, digits, '_', '.', '-'")
+  if len(set(names)) != len(names):
+    raise ValueError(f"{kind} names must be unique, got {list(names)}")
+
+
+def _write_summary(out: pathlib.Path, settings: dict[str, Any], tables: dict[str, str],
+                   rows: dict[str, Any]) -> None:
+  text = "# Evaluation\n\n" + "\n".join(f"- {k}: {v}" for k, v in settings.items()) + "\n"
+  for title, table in tables.items():
+    text += f"\n## {title}\n\n{table}"
+  (out / "report.md").write_text(text, encoding="utf-8")
+  summary = json.dumps(json_safe({"settings": settings, **rows}), ensure_ascii=False, indent=2)
+  (out / "summary.json").write_text(summary + "\n", encoding="utf-8")
+
+
+def evaluate_checkpoints(checkpoints: dict[str, str], judges: Sequence[EvalJudge],
+                         output_dir: str | os.PathLike, *, queries: Sequence[str] | None = None,
+                         data_dir: str | os.PathLike | None = None,
+                         prompt_set: str = "grpo_test", max_prompts: int | None = None,
+                         generation: GenerationConfig = GenerationConfig(), mesh: Any = None,
+                         judge_chunk_size: int = 64) -> dict[str, list[dict[str, Any]]]:
+  """Generates, judges and reports (module docstring) for every checkpoint.
+
+  Args:
+    checkpoints: name -> run directory (with export/), HF directory, or "hf:DIR".
+    judges: built with `judges.make_judges` (calibrated).
+    queries: the evaluation requests; when None, `select_queries(data_dir, prompt_set,
+      max_prompts, generation.seed)`.
+  Returns:
+    {"excellence": rows, "diversity": rows} as written to the tables.
+  """
+  _check_names("checkpoint", list(checkpoints))
+  _check_names("judge", [j.name for j in judges])
+  source = prompt_set if queries is None else "given"
+  if queries is None:
+    if data_dir is None:
+      raise ValueError("evaluate_checkpoints needs queries= or data_dir= (see select_queries)")
+    queries = select_queries(data_dir, prompt_set, max_prompts, generation.seed)
+  elif max_prompts is not None:
+    queries = list(queries)[:max_prompts]
+  if not queries:
+    raise ValueError("evaluate_checkpoints: no evaluation prompts")
+  out = pathlib.Path(output_dir)
+  excellence, diversity_rows = [], []
+  for name, path in checkpoints.items():
+    gens = generate_checkpoint(path, queries, out / "generations" / f"{name}.jsonl", generation,
+                               mesh)
+    diversity_rows.append(diversity_row(name, gens, generation.seed))
+    plot_length_histogram([diversity.char_length(g["response"]) for g in gens],
+                          f"Response length: {name}", out / "plots" / f"length_{name}.png")
+    for judge in judges:
+      records = judge_records(judge, gens, out / "judgements" / name / f"{judge.name}.jsonl",
+                              judge_chunk_size)
+      excellence.append(excellence_row(name, judge.name, records))
+  tables = {
+      "Excellence rate (95% Wilson CI)": report.write_table(
+          excellence, EXCELLENCE_COLUMNS, out / "excellence.md", out / "excellence.csv"),
+      "Diversity and length": report.write_table(
+          diversity_rows, DIVERSITY_COLUMNS, out / "diversity.md", out / "diversity.csv")}
+  plots.plot_bars(excellence, out / "plots" / "excellence.png")
+  settings = {"checkpoints": dict(checkpoints), "judges": [j.signature for j in judges],
+              "n_prompts": len(queries), "prompt_set": source,
+              "generation": dataclasses.asdict(generation)}
+  rows = {"excellence": excellence, "diversity": diversity_rows}
+  _write_summary(out, settings, tables, rows)
+  return rows
+
+
+def judge_reliability(judges: Sequence[EvalJudge], labelled: Sequence[greetings.LabeledResponse],
+                      output_dir: str | os.PathLike, chunk_size: int = 64
+                      ) -> list[dict[str, Any]]:
+  """Agreement of every judge with the human labels (the paper's Table 1, extended).
+
+  Per judge: accuracy, precision, recall, F1 and Cohen's kappa over its valid verdicts, and the
+  invalid count; then the best length-threshold baseline fitted on the same records. Writes
+  reliability.{md,csv} and the verdicts to reliability/<judge>.jsonl (resumed).
+  """
+  if not labelled:
+    raise ValueError("judge_reliability needs labelled records")
+  _check_names("judge", [j.name for j in judges])
+  out = pathlib.Path(output_dir)
+  items = [{"id": i, "query": r.query, "response": r.response, "human_label": r.label}
+           for i, r in enumerate(labelled)]
+  rows = []
+  for judge in judges:
+    records = judge_records(judge, items, out / "reliability" / f"{judge.name}.jsonl", chunk_size)
+    valid = [r for r in records if r["valid"]]
+    row: dict[str, Any] = {"judge": judge.name, "kind": judge.kind, "n": 0,
+                           "threshold": judge.threshold}
+    if valid:
+      row.update(agreement.binary_agreement([r["human_label"] for r in valid],
+                                            [r["label"] for r in valid]))
+    row["n_invalid"] = len(records) - len(valid)
+    rows.append(row)
+  baseline = agreement.best_length_threshold_baseline([len(r.response) for r in labelled],
+                                                      [r.label for r in labelled])
+  rows.append({"judge": "length_baseline", "kind": "baseline (fitted here)", "n_invalid": 0,
+               **baseline})
+  report.write_table(rows, RELIABILITY_COLUMNS, out / "reliability.md", out / "reliability.csv")
+  return rows

@@ -1,0 +1,358 @@
+"""The evaluation harness: judge specs, calibrated judges, judge reliability with hand-checked
+numbers, generate -> judge -> report on tiny random checkpoints with an LLM judge over real HTTP
+(fake_openai_server), resume, and python -m launch.evaluate end to end."""
+import csv
+import dataclasses
+import json
+import math
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fake_openai_server import FLIP_MARKER, FakeOpenAIServer, cli_env, schedule_by_key
+from rlaif_jax import storage
+from rlaif_jax.data import greetings
+from rlaif_jax.data.greetings import LabeledResponse
+from rlaif_jax.evaluation import diversity, harness, stats
+from rlaif_jax.evaluation import judges as judges_lib
+from tests import tiny_hf
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+QUERIES = ["新年祝福", "给妈妈的生日祝福", "祝老师教师节快乐", "同事升职贺词", "朋友新婚祝福",
+           "考试顺利的祝福", "新店开业大吉", "中秋节问候"]
+GARBLED = "祝你前程似锦，步步高升，万事顺意！！"  # the fake judge never answers this one
+
+# Hand-checked labelled set; the fake LLM judge says Good iff len(response) >= 10.
+LABELLED = [LabeledResponse(q, r, y) for q, r, y in [
+    ("新年", "短句", 0),                          # len 2:  llm 0, length(t=8) 0
+    ("新年", "新年快乐万事如意", 1),                # len 8:  llm 0 (FN), length 1
+    ("生日", "祝你新年快乐，万事如意，心想事成", 1),  # len 16: llm 1, length 1
+    ("生日", "祝你生日快乐，天天开心，岁岁平安", 1),  # len 16: llm 1, length 1
+    ("开业", "恭喜发财红包拿来吧朋友们", 0),          # len 12: llm 1 (FP), length 1 (FP)
+    ("中秋", "平安" + FLIP_MARKER, 0),             # len 6:  llm 0; curator's Reflect flips to 1
+    ("升职", GARBLED, 1),                         # len 18: invalid for llm and curator
+    ("考试", "一帆风顺二龙腾飞三羊开泰", 1),          # len 12: llm 1, length 1
+]]
+
+
+def read_csv(path: pathlib.Path) -> list[dict[str, str]]:
+  with path.open(encoding="utf-8") as f:
+    return list(csv.DictReader(f))
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def garbled_server(**kwargs) -> FakeOpenAIServer:
+  return FakeOpenAIServer(fault_fn=schedule_by_key({GARBLED: ["garbage"] * 3}), **kwargs)
+
+
+def first_item_garbled():
+  """A fault_fn: every reply about the first response the server sees is unparseable."""
+  seen: list[str] = []
+
+  def fault_fn(role: str, key: str, attempt: int) -> str | None:
+    del role, attempt
+    seen[:] = seen or [key]
+    return "garbage" if key == seen[0] else None
+  return fault_fn
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("ckpts")
+  return [tiny_hf.make_tiny_hf_checkpoint(root, seed=s, name=f"m{s}") for s in (0, 1)]
+
+
+# ---- specs ------------------------------------------------------------------------------------
+
+
+def test_judge_spec_parsing_names_and_options():
+  specs = judges_lib.parse_judge_specs(
+      "rm:/runs/rm_a/,qwen=llm:openai@http://127.0.0.1:8000/v1#Qwen2.5-72B?principles=v1"
+      "&max_attempts=2, curator:openai@http://h:1/v1#Qwen/Qwen2.5-7B?num_examples=0,"
+      "length?threshold=40")
+  assert [(s.name, s.kind) for s in specs] == [
+      ("rm_rm_a", "rm"), ("qwen", "llm"), ("curator_Qwen_Qwen2.5-7B", "curator"),
+      ("length", "length")]
+  assert specs[1].options == {"principles": "v1", "max_attempts": 2}
+  assert judges_lib.parse_endpoint(specs[2].target, "x") == ("openai", "http://h:1/v1",
+                                                              "Qwen/Qwen2.5-7B")
+  assert specs[3].options == {"threshold": 40}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("", "empty entry"),
+    ("length,,rm:/x", "empty entry"),
+    ("bleu", "KIND one of"),
+    ("rm", "rm needs :TARGET"),
+    ("length:/x", "takes no target"),
+    ("llm:openai@http://127.0.0.1:8000/v1", "BACKEND@BASE_URL#MODEL"),
+    ("llm:vllm@http://h/v1#m", "unknown backend 'vllm'"),
+    ("length?threshold=long", "not a valid integer"),
+    ("length?thresh=3", "unknown option 'thresh'"),
+    ("rm:/a?debias=perhaps", "boolean"),
+    ("rm:/a?threshold=inf", "must be finite"),
+    ("length,length?threshold=3", "already used by entry 1"),
+])
+def test_bad_judge_specs_name_the_entry(spec, message):
+  with pytest.raises(judges_lib.JudgeSpecError, match="judge (entry|spec)") as e:
+    judges_lib.parse_judge_specs(spec)
+  assert message in str(e.value)
+
+
+def test_make_judges_needs_labels_or_thresholds(tmp_path):
+  with pytest.raises(judges_lib.JudgeSpecError, match="entry 1 'length'.*--data_dir"):
+    judges_lib.make_judges("length")
+  with pytest.raises(judges_lib.JudgeSpecError, match="does not exist"):
+    judges_lib.make_judges(f"rm:{tmp_path / 'no_run'}?threshold=0")
+  (judge,) = judges_lib.make_judges("length", LABELLED)
+  assert judge.threshold == 8 and not judge.needs_calibration
+
+
+def test_parse_checkpoints():
+  assert harness.parse_checkpoints(["runs/sft", "g=runs/grpo/export", "hf:/m/Qwen2.5-0.5B",
+                                    "runs/ppo/export/"]) == {
+      "sft": "runs/sft", "g": "runs/grpo/export", "Qwen2.5-0.5B": "hf:/m/Qwen2.5-0.5B",
+      "ppo": "runs/ppo/export/"}
+  with pytest.raises(ValueError, match="used twice"):
+    harness.parse_checkpoints(["a/sft", "b/sft"])
+  with pytest.raises(ValueError, match="empty path"):
+    harness.parse_checkpoints(["x="])
+
+
+# ---- judges -----------------------------------------------------------------------------------
+
+
+class CountGoodScorer:
+  """Reward = number of 好 in the response, NaN for an empty response."""
+
+  def score(self, queries, responses):
+    return np.array([r.count("好") if r else np.nan for r in responses], np.float32)
+
+
+def test_best_score_threshold_by_hand():
+  assert judges_lib.best_score_threshold([0.1, 0.4, 0.35, 0.8], [0, 1, 0, 1]) == 0.375
+  assert judges_lib.best_score_threshold([1.0, 2.0], [1, 1]) == 1.0  # all 1
+  assert judges_lib.best_score_threshold([1.0, 2.0], [0, 0]) == math.inf  # all 0
+
+
+def test_reward_model_and_length_judges():
+  rm = judges_lib.RewardModelJudge(CountGoodScorer(), name="rm")
+  assert rm.needs_calibration
+  rm.calibrate(["q"] * 4, ["好", "好好好", "", "好好"], [0, 1, 1, 1])
+  assert rm.threshold == 1.5  # the empty response's NaN score is left out
+  got = rm.judge(["q"] * 3, ["好好", "", "好"])
+  assert got.labels.tolist() == [1, judges_lib.INVALID, 0]
+  assert got.valid.tolist() == [True, False, True] and got.n_invalid == 1
+  assert got.details[1] == {"error": "non-finite score"}
+  assert rm.signature == "rm threshold=1.5"
+  length = judges_lib.LengthJudge(threshold=3)
+  got = length.judge(["q", "q"], ["ab", "a c"])
+  assert got.labels.tolist() == [0, 1] and got.scores.tolist() == [2.0, 3.0]
+  with pytest.raises(ValueError, match="2 queries but 1 responses"):
+    length.judge(["q", "q"], ["a"])
+
+
+def test_reward_model_judge_calibrates_a_real_scorer(hf_dirs):
+  from flax import nnx
+
+  from rlaif_jax.data import formatting
+  from rlaif_jax.models import Decoder, config as config_lib
+  from rlaif_jax.models.scalar_head import ScalarHeadModel
+  from rlaif_jax.tokenizers import load_tokenizer
+  from rlaif_jax.training.reward_scoring import RewardModelScorer
+  tok = load_tokenizer(hf_dirs[0])
+  cfg = config_lib.tiny(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=48,
+                        num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8)
+  model = ScalarHeadModel(Decoder(cfg, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+  scorer = RewardModelScorer(model, tok, formatting.FormatConfig(max_prompt_len=32,
+                                                                 max_response_len=64))
+  judge = judges_lib.RewardModelJudge(scorer)
+  queries, responses, labels = (list(x) for x in zip(*[(r.query, r.response, r.label)
+                                                       for r in LABELLED]))
+  judge.calibrate(queries, responses, labels)
+  scores = scorer.score(queries, responses).astype(np.float64)
+  got = judge.judge(queries, responses)
+  assert got.labels.tolist() == (scores >= judge.threshold).astype(int).tolist()
+  np.testing.assert_array_equal(got.scores, scores)
+  best = np.mean(got.labels == labels)
+  assert all(np.mean((scores >= t) == labels) <= best for t in [*scores, np.inf])
+
+
+def test_judge_reliability_matches_hand_computed_numbers(tmp_path):
+  with garbled_server(min_len=10) as server:
+    url = server.base_url
+    judges = judges_lib.make_judges(f"llm:openai@{url}#m,curator:openai@{url}#m?num_examples=2,"
+                                    "length", LABELLED)
+    rows = {r["judge"]: r for r in harness.judge_reliability(judges, LABELLED, tmp_path)}
+    n_requests = len(server.log)
+    harness.judge_reliability(judges, LABELLED, tmp_path)  # resumed: nothing is asked again
+    assert len(server.log) == n_requests
+  expected = {  # (n, n_invalid, accuracy, precision, recall, f1, kappa, threshold)
+      "llm_m": (7, 1, 5 / 7, 3 / 4, 3 / 4, 3 / 4, 5 / 12, None),
+      "curator_m": (7, 1, 4 / 7, 3 / 5, 3 / 4, 2 / 3, 2 / 23, None),
+      "length": (8, 0, 7 / 8, 5 / 6, 1.0, 10 / 11, 5 / 7, 8),
+      "length_baseline": (8, 0, 7 / 8, 5 / 6, 1.0, 10 / 11, 5 / 7, 8),
+  }
+  assert list(rows) == list(expected)
+  table = {r["judge"]: r for r in read_csv(tmp_path / "reliability.csv")}
+  for name, (n, n_invalid, acc, prec, rec, f1, kappa, threshold) in expected.items():
+    got = rows[name]
+    assert (got["n"], got["n_invalid"], got.get("threshold")) == (n, n_invalid, threshold), name
+    np.testing.assert_allclose([got[k] for k in ("accuracy", "precision", "recall", "f1",
+                                                 "cohen_kappa")], [acc, prec, rec, f1, kappa])
+    assert float(table[name]["cohen_kappa"]) == pytest.approx(kappa)
+  assert "| llm_m | llm | 7 | 1 | 0.7143 |" in (tmp_path / "reliability.md").read_text()
+  verdicts = read_jsonl(tmp_path / "reliability" / "curator_m.jsonl")
+  assert [v["label"] for v in verdicts] == [0, 0, 1, 1, 1, 1, None, 1]
+  assert verdicts[6]["error"].startswith("positive agent") and verdicts[6]["valid"] is False
+
+
+# ---- generate -> judge -> report --------------------------------------------------------------
+
+
+def _check_tables_against_records(out: pathlib.Path, names, thresholds: dict) -> None:
+  """Recomputes every table cell from the saved generations and judgements; `thresholds`:
+  judge -> the length rule its verdicts follow (the fake LLM judge's min_len)."""
+  excellence = read_csv(out / "excellence.csv")
+  assert [(r["checkpoint"], r["judge"]) for r in excellence] == [
+      (c, j) for c in names for j in thresholds]
+  for row in excellence:
+    gens = read_jsonl(out / "generations" / f"{row['checkpoint']}.jsonl")
+    records = read_jsonl(out / "judgements" / row["checkpoint"] / f"{row['judge']}.jsonl")
+    assert [r["response"] for r in records] == [g["response"] for g in gens]
+    threshold = thresholds[row["judge"]]
+    assert [r["label"] for r in records if r["valid"]] == [
+        int(len(g["response"]) >= threshold) for g, r in zip(gens, records) if r["valid"]]
+    assert all(r["label"] is None and r["error"] for r in records if not r["valid"])
+    labels = [r["label"] for r in records if r["valid"]]
+    good = sum(labels)
+    low, high = stats.wilson_interval(good, len(labels))
+    assert int(row["n"]) == len(labels) and int(row["n_invalid"]) == len(records) - len(labels)
+    np.testing.assert_allclose([float(row[k]) for k in ("rate", "ci_low", "ci_high")],
+                               [good / len(labels), low, high], rtol=1e-12)
+    cell = f"| {row['checkpoint']} | {row['judge']} | {good / len(labels):.4f} |"
+    assert cell in (out / "excellence.md").read_text(encoding="utf-8")
+  for row in read_csv(out / "diversity.csv"):
+    texts = [g["response"] for g in read_jsonl(out / "generations" / f"{row['checkpoint']}.jsonl")]
+    assert float(row["distinct_1"]) == pytest.approx(diversity.distinct_n(texts, 1))
+    assert float(row["mean_chars"]) == pytest.approx(
+        np.mean([diversity.char_length(t) for t in texts]))
+  for png in ["excellence.png"] + [f"length_{c}.png" for c in names]:
+    assert (out / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_checkpoints_end_to_end_and_resume(hf_dirs, tmp_path):
+  workdir = tmp_path / "run_b"
+  shutil.copytree(hf_dirs[1], workdir / "export")  # a trainer run directory
+  checkpoints = {"a": f"hf:{hf_dirs[0]}", "b": str(workdir)}
+  gen = harness.GenerationConfig(max_new_tokens=8, batch_size=4, temperature=1.0, seed=3)
+  out = tmp_path / "eval"
+  with FakeOpenAIServer(min_len=8, fault_fn=first_item_garbled()) as server:
+    judges = judges_lib.make_judges(f"length?threshold=8,llm:openai@{server.base_url}#m")
+    rows = harness.evaluate_checkpoints(checkpoints, judges, out, queries=QUERIES,
+                                        generation=gen)["excellence"]
+    _check_tables_against_records(out, ["a", "b"], {"length": 8, "llm_m": 8})
+    assert [r["n_invalid"] for r in rows] == [0, 1, 0, 0]  # the first item judged by llm_m
+    assert all(0 < r["rate"] < 1 for r in rows)  # both verdicts occur: the checks above bite
+    gens = read_jsonl(out / "generations" / "a.jsonl")
+    assert [g["prompt"] for g in gens] == ["请只生成一条祝福语：" + q for q in QUERIES]
+    assert [g["seed"] for g in gens] == [3] * 4 + [4] * 4
+    before = {p: p.read_bytes() for p in out.rglob("*.*sv") if p.is_file()}
+    gen_a = (out / "generations" / "a.jsonl").read_text(encoding="utf-8")
+    # Cut the second generation batch and the last LLM verdict, then resume.
+    (out / "generations" / "a.jsonl").write_text("".join(gen_a.splitlines(True)[:6]) + '{"id"',
+                                                 encoding="utf-8")
+    llm_file = out / "judgements" / "b" / "llm_m.jsonl"
+    llm_file.write_text("".join(llm_file.read_text(encoding="utf-8").splitlines(True)[:-1]),
+                        encoding="utf-8")
+    n_requests = len(server.log)
+    harness.evaluate_checkpoints(checkpoints, judges, out, queries=QUERIES, generation=gen)
+    assert len(server.log) == n_requests + 1  # only the removed verdict is asked again
+  assert (out / "generations" / "a.jsonl").read_text(encoding="utf-8") == gen_a  # same samples
+  assert {p: p.read_bytes() for p in out.rglob("*.*sv") if p.is_file()} == before
+  # The harness formats prompts as the sampler does for the GRPO user message + chat template.
+  from rlaif_jax.sampling.loading import load_policy
+  from rlaif_jax.sampling.sampler import Sampler
+  policy = load_policy(hf_dir=hf_dirs[0])
+  direct = Sampler(policy.model, policy.tokenizer).generate(
+      ["请只生成一条祝福语：" + q for q in QUERIES[:4]], 8, gen.sampling(), seed=3)
+  assert [c.text.strip() for c in direct] == [g["response"] for g in gens[:4]]
+
+
+def test_stale_outputs_are_refused(hf_dirs, tmp_path):
+  items = [{"id": 0, "query": "q", "response": "一二三"}]
+  harness.judge_records(judges_lib.LengthJudge(2), items, tmp_path / "j.jsonl")
+  with pytest.raises(storage.InputError, match="j.jsonl: record 1 .*delete the file"):
+    harness.judge_records(judges_lib.LengthJudge(3), items, tmp_path / "j.jsonl")
+  gen = harness.GenerationConfig(max_new_tokens=2, batch_size=2)
+  harness.generate_checkpoint(str(hf_dirs[0]), QUERIES[:2], tmp_path / "g.jsonl", gen)
+  for queries, cfg in ((QUERIES[1:3], gen), (QUERIES[:2], dataclasses.replace(gen, top_k=5))):
+    with pytest.raises(storage.InputError, match="g.jsonl: record 1 .*other prompts or gen"):
+      harness.generate_checkpoint(str(hf_dirs[0]), queries, tmp_path / "g.jsonl", cfg)
+
+
+# ---- data and the launcher --------------------------------------------------------------------
+
+
+def test_select_queries_on_the_dataset(data_dir):
+  grpo = harness.select_queries(data_dir, "grpo_test")
+  evaluation = harness.select_queries(data_dir, "eval_queries")
+  assert len(grpo) == len({p.query for p in greetings.load_rl_prompts(data_dir, "test")})
+  assert len(evaluation) == len({r.query for r in greetings.load_evaluation_set(data_dir)})
+  both = harness.select_queries(data_dir, "both")
+  assert set(both) == set(grpo) | set(evaluation) and len(both) == len(set(both))
+  subset = harness.select_queries(data_dir, "both", max_prompts=50, seed=1)
+  assert subset == harness.select_queries(data_dir, "both", max_prompts=50, seed=1)
+  assert len(subset) == 50 and subset == [q for q in both if q in set(subset)]
+
+
+def write_mini_dataset(root: pathlib.Path) -> pathlib.Path:
+  (root / "grpo_data").mkdir(parents=True)
+  rows = [[{"role": "user", "content": greetings.GRPO_PREFIX + q}] for q in QUERIES[:4]]
+  pq.write_table(pa.table({"prompt": rows}), root / "grpo_data" / "test.parquet")
+  (root / "evaluation_set").mkdir()
+  (root / "evaluation_set" / "evaluate_data.json").write_text("".join(
+      json.dumps({"query": r.query, "response": r.response, "label": r.label},
+                 ensure_ascii=False) + "\n" for r in LABELLED), encoding="utf-8")
+  return root
+
+
+def run_evaluate(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "launch.evaluate", *args], cwd=ROOT,
+                        env=cli_env(JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                        timeout=240)
+
+
+def test_launch_evaluate_end_to_end(hf_dirs, tmp_path):
+  data = write_mini_dataset(tmp_path / "data")
+  out = tmp_path / "out"
+  with garbled_server(min_len=10) as server:
+    judges = f"length,llm:openai@{server.base_url}#m"
+    proc = run_evaluate(f"--checkpoints=tiny=hf:{hf_dirs[0]}", f"--judges={judges}",
+                        f"--output_dir={out}", f"--data_dir={data}", "--prompt_set=both",
+                        "--max_prompts=6", "--max_new_tokens=4", "--batch_size=8",
+                        "--reliability")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "judge length: length threshold=8" in proc.stdout
+  reliability = {r["judge"]: r for r in read_csv(out / "reliability.csv")}
+  assert float(reliability["length"]["accuracy"]) == 7 / 8
+  assert float(reliability["llm_m"]["accuracy"]) == pytest.approx(5 / 7)
+  assert len(read_jsonl(out / "generations" / "tiny.jsonl")) == 6
+  _check_tables_against_records(out, ["tiny"], {"length": 8, "llm_m": 10})
+  summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+  assert summary["settings"]["n_prompts"] == 6 and summary["settings"]["prompt_set"] == "both"
+
+  bad = run_evaluate(f"--checkpoints={hf_dirs[0]}", "--judges=length,llm:openai@http://h/v1",
+                     f"--output_dir={out}", f"--data_dir={data}")
+  assert bad.returncode != 0 and "judge entry 2" in bad.stderr
+  bad = run_evaluate("--judges=length", f"--output_dir={out}", f"--data_dir={data}")
+  assert bad.returncode != 0 and "nothing to do" in bad.stderr
