@@ -23,7 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.init = ml_collections.ConfigDict(dict(sft_workdir=config_dict.placeholder(str)))
   config.data = ml_collections.ConfigDict(dict(
       train_file=config_dict.placeholder(str), test_file=config_dict.placeholder(str),
-      length_balanced=False, max_train_pairs=0, max_eval_pairs=0))
+      length_balanced=False, max_train_pairs=0,
+      max_eval_pairs=256))  # periodic eval; the final report always scores the whole test file
   config.format = common.format_config(max_prompt_len=64, max_response_len=128)
   config.loss = ml_collections.ConfigDict(dict(center_coef=0.01, margin=0.0))
   config.batch_size = 32  # pairs per step (64 sequences)

@@ -153,7 +153,7 @@ def run_train_rm(config: Any, workdir: str | os.PathLike, data_dir: str | os.Pat
   return report
 
 
-def fit_debiaser(scorer: RewardModelScorer, pairs, seed: int, n: int = 1000) -> LengthDebiaser:
+def fit_debiaser(scorer: RewardModelScorer, pairs, seed: int, n: int = 400) -> LengthDebiaser:
   """The length trend of the RM's scores on (up to n) training pairs' responses."""
   rng = np.random.default_rng(seed)
   pick = rng.choice(len(pairs), size=min(n, len(pairs)), replace=False)
