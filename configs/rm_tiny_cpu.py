@@ -23,15 +23,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.init = ml_collections.ConfigDict(dict(sft_workdir=config_dict.placeholder(str)))
   config.data = ml_collections.ConfigDict(dict(
       train_file=config_dict.placeholder(str), test_file=config_dict.placeholder(str),
-      length_balanced=False, max_train_pairs=0,
+      length_balanced=False, max_train_pairs=0, bucket_multiple=16,
       max_eval_pairs=256))  # periodic eval; the final report always scores the whole test file
   config.format = common.format_config(max_prompt_len=64, max_response_len=128)
   config.loss = ml_collections.ConfigDict(dict(center_coef=0.01, margin=0.0))
-  config.batch_size = 32  # pairs per step (64 sequences)
+  config.batch_size = 16  # pairs per step (32 sequences)
   config.eval_batch_size = 64
   config.optim = common.optim_config(lr=1e-3, warmup_steps=20, decay="cosine", end_lr_ratio=0.1,
                                      weight_decay=0.01, max_grad_norm=1.0)
-  config.loop = common.loop_config(total_steps=100, log_every=10, eval_every=50,
+  config.loop = common.loop_config(total_steps=80, log_every=10, eval_every=40,
                                    checkpoint_every=100, keep_checkpoints=2)
   config.mesh = (1, -1, 1)
   return config

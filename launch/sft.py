@@ -10,27 +10,16 @@ WORKDIR/{metrics.jsonl, tensorboard/, checkpoints/, export/, samples.txt}.
 Several processes (multi-host; on TPU VMs the flags can be left out):
   JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 python -m launch.sft ...
 """
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app
 
-from rlaif_jax import distributed
+from launch import common
 from rlaif_jax.data import paths
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, export).",
-                               required=True)
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Greetings dataset (else env RLAIF_DATA_DIR).")
-flags.mark_flag_as_required("config")
-distributed.define_flags()
+_CONFIG, _WORKDIR, _DATA_DIR = common.define_run_flags()
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-  distributed.initialize_from_flags()
+  common.start(argv)
   from rlaif_jax.training import sft  # Local: import jax work only after distributed init.
   data_dir = paths.resolve_data_dir(_DATA_DIR.value)
   sft.run_sft(_CONFIG.value, _WORKDIR.value, data_dir)

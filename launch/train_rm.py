@@ -5,26 +5,16 @@ r"""Trains the Bradley–Terry reward model of path A.
 Rerunning resumes from the newest checkpoint. Writes WORKDIR/{metrics.jsonl, tensorboard/,
 checkpoints/, rm_report.json, length_debiaser.json}.
 """
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app
 
-from rlaif_jax import distributed
+from launch import common
 from rlaif_jax.data import paths
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Greetings dataset (else env RLAIF_DATA_DIR).")
-flags.mark_flag_as_required("config")
-distributed.define_flags()
+_CONFIG, _WORKDIR, _DATA_DIR = common.define_run_flags()
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  distributed.initialize_from_flags()
+  common.start(argv)
   from rlaif_jax.training import reward_model
   reward_model.run_train_rm(_CONFIG.value, _WORKDIR.value, paths.resolve_data_dir(_DATA_DIR.value))
 

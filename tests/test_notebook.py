@@ -3,7 +3,6 @@ import os
 import pathlib
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from rlaif_jax.data import formatting, greetings
+from rlaif_jax.data import greetings
 from rlaif_jax.models.scalar_head import ScalarHeadModel
 from rlaif_jax.rl import losses, rollout as rollout_lib
 from rlaif_jax.rl.reward_sources import (CallableReward, OfflineFileReward, RewardSource,

@@ -30,7 +30,7 @@ from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
 from rlaif_jax.sharding import mesh as mesh_lib
 from rlaif_jax.tokenizers.base import Tokenizer
-from rlaif_jax.training import checkpointing, metrics as metrics_lib, optim
+from rlaif_jax.training import checkpointing, metrics as metrics_lib
 from rlaif_jax.training import train_state as ts, trainer as trainer_lib
 
 

@@ -21,7 +21,7 @@ import json
 import os
 import pathlib
 import shutil
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -165,29 +165,40 @@ class Checkpointer:
     self.manager.close()
 
 
-def load_model_from_workdir(workdir: str | os.PathLike, mesh: Mesh | None = None,
-                            step: int | None = None, **config_overrides: Any) -> Decoder:
-  """The Decoder of a run's latest (or `step`) checkpoint, restored straight into its shardings.
-
-  config_overrides adjust the saved ModelConfig (e.g. dtype="bfloat16", remat=True); a changed
-  param_dtype casts the stored weights. Used to start the reward model from SFT and the RL policy.
+def restore_module(workdir: str | os.PathLike,
+                   build_abstract: Callable[[ModelConfig], nnx.Module], mesh: Mesh | None = None,
+                   step: int | None = None, **config_overrides: Any
+                   ) -> tuple[nnx.Module, dict[str, Any]]:
+  """(module, checkpoint meta) of a run's latest (or `step`) checkpoint, restored straight into
+  its shardings. `build_abstract(cfg)` gives the module's shape (e.g. `nnx.eval_shape` of a
+  Decoder or a ScalarHeadModel); cfg is the saved ModelConfig with `config_overrides` applied
+  (e.g. dtype="bfloat16", remat=True; a changed param_dtype casts the stored weights).
   """
   ckpt = Checkpointer(pathlib.Path(workdir) / CHECKPOINT_DIR, async_save=False)
   try:
     meta = ckpt.restore_meta(step)
     if "model_config" not in meta:
       raise ValueError(f"{ckpt.directory}: checkpoint meta has no 'model_config'; it was not "
-                       "written by a Decoder run (use Checkpointer.restore_params)")
+                       "written by a model run (use Checkpointer.restore_params)")
     cfg = ModelConfig.from_dict(meta["model_config"]).replace(**config_overrides)
     mesh = mesh or mesh_lib.make_mesh((1, -1, 1))
-    graphdef, params, rest = ts.split_model(checkpoint_bridge.abstract_model(cfg))
+    graphdef, params, rest = ts.split_model(build_abstract(cfg))
     shardings = ts.variable_shardings(params, mesh)
     abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                             params, shardings)
     restored = ckpt.restore_params(abstract, meta["step"])
   finally:
     ckpt.close()
-  return nnx.merge(graphdef, restored, rest)
+  return nnx.merge(graphdef, restored, rest), meta
+
+
+def load_model_from_workdir(workdir: str | os.PathLike, mesh: Mesh | None = None,
+                            step: int | None = None, **config_overrides: Any) -> Decoder:
+  """The Decoder of a run's latest (or `step`) checkpoint (see `restore_module`). Used to start
+  the reward model from SFT and the RL policy."""
+  model, _ = restore_module(workdir, checkpoint_bridge.abstract_model, mesh, step,
+                            **config_overrides)
+  return model
 
 
 def _host_copy(model: Decoder) -> Decoder:

@@ -18,14 +18,14 @@ import numpy as np
 from flax import nnx
 
 from rlaif_jax.data import formatting, greetings, paths
-from rlaif_jax.models import Decoder, checkpoint_bridge
+from rlaif_jax.models import Decoder
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.scalar_head import ScalarHeadModel
 from rlaif_jax.sharding import mesh as mesh_lib
 from rlaif_jax.tokenizers import load_tokenizer
 from rlaif_jax.tokenizers.base import Tokenizer
 from rlaif_jax.training import checkpointing, optim, reward_data, sft
-from rlaif_jax.training import train_state as ts, trainer as trainer_lib
+from rlaif_jax.training import trainer as trainer_lib
 from rlaif_jax.training.reward_losses import bradley_terry_loss
 from rlaif_jax.training.reward_scoring import LengthDebiaser, RewardModelScorer
 
@@ -125,7 +125,7 @@ def run_train_rm(config: Any, workdir: str | os.PathLike, data_dir: str | os.Pat
   stats = formatting.FormattingStats()
   train_enc = reward_data.encode_pairs(tok, train_pairs, fmt, stats)
   test_enc = reward_data.encode_pairs(tok, test_pairs, fmt, stats)
-  buckets = formatting.sequence_buckets(fmt)
+  buckets = sft.length_buckets(fmt, config.data.get("bucket_multiple", 0))
   print(f"reward pairs: {len(train_enc)} train / {len(test_enc)} test; {stats.summary()}")
   print(f"model: {cfg.num_params / 1e6:.2f}M params + scalar head, mesh {dict(mesh.shape)}")
   optimizer, schedule = optim.optimizer_from_config(config.optim, config.loop.total_steps)
@@ -209,21 +209,9 @@ def load_reward_model(workdir: str | os.PathLike, mesh=None, batch_size: int = 3
                       debias: bool = False) -> RewardModelScorer:
   """A scorer over a reward-model run's latest checkpoint (and its length debiaser if asked)."""
   workdir = pathlib.Path(workdir)
-  ckpt = checkpointing.Checkpointer(workdir / checkpointing.CHECKPOINT_DIR, async_save=False)
-  try:
-    meta = ckpt.restore_meta()
-    if meta.get("kind") != "reward_model":
-      raise ValueError(f"{workdir}: not a reward-model run (checkpoint kind={meta.get('kind')!r})")
-    cfg = ModelConfig.from_dict(meta["model_config"])
-    mesh = mesh or mesh_lib.make_mesh((1, -1, 1))
-    graphdef, params, rest = ts.split_model(abstract_reward_model(cfg))
-    shardings = ts.variable_shardings(params, mesh)
-    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                            params, shardings)
-    params = ckpt.restore_params(abstract, meta["step"])
-  finally:
-    ckpt.close()
-  model = nnx.merge(graphdef, params, rest)
+  model, meta = checkpointing.restore_module(workdir, abstract_reward_model, mesh)
+  if meta.get("kind") != "reward_model":
+    raise ValueError(f"{workdir}: not a reward-model run (checkpoint kind={meta.get('kind')!r})")
   tok = load_tokenizer(meta["tokenizer"])
   fmt = sft.format_config(meta["config"]["format"])
   debiaser = None
