@@ -55,3 +55,13 @@ def test_scalar_head_pools_same_value_under_both_paddings():
   alone = float(model(jnp.asarray(seq[None]), positions_from_mask(jnp.ones((1, 5), bool)),
                       jnp.ones((1, 5), bool))[0])
   np.testing.assert_allclose(outs, [alone, alone], atol=1e-5)
+
+
+def test_scalar_head_drops_the_unused_lm_head():
+  cfg = config_lib.tiny(vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=1,
+                        num_heads=4, num_kv_heads=2, head_dim=8, tie_embeddings=False)
+  model = ScalarHeadModel(Decoder(cfg, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+  names = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  assert "backbone.lm_head" not in names and "backbone.embed" in names
+  mask = jnp.ones((1, 4), bool)
+  assert model(jnp.ones((1, 4), jnp.int32), positions_from_mask(mask), mask).shape == (1,)

@@ -23,6 +23,10 @@ class ScalarHeadModel(nnx.Module):
   """Decoder trunk + linear head D -> 1."""
 
   def __init__(self, backbone: Decoder, *, rngs: nnx.Rngs):
+    if hasattr(backbone, "lm_head"):
+      # Untied presets: the LM head (545M params for Qwen2.5-7B) is never used by a scalar head;
+      # dropping it saves its weights, gradients and AdamW moments.
+      del backbone.lm_head
     self.backbone = backbone
     d = backbone.cfg.hidden_size
     std = 1.0 / (d + 1) ** 0.5

@@ -38,23 +38,33 @@ def shift_right(x: jax.Array) -> jax.Array:
 def token_log_probs_and_entropy(model: Decoder, tokens: jax.Array, positions: jax.Array,
                                 attention_mask: jax.Array, chunk: int = 256,
                                 with_entropy: bool = True) -> tuple[jax.Array, jax.Array]:
-  """(log π(token t | < t), entropy of π(· | < t)) as f32[B, T], aligned with tokens."""
+  """(log π(token t | < t), entropy of π(· | < t)) as f32[B, T], aligned with tokens.
+
+  The LM head runs over sequence chunks inside `lax.map` with a checkpointed body, so only one
+  chunk's [B, chunk, V] logits is alive at a time, forward and backward.
+  """
   h, _ = model.hidden_states(tokens, positions, attention_mask)
   h, targets = h[:, :-1], tokens[:, 1:]
+  b, n = targets.shape
+  chunk = max(1, min(chunk, n))
+  pad = -n % chunk
+  h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+  targets = jnp.pad(targets, ((0, 0), (0, pad)))
+  k = (n + pad) // chunk
+  h_chunks = jnp.moveaxis(h.reshape(b, k, chunk, h.shape[-1]), 1, 0)
+  t_chunks = jnp.moveaxis(targets.reshape(b, k, chunk), 1, 0)
 
   @jax.checkpoint
-  def piece(h_c, t_c):
+  def piece(args):
+    h_c, t_c = args
     logits = model.logits_from_hidden(h_c)
     lp = algorithms.token_log_probs(logits, t_c)
     ent = algorithms.entropy_from_logits(logits) if with_entropy else jnp.zeros_like(lp)
     return lp, ent
 
-  lps, ents = [], []
-  for start in range(0, h.shape[1], chunk):
-    lp, ent = piece(h[:, start:start + chunk], targets[:, start:start + chunk])
-    lps.append(lp)
-    ents.append(ent)
-  return shift_right(jnp.concatenate(lps, 1)), shift_right(jnp.concatenate(ents, 1))
+  lps, ents = jax.lax.map(piece, (h_chunks, t_chunks))
+  unchunk = lambda x: jnp.moveaxis(x, 0, 1).reshape(b, k * chunk)[:, :n]
+  return shift_right(unchunk(lps)), shift_right(unchunk(ents))
 
 
 def actor_loss(model: Decoder, batch: RolloutBatch, cfg: ActorLossConfig
@@ -62,6 +72,8 @@ def actor_loss(model: Decoder, batch: RolloutBatch, cfg: ActorLossConfig
   """verl's actor objective on the batch's response tokens (GRPO and PPO share it)."""
   log_probs, entropy = token_log_probs_and_entropy(
       model, batch.tokens, batch.positions, batch.attention_mask, cfg.logits_chunk)
+  if not cfg.entropy_coef:  # a metric only: do not differentiate it (saves ~1/3 of the step)
+    entropy = jax.lax.stop_gradient(entropy)
   ref = batch.ref_log_probs if cfg.kl_coef else None
   loss, metrics = algorithms.grpo_loss(
       log_probs, batch.old_log_probs, ref, batch.advantages, batch.response_mask,
