@@ -23,7 +23,7 @@ def lowercase_share(prompts, completions):
   return [sum(c in string.ascii_lowercase for c in t) / NEW_TOKENS for t in completions]
 
 
-def make_trainer(algo, tmp_path, steps):
+def make_trainer(algo, tmp_path, steps, workdir="run", checkpoint_every=10):
   tok = load_tokenizer(save_tiny_tokenizer(tmp_path / "tok"))
   cfg = config_lib.tiny(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128,
                         num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16)
@@ -32,7 +32,7 @@ def make_trainer(algo, tmp_path, steps):
   rcfg = rl.RLConfig(algorithm=algo, total_steps=steps, prompts_per_step=4, n_samples=8,
                      mini_batch_size=16, max_new_tokens=NEW_TOKENS,
                      actor=losses.ActorLossConfig(kl_coef=0.001), advantage=adv,
-                     checkpoint_every=10)
+                     checkpoint_every=checkpoint_every)
   opt, sched = optim.make_optimizer(3e-3, steps * rcfg.updates_per_step, decay="constant")
   critic = copt = None
   if algo == "ppo":
@@ -41,7 +41,7 @@ def make_trainer(algo, tmp_path, steps):
   fmt = formatting.FormatConfig(max_prompt_len=32, max_response_len=16, min_bucket=16)
   prompts = lambda s: [f"q{(s * 4 + i) % 50}" for i in range(4)]
   return rl.RLTrainer(Decoder(cfg, rngs=nnx.Rngs(0)), tok, CallableReward(lowercase_share),
-                      prompts, rcfg, fmt, mesh_lib.make_mesh((1, -1, 1)), tmp_path / "run", opt,
+                      prompts, rcfg, fmt, mesh_lib.make_mesh((1, -1, 1)), tmp_path / workdir, opt,
                       sched, critic, copt)
 
 
@@ -62,3 +62,31 @@ def test_reward_rises_to_0_8(algo, tmp_path):
   assert all(r["kl"] >= -1e-6 and r["kl"] < 20 for r in rows)
   if algo == "ppo":
     assert "critic_vf_loss" in rows[-1]
+
+
+def test_resume_is_exact(tmp_path):
+  """Killed after step 2 and resumed to step 4 == 4 uninterrupted steps, bitwise (CPU)."""
+  from rlaif_jax.training.train_state import host_params
+  straight = make_trainer("grpo", tmp_path, steps=4, workdir="straight", checkpoint_every=2)
+  try:
+    straight.train()
+    want = host_params(straight.actor)
+  finally:
+    straight.close()
+  first = make_trainer("grpo", tmp_path, steps=2, workdir="resumed", checkpoint_every=2)
+  try:
+    first.train()
+  finally:
+    first.close()
+  second = make_trainer("grpo", tmp_path, steps=4, workdir="resumed", checkpoint_every=2)
+  try:
+    assert second.step == 2
+    second.train()
+    got = host_params(second.actor)
+  finally:
+    second.close()
+  assert want.keys() == got.keys()
+  for k in want:
+    assert (want[k] == got[k]).all(), k
+  rows = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]
