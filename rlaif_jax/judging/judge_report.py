@@ -8,18 +8,19 @@ from typing import Any, Sequence
 import numpy as np
 
 from rlaif_jax.evaluation.agreement import best_length_threshold_baseline, binary_agreement
+from rlaif_jax.judging import parsing
 
 _ROWS = ("n", "accuracy", "precision", "recall", "f1", "cohen_kappa")
 
 
 def _label(value: Any) -> int | None:
-  if isinstance(value, bool):
-    return int(value)
-  if isinstance(value, (int, float)) and value in (0, 1):
-    return int(value)
-  if isinstance(value, str) and value.strip() in ("0", "1"):
-    return int(value.strip())
-  return None
+  """0/1, or Good/Bad-style strings (as the labelled-file loaders accept); None otherwise."""
+  if value is None:
+    return None
+  try:
+    return parsing.normalise_binary(value, "label")
+  except parsing.ParseError:
+    return None
 
 
 def agreement_report(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
