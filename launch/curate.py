@@ -14,7 +14,6 @@ shard finishes it covers all shards; --pairs_only rebuilds it alone). Re-running
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
@@ -24,7 +23,6 @@ from absl import app, flags
 from rlaif_jax import storage
 from rlaif_jax.judging import batch_job, cli
 from rlaif_jax.judging.adversarial_run import load_labelled
-from rlaif_jax.judging.backends import FatalBackendError
 from rlaif_jax.judging.curator import MultiAgentCurator, build_preference_pairs
 from rlaif_jax.judging.retrieval import ExampleRetriever
 
@@ -82,10 +80,8 @@ def main(argv: list[str]) -> int:
     finally:
       await backend.aclose()
 
-  try:
-    summary = asyncio.run(run())
-  except FatalBackendError as e:
-    logging.error("stopped: %s (finished lines are kept; re-run to resume)", e)
+  ok, summary = cli.run_until_fatal(run())
+  if not ok:
     return 2
   print(summary.table())
   labelled = batch_job.read_output(summary.output_path)

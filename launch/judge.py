@@ -13,7 +13,6 @@ the labels, beside the best "len(response) >= t" baseline on the same records.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
@@ -21,7 +20,6 @@ from absl import app, flags
 
 from rlaif_jax import storage
 from rlaif_jax.judging import batch_job, cli
-from rlaif_jax.judging.backends import FatalBackendError
 from rlaif_jax.judging.judge import PrincipleJudge
 from rlaif_jax.judging.judge_report import agreement_report, dumps_report, format_report
 from rlaif_jax.judging.principles import load_principles
@@ -66,10 +64,8 @@ def main(argv: list[str]) -> int:
     finally:
       await backend.aclose()
 
-  try:
-    summary = asyncio.run(run())
-  except FatalBackendError as e:
-    logging.error("stopped: %s (finished lines are kept; re-run to resume)", e)
+  ok, summary = cli.run_until_fatal(run())
+  if not ok:
     return 2
   print(summary.table())
   report = agreement_report(batch_job.read_output(summary.output_path))

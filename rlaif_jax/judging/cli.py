@@ -1,12 +1,14 @@
 """absl flags shared by the judging entry points (backend, sampling, sharding/resume)."""
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+from typing import Any, Awaitable
 
 from absl import app, flags
 
-from rlaif_jax.judging.backends import LLMBackend, RetryPolicy, SamplingParams, make_backend
+from rlaif_jax.judging.backends import (FatalBackendError, LLMBackend, RetryPolicy,
+                                        SamplingParams, make_backend)
 from rlaif_jax.judging.batch_job import JobConfig
 
 
@@ -75,3 +77,13 @@ def quiet_http_loggers() -> None:
   """Keeps aiohttp's access/client chatter out of job logs."""
   for name in ("aiohttp.access", "aiohttp.client", "aiohttp.internal"):
     logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_until_fatal(job: Awaitable[Any]) -> tuple[bool, Any]:
+  """Runs a batch job's coroutine; (False, None) after logging when the backend failed for
+  every request (bad key, URL or model): finished lines are kept and a re-run resumes."""
+  try:
+    return True, asyncio.run(job)
+  except FatalBackendError as e:
+    logging.error("stopped: %s (finished lines are kept; re-run to resume)", e)
+    return False, None
