@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-from flax import nnx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

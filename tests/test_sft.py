@@ -61,6 +61,14 @@ def test_sft_loss_on_a_padded_batch_matches_numpy():
   np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
   np.testing.assert_allclose(float(aux["accuracy"]), ref_acc, rtol=1e-6)
   assert float(aux["loss_weight"]) == ref_n == 5  # 3 + 2 response tokens are targets
+  # Chunks of 3 (7 targets -> 3 chunks, the last padded) give the same loss and gradient.
+  chunked = lambda m: sft.sft_loss(m, jax.tree.map(jnp.asarray, batch), None, logits_chunk=3)
+  whole = lambda m: sft.sft_loss(m, jax.tree.map(jnp.asarray, batch), None, logits_chunk=64)
+  np.testing.assert_allclose(float(chunked(model)[0]), ref_loss, rtol=1e-5)
+  g1 = nnx.grad(lambda m: chunked(m)[0])(model)
+  g2 = nnx.grad(lambda m: whole(m)[0])(model)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
 def test_split_holdout_is_deterministic_and_disjoint():

@@ -12,6 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from rlaif_jax.models import chunked_head
 from rlaif_jax.models.decoder import Decoder
 from rlaif_jax.models.scalar_head import ScalarHeadModel
 from rlaif_jax.rl import algorithms
@@ -40,31 +41,16 @@ def token_log_probs_and_entropy(model: Decoder, tokens: jax.Array, positions: ja
                                 with_entropy: bool = True) -> tuple[jax.Array, jax.Array]:
   """(log π(token t | < t), entropy of π(· | < t)) as f32[B, T], aligned with tokens.
 
-  The LM head runs over sequence chunks inside `lax.map` with a checkpointed body, so only one
-  chunk's [B, chunk, V] logits is alive at a time, forward and backward.
+  The LM head runs over sequence chunks (`models.chunked_head`): one chunk's logits at a time.
   """
   h, _ = model.hidden_states(tokens, positions, attention_mask)
-  h, targets = h[:, :-1], tokens[:, 1:]
-  b, n = targets.shape
-  chunk = max(1, min(chunk, n))
-  pad = -n % chunk
-  h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
-  targets = jnp.pad(targets, ((0, 0), (0, pad)))
-  k = (n + pad) // chunk
-  h_chunks = jnp.moveaxis(h.reshape(b, k, chunk, h.shape[-1]), 1, 0)
-  t_chunks = jnp.moveaxis(targets.reshape(b, k, chunk), 1, 0)
 
-  @jax.checkpoint
-  def piece(args):
-    h_c, t_c = args
-    logits = model.logits_from_hidden(h_c)
-    lp = algorithms.token_log_probs(logits, t_c)
-    ent = algorithms.entropy_from_logits(logits) if with_entropy else jnp.zeros_like(lp)
-    return lp, ent
+  def stats(logits, targets):
+    lp = algorithms.token_log_probs(logits, targets)
+    return lp, (algorithms.entropy_from_logits(logits) if with_entropy else jnp.zeros_like(lp))
 
-  lps, ents = jax.lax.map(piece, (h_chunks, t_chunks))
-  unchunk = lambda x: jnp.moveaxis(x, 0, 1).reshape(b, k * chunk)[:, :n]
-  return shift_right(unchunk(lps)), shift_right(unchunk(ents))
+  lp, ent = chunked_head.map_head_over_chunks(model, h[:, :-1], tokens[:, 1:], chunk, stats)
+  return shift_right(lp), shift_right(ent)
 
 
 def actor_loss(model: Decoder, batch: RolloutBatch, cfg: ActorLossConfig

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from rlaif_jax.data import formatting, greetings
-from rlaif_jax.models import checkpoint_bridge, config as config_lib
+from rlaif_jax.models import checkpoint_bridge, chunked_head, config as config_lib
 from rlaif_jax.sharding import mesh as mesh_lib
 from rlaif_jax.tokenizers import load_tokenizer
 from rlaif_jax.tokenizers.base import Tokenizer
@@ -49,17 +49,35 @@ def token_cross_entropy(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Arr
   return jnp.sum(nll * mask) / denom, jnp.sum(correct * mask) / denom, n
 
 
-def sft_loss(model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array
-             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+LOGITS_CHUNK = 256
+
+
+def sft_loss(model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array,
+             logits_chunk: int = LOGITS_CHUNK) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The trainer's loss_fn: batch {tokens, loss_mask, attention_mask, positions} int32[B, T].
 
+  The same quantity as `token_cross_entropy` on the full logits, computed over sequence chunks
+  of the LM head (`models.chunked_head`), so [B, T, V] fp32 logits never exist at once.
   aux: accuracy (next-token argmax on response tokens) and loss_weight (their count), which makes
   accumulation and evaluation exact token-level means.
   """
   del rng  # deterministic: no dropout
-  logits, _ = model(batch["tokens"], batch["positions"], batch["attention_mask"].astype(bool))
-  loss, accuracy, n = token_cross_entropy(logits, batch["tokens"], batch["loss_mask"])
-  return loss, {"accuracy": accuracy, optim.LOSS_WEIGHT_KEY: n}
+  h, _ = model.hidden_states(batch["tokens"], batch["positions"],
+                             batch["attention_mask"].astype(bool))
+
+  def stats(logits, targets):
+    logits = logits.astype(jnp.float32)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    correct = jax.lax.stop_gradient((jnp.argmax(logits, -1) == targets).astype(jnp.float32))
+    return jax.nn.logsumexp(logits, axis=-1) - target_logit, correct
+
+  nll, correct = chunked_head.map_head_over_chunks(model, h[:, :-1], batch["tokens"][:, 1:],
+                                                   logits_chunk, stats)
+  mask = batch["loss_mask"][:, 1:].astype(jnp.float32)
+  n = jnp.sum(mask)
+  denom = jnp.maximum(n, 1.0)
+  return jnp.sum(nll * mask) / denom, {"accuracy": jnp.sum(correct * mask) / denom,
+                                       optim.LOSS_WEIGHT_KEY: n}
 
 
 # ---------------------------------------------------------------------------------------------
