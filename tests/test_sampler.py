@@ -20,7 +20,7 @@ from rlaif_jax.judging.backends.local import LocalSamplerBackend
 from rlaif_jax.models import checkpoint_bridge, positions_from_mask
 from rlaif_jax.sampling import sampler as sampler_lib
 from rlaif_jax.sampling.logits_processing import (SamplingArrays, SamplingParams, filter_logits,
-                                                  sample_step)
+                                                  first_argmax, sample_step)
 from rlaif_jax.sampling.sampler import Sampler
 from rlaif_jax.tokenizers import load_tokenizer
 from tests import tiny_hf
@@ -144,6 +144,27 @@ def test_filter_logits_ties_and_boundaries():
                                  jnp.asarray([0.5]), jnp.asarray([3]), jnp.asarray([0.7])))
   np.testing.assert_allclose(out[0, :2], np.log([0.5, 0.3]) / 0.5, rtol=1e-6)
   assert np.isneginf(out[0, 2:]).all()
+
+
+def test_first_argmax_and_greedy_step_match_numpy():
+  rng = np.random.RandomState(0)
+  logits = rng.randn(6, 1000).astype(np.float32)
+  logits[1, [7, 300, 999]] = 50.0  # ties: the first index wins, as np.argmax
+  logits[2, :] = -np.inf
+  logits[2, 5] = 0.0
+  logits[3, :] = 3.0  # all tied
+  np.testing.assert_array_equal(np.asarray(first_argmax(jnp.asarray(logits))),
+                                np.argmax(logits, axis=-1))
+  b = logits.shape[0]
+  params = SamplingArrays(temperature=jnp.zeros(b), top_k=jnp.zeros(b, jnp.int32),
+                          top_p=jnp.ones(b), max_tokens=jnp.full(b, 1))
+  tok, lp, plp = sample_step(jax.random.split(jax.random.key(0), b), jnp.asarray(logits), params)
+  ref = np.argmax(logits, axis=-1)
+  lse = np.log(np.sum(np.exp(logits.astype(np.float64) - logits.max(-1, keepdims=True)), -1))
+  np.testing.assert_array_equal(np.asarray(tok), ref)
+  np.testing.assert_allclose(np.asarray(lp), logits[np.arange(b), ref] - logits.max(-1) - lse,
+                             atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(plp), 0.0)
 
 
 def test_sample_step_frequencies_follow_filtered_distribution():

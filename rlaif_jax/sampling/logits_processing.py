@@ -134,13 +134,33 @@ def sample_step(keys: jax.Array, logits: jax.Array, params: SamplingArrays
   """
   logits = logits.astype(jnp.float32)
   greedy = params.temperature <= 0
-  processed = filter_logits(logits, params.temperature, params.top_k, params.top_p)
-  best = jnp.argmax(logits, axis=-1)
-  # Drawing B x V Gumbel noise is skipped when every row is greedy (evaluation, benchmarks).
-  sampled = jax.lax.cond(jnp.all(greedy), lambda: best,
-                         lambda: jax.vmap(jax.random.categorical)(keys, processed))
-  tokens = jnp.where(greedy, best, sampled).astype(jnp.int32)
-  raw_lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1)[:, 0]
-  proc_lp = jnp.take_along_axis(jax.nn.log_softmax(processed, axis=-1), tokens[:, None],
-                                axis=-1)[:, 0]
-  return tokens, raw_lp, jnp.where(greedy, 0.0, proc_lp)
+  best = first_argmax(logits)
+
+  def draw():
+    processed = filter_logits(logits, params.temperature, params.top_k, params.top_p)
+    tok = jnp.where(greedy, best, jax.vmap(jax.random.categorical)(keys, processed))
+    tok = tok.astype(jnp.int32)
+    return tok, _token_logprob(processed, tok)
+
+  # Filtering, B x V Gumbel noise and a second log-softmax are skipped when every row is greedy
+  # (evaluation, benchmarks): the step then costs one argmax and one logsumexp over the vocab.
+  tokens, proc_lp = jax.lax.cond(jnp.all(greedy), lambda: (best, jnp.zeros(best.shape)), draw)
+  return tokens, _token_logprob(logits, tokens), jnp.where(greedy, 0.0, proc_lp)
+
+
+def first_argmax(logits: jax.Array) -> jax.Array:
+  """i32[B]: the first index of each row's maximum, as `jnp.argmax` (NaN rows give 0).
+
+  A max followed by a min over matching indices: two plain reductions, which XLA:CPU runs ~3x
+  faster than argmax's variadic (value, index) reduction over a 32k-152k vocabulary.
+  """
+  v = logits.shape[-1]
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  idx = jnp.min(jnp.where(logits == top, jnp.arange(v, dtype=jnp.int32), v), axis=-1)
+  return jnp.where(idx == v, 0, idx)
+
+
+def _token_logprob(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+  """log_softmax(logits)[b, tokens[b]] without writing the [B, V] log-softmax."""
+  picked = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+  return picked - jax.nn.logsumexp(logits, axis=-1)

@@ -37,7 +37,7 @@ from rlaif_jax.sampling.state import GenerationOutput, SamplerState
 from rlaif_jax.sharding.mesh import shard_activation
 from rlaif_jax.tokenizers.base import Tokenizer
 
-_KV_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+_KV_AXES = ("batch", "kv_heads", "cache_length", "head_dim")  # one buffer per layer
 _STOP_SLOTS = 8  # stop-id arrays are padded to a multiple of this, so their count rarely recompiles
 
 
@@ -76,8 +76,9 @@ def _prefill(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, mask:
   tokens, mask = _shard_rows(tokens), _shard_rows(mask)
   positions = positions_from_mask(mask)
   cache = KVCache.zeros(model.cfg, b, p + max_new_tokens - 1)
-  cache = cache.replace(k=shard_activation(cache.k, _KV_AXES),
-                        v=shard_activation(cache.v, _KV_AXES), mask=_shard_rows(cache.mask))
+  cache = cache.replace(k=tuple(shard_activation(k, _KV_AXES) for k in cache.k),
+                        v=tuple(shard_activation(v, _KV_AXES) for v in cache.v),
+                        mask=_shard_rows(cache.mask))
   hidden, cache = model.hidden_states(tokens, positions, mask, cache)
   logits = model.logits_from_hidden(hidden[:, -1:])[:, 0]  # only the last position is needed
   empty = ~jnp.any(mask, axis=-1)  # padding rows added by bucketing: finished from the start
