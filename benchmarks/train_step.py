@@ -65,6 +65,8 @@ _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
 _REMAT = flags.DEFINE_enum("remat", "auto", ["auto", "on", "off"],
                            "Rematerialise each layer (torch: gradient checkpointing); auto = on "
                            "for models of 1B parameters or more.")
+_SCAN = flags.DEFINE_bool("scan_layers", True, "Stacked layers run by lax.scan "
+                          "(ModelConfig.scan_layers); --noscan_layers: the unrolled layer list.")
 _MESH = flags.DEFINE_list("mesh", ["1", "-1", "1"], "Our mesh (data,fsdp,tensor); -1 = the rest.")
 _STEPS = flags.DEFINE_integer("steps", 4, "Back-to-back timed steps per round.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed rounds per measurement; the best is kept.")
@@ -100,7 +102,8 @@ def model_config(spec: dict[str, Any]) -> config_lib.ModelConfig:
   over = {k: spec[k] for k in ("num_layers", "vocab_size") if spec.get(k) is not None}
   cfg = config_lib.preset(spec["preset"], **over)
   remat = spec["remat"] == "on" or (spec["remat"] == "auto" and cfg.num_params >= 1e9)
-  return cfg.replace(param_dtype=spec["param_dtype"], dtype=spec["dtype"], remat=remat)
+  return cfg.replace(param_dtype=spec["param_dtype"], dtype=spec["dtype"], remat=remat,
+                     scan_layers=spec.get("scan_layers", True))
 
 
 def matmul_params(cfg: config_lib.ModelConfig, task: str) -> int:
@@ -578,7 +581,8 @@ def base_spec(probe: dict[str, Any]) -> dict[str, Any]:
   return {
       "tasks": list(_TASKS.value), "batch_size": _BATCH.value,
       "seq_len": _SEQ.value or (256 if on_cpu else 1024), "param_dtype": _PARAM_DTYPE.value,
-      "dtype": probe["dtype"], "remat": _REMAT.value, "mesh": _MESH.value,
+      "dtype": probe["dtype"], "remat": _REMAT.value, "scan_layers": _SCAN.value,
+      "mesh": _MESH.value,
       "steps": _STEPS.value, "repeats": max(_REPEATS.value, 1),
       "warmup_steps": max(_WARMUP.value, 1), "torch_compile": _TORCH_COMPILE.value,
       "skip_transformers": skip_hf, "torch_threads": _TORCH_THREADS.value,

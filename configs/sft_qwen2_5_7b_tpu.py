@@ -36,7 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   # hf_checkpoint: a local HF directory of Qwen/Qwen2.5-7B-Instruct (config.json, safetensors,
   # tokenizer files); weights stream straight into their shards.
   config.model = common.model_config(preset="qwen2_5_7b", param_dtype="float32",
-                                     dtype="bfloat16", remat=True)
+                                     dtype="bfloat16", remat=True,
+                                     scan_layers=True)
   config.tokenizer = ml_collections.ConfigDict(dict(
       path=config_dict.placeholder(str),  # default: the model's own directory
       vocab_size=0, model_type="bpe"))

@@ -49,6 +49,12 @@ def hf_dir(request, tmp_path_factory):
   return d, model
 
 
+@pytest.fixture(params=[False, True], ids=["unrolled", "scanned"])
+def scan_layers(request):
+  """Both parameter layouts: a list of layers, and stacked layers run by lax.scan."""
+  return request.param
+
+
 def hf_logits(model, tokens, mask):
   with torch.no_grad():
     out = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)))
@@ -61,9 +67,9 @@ def ours_logits(model, tokens, mask):
   return np.asarray(logits)
 
 
-def test_logits_match_transformers(hf_dir):
+def test_logits_match_transformers(hf_dir, scan_layers):
   d, hf = hf_dir
-  ours = checkpoint_bridge.load_hf_checkpoint(d)
+  ours = checkpoint_bridge.load_hf_checkpoint(d, scan_layers=scan_layers)
   tokens = np.random.RandomState(1).randint(0, 131, (2, 11))
   mask = np.ones_like(tokens, dtype=bool)
   np.testing.assert_allclose(ours_logits(ours, tokens, mask), hf_logits(hf, tokens, mask), atol=TOL,
@@ -85,9 +91,9 @@ def test_left_padded_batch_matches_transformers(hf_dir):
   np.testing.assert_allclose(got[0, 4:], alone[0], atol=TOL, rtol=0)
 
 
-def test_kv_cache_incremental_equals_full_sequence(hf_dir):
+def test_kv_cache_incremental_equals_full_sequence(hf_dir, scan_layers):
   d, _ = hf_dir
-  ours = checkpoint_bridge.load_hf_checkpoint(d)
+  ours = checkpoint_bridge.load_hf_checkpoint(d, scan_layers=scan_layers)
   cfg = ours.cfg
   tokens = np.random.RandomState(3).randint(0, 131, (2, 10))
   mask = np.ones_like(tokens, dtype=bool)
@@ -109,9 +115,9 @@ def test_kv_cache_incremental_equals_full_sequence(hf_dir):
   np.testing.assert_allclose(incremental[mask], full[mask], atol=TOL, rtol=0)
 
 
-def test_export_roundtrip_through_transformers(hf_dir, tmp_path):
+def test_export_roundtrip_through_transformers(hf_dir, scan_layers, tmp_path):
   d, hf = hf_dir
-  ours = checkpoint_bridge.load_hf_checkpoint(d)
+  ours = checkpoint_bridge.load_hf_checkpoint(d, scan_layers=scan_layers)
   out = checkpoint_bridge.export_hf_checkpoint(ours, tmp_path / "export", max_shard_bytes=40_000)
   assert (out / "model.safetensors.index.json").exists()  # small shards force the sharded layout
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
@@ -119,9 +125,49 @@ def test_export_roundtrip_through_transformers(hf_dir, tmp_path):
   mask = np.ones_like(tokens, dtype=bool)
   np.testing.assert_allclose(hf_logits(reloaded, tokens, mask), hf_logits(hf, tokens, mask),
                              atol=TOL, rtol=0)
-  again = checkpoint_bridge.load_hf_checkpoint(out)
+  again = checkpoint_bridge.load_hf_checkpoint(out, scan_layers=scan_layers)
   np.testing.assert_allclose(ours_logits(again, tokens, mask), ours_logits(ours, tokens, mask),
                              atol=0, rtol=0)
+
+
+def test_scanned_layers_match_unrolled_in_value_and_gradient(hf_dir):
+  d, _ = hf_dir
+  unrolled = checkpoint_bridge.load_hf_checkpoint(d, remat=True)
+  scanned = checkpoint_bridge.load_hf_checkpoint(d, remat=True, scan_layers=True)
+  assert scanned.layers.mlp.w_up.get_value().shape[0] == unrolled.cfg.num_layers
+  tokens = jnp.asarray(np.random.RandomState(6).randint(0, 131, (2, 9)))
+  mask = jnp.asarray(np.arange(9)[None, :] >= np.asarray([[0], [3]]))
+
+  def loss(model):
+    logits, _ = model(tokens, positions_from_mask(mask), mask)
+    return jnp.sum(jnp.where(mask[..., None], jax.nn.log_softmax(logits), 0.0) ** 2) * 1e-3
+
+  lu, gu = jax.value_and_grad(loss)(unrolled)
+  ls, gs = jax.value_and_grad(loss)(scanned)
+  np.testing.assert_allclose(float(ls), float(lu), rtol=1e-5)
+  np.testing.assert_allclose(gs.embed.get_value(), gu.embed.get_value(), atol=1e-5)
+  for i in range(unrolled.cfg.num_layers):
+    np.testing.assert_allclose(gs.layers.attn.wq.get_value()[i],
+                               gu.layers[i].attn.wq.get_value(), atol=1e-5)
+    np.testing.assert_allclose(gs.layers.mlp.w_down.get_value()[i],
+                               gu.layers[i].mlp.w_down.get_value(), atol=1e-5)
+
+
+def test_scanned_load_names_a_missing_layer_tensor(hf_dir, tmp_path):
+  d, _ = hf_dir
+  from rlaif_jax.models import safetensors_io
+  tensors = [(n, t) for n, t in safetensors_io.iter_checkpoint(d)
+             if n != "model.layers.1.mlp.up_proj.weight"]
+  out = tmp_path / "broken"
+  out.mkdir()
+  (out / "config.json").write_text((d / "config.json").read_text())
+  lookup = dict(tensors)
+  safetensors_io.write_file(out / "model.safetensors",
+                            [(n, tuple(t.shape), t.dtype) for n, t in tensors],
+                            lambda n: np.asarray(lookup[n]))
+  with pytest.raises(checkpoint_bridge.CheckpointMismatchError,
+                     match=r"missing tensors \['model\.layers\.1\.mlp\.up_proj\.weight'\]"):
+    checkpoint_bridge.load_hf_checkpoint(out, scan_layers=True)
 
 
 def test_bf16_compute_stays_close(hf_dir):

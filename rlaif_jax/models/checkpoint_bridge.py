@@ -54,6 +54,24 @@ def init_sharded(cfg: config_lib.ModelConfig, mesh: Mesh | None = None, seed: in
   return nnx.merge(graphdef, state)
 
 
+def _split_layer(path: str) -> tuple[str, int] | None:
+  """'layers.3.mlp.w_up' -> ('layers.mlp.w_up', 3): the stacked path and the layer index."""
+  parts = path.split(".")
+  if len(parts) > 2 and parts[0] == "layers" and parts[1].isdigit():
+    return ".".join([parts[0]] + parts[2:]), int(parts[1])
+  return None
+
+
+def _place_stacked(parts: list, cfg, shape: tuple, sharding, dtype) -> jax.Array:
+  """A [num_layers, ...] array from per-layer (memory-mapped HF tensor, rule) pairs; each device
+  converts and reads only its own slice of layers."""
+  def slice_for(index):
+    layers = range(shape[0])[index[0]]
+    return np.stack([np.asarray(parts[i][1].to_ours(parts[i][0], cfg)[index[1:]]).astype(dtype)
+                     for i in layers])
+  return jax.make_array_from_callback(shape, sharding, slice_for)
+
+
 def _place(array: np.ndarray, sharding, dtype) -> jax.Array:
   """Copies a host (memory-mapped) array to devices slice by slice."""
   def slice_for(index):
@@ -77,23 +95,30 @@ def load_hf_checkpoint(directory: str | os.PathLike, mesh: Mesh | None = None,
   flat = dict(nnx.to_flat_state(abstract_state))
   by_path = {_path_str(p): p for p in flat}
   filled: dict[tuple, jax.Array] = {}
+  stacked: dict[tuple, dict[int, tuple]] = {}  # scan_layers: path -> {layer: (tensor, rule)}
   for name, tensor in safetensors_io.iter_checkpoint(directory):
     if hf_params.IGNORED_HF.match(name):
       continue
     hit = hf_params.hf_to_ours(name)
-    if hit is None or (hit[0] not in by_path and not (name == "lm_head.weight"
-                                                       and cfg.tie_embeddings)):
+    layer = _split_layer(hit[0]) if hit is not None and cfg.scan_layers else None
+    if layer is not None and layer[1] >= cfg.num_layers:
+      hit = None
+    key = hit and (layer[0] if layer is not None else hit[0])
+    if hit is None or (key not in by_path and not (name == "lm_head.weight"
+                                                   and cfg.tie_embeddings)):
       raise CheckpointMismatchError(
           f"{directory}: unexpected tensor {name!r} shape {tuple(tensor.shape)} for a "
           f"{cfg.architecture} model with {cfg.num_layers} layers")
-    ours, rule = hit
+    ours, rule = key, hit[1]
     if ours not in by_path:  # tied embeddings: HF sometimes also stores lm_head.weight
       continue
     path = by_path[ours]
     var = flat[path]
     want = tuple(var.get_value().shape)
-    try:
-      converted = rule.to_ours(tensor, cfg)
+    if layer is not None:
+      want = want[1:]
+    try:  # a stacked layer is converted later, slice by slice: only its shape is checked here
+      converted = rule.to_ours(np.empty(tensor.shape, np.int8) if layer else tensor, cfg)
     except ValueError as e:
       raise CheckpointMismatchError(
           f"{directory}: tensor {name!r} has shape {tuple(tensor.shape)}; expected the HF layout "
@@ -102,9 +127,24 @@ def load_hf_checkpoint(directory: str | os.PathLike, mesh: Mesh | None = None,
       raise CheckpointMismatchError(
           f"{directory}: tensor {name!r} has shape {tuple(tensor.shape)} -> {tuple(converted.shape)}"
           f"; parameter {ours} expects {want}")
+    if layer is not None:
+      stacked.setdefault(path, {})[layer[1]] = (tensor, rule)
+      continue
     sharding = mesh_lib.logical_sharding(mesh, mesh_lib.variable_axes(var), want)
     filled[path] = _place(converted, sharding, var.get_value().dtype)
-  missing = [_path_str(p) for p in flat if p not in filled]
+  missing = []
+  for path, var in flat.items():
+    if path in filled:
+      continue
+    parts = stacked.get(path, {})
+    if not cfg.scan_layers or path[0] != "layers" or len(parts) < cfg.num_layers:
+      names = _path_str(path).split(".", 1)
+      missing += ([f"{names[0]}.{i}.{names[1]}" for i in range(cfg.num_layers) if i not in parts]
+                  if cfg.scan_layers and path[0] == "layers" else [_path_str(path)])
+      continue
+    shape = tuple(var.get_value().shape)
+    sharding = mesh_lib.logical_sharding(mesh, mesh_lib.variable_axes(var), shape)
+    filled[path] = _place_stacked(parts, cfg, shape, sharding, var.get_value().dtype)
   if missing:
     names = [hf_params.ours_to_hf(m)[0] for m in missing]
     raise CheckpointMismatchError(f"{directory}: missing tensors {names[:8]}"
@@ -123,11 +163,17 @@ def export_hf_checkpoint(model: Decoder, directory: str | os.PathLike, dtype: st
   directory.mkdir(parents=True, exist_ok=True)
   np_dtype = np.dtype(jnp.dtype(dtype))
   flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-  entries = []
+  entries = []  # (hf name, shape, dtype, path, rule, layer of a stacked parameter or None)
   for path, var in flat.items():
-    hf_name, rule = hf_params.ours_to_hf(_path_str(path))
-    shape = tuple(rule.to_hf(np.empty(var.get_value().shape, np.int8), cfg).shape)
-    entries.append((hf_name, shape, np_dtype, path, rule))
+    shape = tuple(var.get_value().shape)
+    layers = [None]
+    if cfg.scan_layers and path[0] == "layers":
+      layers, shape = list(range(shape[0])), shape[1:]
+    for i in layers:
+      ours = _path_str(path) if i is None else f"layers.{i}.{_path_str(path[1:])}"
+      hf_name, rule = hf_params.ours_to_hf(ours)
+      hf_shape = tuple(rule.to_hf(np.empty(shape, np.int8), cfg).shape)
+      entries.append((hf_name, hf_shape, np_dtype, path, rule, i))
   shards, current, size = [], [], 0
   for e in entries:
     nbytes = int(np.prod(e[1])) * np_dtype.itemsize
@@ -140,8 +186,11 @@ def export_hf_checkpoint(model: Decoder, directory: str | os.PathLike, dtype: st
   lookup = {e[0]: e for e in entries}
 
   def fetch(name):
-    _, _, _, path, rule = lookup[name]
-    return rule.to_hf(np.asarray(jax.device_get(flat[path].get_value())).astype(np_dtype), cfg)
+    _, _, _, path, rule, layer = lookup[name]
+    value = flat[path].get_value()
+    if layer is not None:
+      value = value[layer]
+    return rule.to_hf(np.asarray(jax.device_get(value)).astype(np_dtype), cfg)
 
   weight_map = {}
   for k, shard in enumerate(shards):

@@ -49,6 +49,10 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"
   remat: bool = False
+  # One parameter per weight with a leading [num_layers] axis, run by `lax.scan`: compile time
+  # independent of depth, and with `remat` XLA keeps one layer's activations at a time (the
+  # unrolled loop lets the scheduler hoist every recomputation; see BUILD_NOTES).
+  scan_layers: bool = False
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:

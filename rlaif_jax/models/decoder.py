@@ -196,6 +196,26 @@ def _call_layer(layer, x, positions, inv_freq, kv_mask, q_slots):
   return layer(x, positions, inv_freq, kv_mask, q_slots, None)
 
 
+def stacked_layers(cfg: ModelConfig, rngs: nnx.Rngs) -> DecoderLayer:
+  """One DecoderLayer whose every parameter has a leading [num_layers] axis named "layers".
+
+  Layer i holds exactly what `DecoderLayer(cfg, rngs)` would draw as the i-th layer of the
+  unrolled model, so both layouts initialise the same weights for a seed.
+  """
+  layers = [DecoderLayer(cfg, rngs) for _ in range(cfg.num_layers)]
+  graphdef = nnx.graphdef(layers[0])
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(l) for l in layers])
+  for _, var in nnx.to_flat_state(stacked):
+    var.set_metadata(axes=("layers",) + tuple(var.get_metadata()["axes"]))
+  return nnx.merge(graphdef, stacked)
+
+
+def layer_slice(layers: DecoderLayer, i: int) -> DecoderLayer:
+  """Layer i of a stacked DecoderLayer (`stacked_layers`)."""
+  graphdef, state = nnx.split(layers)
+  return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+
+
 class Decoder(nnx.Module):
   """Token ids -> next-token logits, with an optional KV cache."""
 
@@ -203,7 +223,10 @@ class Decoder(nnx.Module):
     self.cfg = cfg
     pd = jnp.dtype(cfg.param_dtype)
     self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pd, 0.02)
-    self.layers = nnx.List([DecoderLayer(cfg, rngs) for _ in range(cfg.num_layers)])
+    if cfg.scan_layers:
+      self.layers = stacked_layers(cfg, rngs)
+    else:
+      self.layers = nnx.List([DecoderLayer(cfg, rngs) for _ in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
     if not cfg.tie_embeddings:
       self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pd,
@@ -224,8 +247,13 @@ class Decoder(nnx.Module):
     else:
       kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask, (0, cache.index))
       q_slots = cache.index + jnp.arange(t)
+    if cfg.scan_layers and cache is None:
+      x = self._scan_layers(x, positions, inv_freq, kv_mask, q_slots)
+      return self.final_norm(x), None
     new_k, new_v = [], []
-    for i, layer in enumerate(self.layers):
+    layers = (self.layers if not cfg.scan_layers
+              else [layer_slice(self.layers, i) for i in range(cfg.num_layers)])
+    for i, layer in enumerate(layers):
       layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache.index)
       if cfg.remat and cache is None:
         # Training: keep only each layer's input; recompute the rest in the backward pass.
@@ -239,6 +267,19 @@ class Decoder(nnx.Module):
     if cache is not None:
       new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), mask=kv_mask, index=cache.index + t)
     return x, new_cache
+
+  def _scan_layers(self, x, positions, inv_freq, kv_mask, q_slots):
+    """The cache-free forward (training, scoring) as a `lax.scan` over the stacked layers."""
+    graphdef, state = nnx.split(self.layers)
+
+    def body(h, layer_state):
+      h, _, _ = nnx.merge(graphdef, layer_state)(h, positions, inv_freq, kv_mask, q_slots, None)
+      return h, None
+
+    if self.cfg.remat:  # keep only each layer's input; recompute the rest in the backward pass
+      body = jax.checkpoint(body, prevent_cse=False)
+    x, _ = jax.lax.scan(body, x, state)
+    return x
 
   def logits_from_hidden(self, h: jax.Array) -> jax.Array:
     """h [..., D] -> fp32 logits [..., V]."""

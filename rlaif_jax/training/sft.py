@@ -203,7 +203,8 @@ def prepare_tokenizer(config: Any, workdir: pathlib.Path, data_dir: pathlib.Path
 def model_config(config: Any, tok: Tokenizer) -> config_lib.ModelConfig:
   """The ModelConfig of config.model: a HF checkpoint's, or a preset with the tokenizer's vocab."""
   m = config.model
-  dtypes = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
+  dtypes = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
+                scan_layers=m.get("scan_layers", False))
   if m.get("hf_checkpoint"):
     return config_lib.from_hf_config(m.hf_checkpoint, **dtypes)
   cfg = config_lib.preset(m.preset, vocab_size=tok.vocab_size, **dict(m.get("overrides", {})),
@@ -217,7 +218,8 @@ def init_model_fn(config: Any, cfg: config_lib.ModelConfig, mesh: jax.sharding.M
   m = config.model
   if m.get("hf_checkpoint"):
     return lambda: checkpoint_bridge.load_hf_checkpoint(
-        m.hf_checkpoint, mesh, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
+        m.hf_checkpoint, mesh, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
+        scan_layers=m.get("scan_layers", False))
   return lambda: checkpoint_bridge.init_sharded(cfg, mesh, config.seed)
 
 

@@ -57,6 +57,11 @@ def _with_mesh(fn: Callable, mesh: Mesh | None) -> Callable:
   def wrapped(*args):
     with jax.set_mesh(mesh):
       return fn(*args)
+
+  def lower(*args):  # ahead-of-time: `.lower(...).compile().memory_analysis()`
+    with jax.set_mesh(mesh):
+      return fn.lower(*args)
+  wrapped.lower = lower
   return wrapped
 
 
