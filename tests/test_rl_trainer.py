@@ -23,10 +23,11 @@ def lowercase_share(prompts, completions):
   return [sum(c in string.ascii_lowercase for c in t) / NEW_TOKENS for t in completions]
 
 
-def make_trainer(algo, tmp_path, steps, workdir="run", checkpoint_every=10):
+def make_trainer(algo, tmp_path, steps, workdir="run", checkpoint_every=10, scan_layers=False):
   tok = load_tokenizer(save_tiny_tokenizer(tmp_path / "tok"))
   cfg = config_lib.tiny(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128,
-                        num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16)
+                        num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                        scan_layers=scan_layers)
   adv = rollout_lib.AdvantageConfig(estimator="grpo" if algo == "grpo" else "gae", group_size=8,
                                     lam=0.95)
   rcfg = rl.RLConfig(algorithm=algo, total_steps=steps, prompts_per_step=4, n_samples=8,
@@ -45,9 +46,11 @@ def make_trainer(algo, tmp_path, steps, workdir="run", checkpoint_every=10):
                       sched, critic, copt)
 
 
-@pytest.mark.parametrize("algo", ["grpo", "ppo"])
-def test_reward_rises_to_0_8(algo, tmp_path):
-  trainer = make_trainer(algo, tmp_path, steps=40)
+# GRPO runs the stacked-layer layout (training scans, rollouts unstack once per call), PPO the
+# layer list (its critic too).
+@pytest.mark.parametrize("algo,scan_layers", [("grpo", True), ("ppo", False)])
+def test_reward_rises_to_0_8(algo, scan_layers, tmp_path):
+  trainer = make_trainer(algo, tmp_path, steps=40, scan_layers=scan_layers)
   try:
     trainer.train()
   finally:
@@ -65,20 +68,24 @@ def test_reward_rises_to_0_8(algo, tmp_path):
 
 
 def test_resume_is_exact(tmp_path):
-  """Killed after step 2 and resumed to step 4 == 4 uninterrupted steps, bitwise (CPU)."""
+  """Killed after step 2 and resumed to step 4 == 4 uninterrupted steps, bitwise (CPU), with
+  stacked layers (orbax restores the [num_layers, ...] parameters into their shardings)."""
   from rlaif_jax.training.train_state import host_params
-  straight = make_trainer("grpo", tmp_path, steps=4, workdir="straight", checkpoint_every=2)
+  straight = make_trainer("grpo", tmp_path, steps=4, workdir="straight", checkpoint_every=2,
+                          scan_layers=True)
   try:
     straight.train()
     want = host_params(straight.actor)
   finally:
     straight.close()
-  first = make_trainer("grpo", tmp_path, steps=2, workdir="resumed", checkpoint_every=2)
+  first = make_trainer("grpo", tmp_path, steps=2, workdir="resumed", checkpoint_every=2,
+                       scan_layers=True)
   try:
     first.train()
   finally:
     first.close()
-  second = make_trainer("grpo", tmp_path, steps=4, workdir="resumed", checkpoint_every=2)
+  second = make_trainer("grpo", tmp_path, steps=4, workdir="resumed", checkpoint_every=2,
+                        scan_layers=True)
   try:
     assert second.step == 2
     second.train()

@@ -66,10 +66,11 @@ def full_forward_log_softmax(model, prompt, mask, response, length):
   return np.asarray(jax.nn.log_softmax(logits[0, p - 1:p - 1 + length], axis=-1))
 
 
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["unrolled", "scanned"])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_greedy_matches_transformers_and_logprobs_match_forward(variant, tmp_path):
+def test_greedy_matches_transformers_and_logprobs_match_forward(variant, scan_layers, tmp_path):
   d = tiny_hf.make_tiny_hf_checkpoint(tmp_path, **VARIANTS[variant])
-  model = checkpoint_bridge.load_hf_checkpoint(d)
+  model = checkpoint_bridge.load_hf_checkpoint(d, scan_layers=scan_layers)
   sampler = Sampler(model, load_tokenizer(d))
   tokens, mask = random_prompts(1)
   out = sampler.generate_ids(None, tokens, mask, MAX_NEW, SamplingParams.greedy()).to_numpy()

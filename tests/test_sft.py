@@ -107,6 +107,7 @@ def _small_config():
 
 def test_short_sft_run_improves_eval_loss_and_exports(tmp_path, data_dir):
   config = _small_config()
+  config.model.scan_layers = True  # stacked layers through training, checkpoint and HF export
   result = sft.run_sft(config, tmp_path, data_dir)
   rows = metrics_lib.read_metrics(tmp_path)
   evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
@@ -119,10 +120,11 @@ def test_short_sft_run_improves_eval_loss_and_exports(tmp_path, data_dir):
     assert (export / name).is_file(), name
   saved_cfg = config_lib.ModelConfig.from_dict(
       json.loads((export / "model_config.json").read_text()))
-  assert saved_cfg.hidden_size == 64 and saved_cfg.vocab_size == 3200
+  assert saved_cfg.hidden_size == 64 and saved_cfg.vocab_size == 3200 and saved_cfg.scan_layers
   assert load_tokenizer(export / "tokenizer.model").vocab_size == 3200
   # The export, the checkpoint and load_model_from_workdir all hold the same weights.
-  from_export = ts.host_params(nnx.state(checkpoint_bridge.load_hf_checkpoint(export), nnx.Param))
+  from_export = ts.host_params(nnx.state(
+      checkpoint_bridge.load_hf_checkpoint(export, scan_layers=True), nnx.Param))
   from_ckpt = ts.host_params(nnx.state(checkpointing.load_model_from_workdir(tmp_path), nnx.Param))
   assert from_export.keys() == from_ckpt.keys()
   for k in from_ckpt:
@@ -140,7 +142,8 @@ def test_tpu_config_builds_a_bf16_remat_qwen_7b(tmp_path):
     sft.prepare_tokenizer(config, tmp_path, tmp_path)
   config.model.hf_checkpoint = str(hf_dir)
   cfg = sft.model_config(config, tok=None)
-  assert (cfg.param_dtype, cfg.dtype, cfg.remat) == ("float32", "bfloat16", True)
+  assert (cfg.param_dtype, cfg.dtype, cfg.remat, cfg.scan_layers) == ("float32", "bfloat16", True,
+                                                                      True)
   assert 7.5e9 < cfg.num_params < 7.7e9
   fmt = sft.format_config(config.format)
   assert fmt.max_prompt_len + fmt.max_response_len == 768 and config.batch_size == 32

@@ -268,6 +268,28 @@ class Decoder(nnx.Module):
       new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), mask=kv_mask, index=cache.index + t)
     return x, new_cache
 
+  def unstacked(self) -> "Decoder":
+    """The same model with a list of layers (self if it already has one).
+
+    Decoding reads every weight each step; a scanned model would slice each layer out of the
+    stacked parameters inside the decode loop, which XLA copies every step (CPU: 35 vs 26 ms per
+    step at batch 32). The sampler calls this once per generate call, outside its loop, at the
+    cost of one transient copy of the layer weights.
+    """
+    if not self.cfg.scan_layers:
+      return self
+    cfg = self.cfg.replace(scan_layers=False)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
+    own = {path: var for path, var in nnx.to_flat_state(nnx.state(self))}
+    flat = []
+    for path, var in nnx.to_flat_state(abstract):
+      if path[0] == "layers":
+        value = own[("layers",) + tuple(path[2:])].get_value()[int(path[1])]
+      else:
+        value = own[path].get_value()
+      flat.append((path, var.replace(value)))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
   def _scan_layers(self, x, positions, inv_freq, kv_mask, q_slots):
     """The cache-free forward (training, scoring) as a `lax.scan` over the stacked layers."""
     graphdef, state = nnx.split(self.layers)

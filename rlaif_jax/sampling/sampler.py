@@ -71,7 +71,7 @@ def _prefill(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, mask:
              max_new_tokens: int) -> SamplerState:
   """Runs the prompts i32[B, P] (left-padded, mask bool[B, P]) through the model into a fresh
   cache of P + max_new_tokens - 1 slots and samples the first new token of every row."""
-  model = nnx.merge(graphdef, params)
+  model = nnx.merge(graphdef, params).unstacked()
   b, p = tokens.shape
   tokens, mask = _shard_rows(tokens), _shard_rows(mask)
   positions = positions_from_mask(mask)
@@ -96,6 +96,9 @@ def _decode(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState) -> S
   """Feeds each row's last token and samples the next until every row is done or the buffers
   are full."""
   model = nnx.merge(graphdef, params)
+  if model.cfg.scan_layers:  # slice the layers once here, not in every step of the loop
+    g, p = nnx.split(model.unstacked())
+    model = nnx.merge(g, jax.lax.optimization_barrier(p))
   n = state.max_new_tokens
   ones = jnp.ones((state.tokens.shape[0], 1), bool)
 
