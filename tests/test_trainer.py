@@ -177,6 +177,20 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert [r["step"] for r in metrics_lib.read_metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
 
 
+def test_nan_guard_with_metrics_read_one_step_late(tmp_path):
+  """log_every=4: metrics are fetched a step late, yet the NaN at step 8 is named and the
+  checkpoint due at step 9 (after it) is never written."""
+  trainer = _linear_trainer(tmp_path, 12, log_every=4, eval_every=0, checkpoint_every=3,
+                            keep_checkpoints=5)
+  state = trainer.init_state(_Linear)
+  with pytest.raises(trainer_lib.NonFiniteLossError, match="training step 8: loss=nan"):
+    trainer.fit(state, _linear_batches(poison_from=7))
+  ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints")
+  assert ckpt.all_steps() == [3, 6]
+  ckpt.close()
+  assert [r["step"] for r in metrics_lib.read_metrics(tmp_path)] == [4]
+
+
 def test_metrics_jsonl_and_tensorboard(tmp_path):
   trainer = _linear_trainer(tmp_path, 6, log_every=2, eval_every=3, checkpoint_every=0)
   state = trainer.init_state(_Linear)

@@ -276,6 +276,13 @@ class Trainer:
     bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, mininterval=1.0,
                disable=not (self.loop.progress_bar and jax.process_index() == 0))
     window_tokens, window_start = 0, time.perf_counter()
+    # Metrics are read back one step late: step s's metrics are fetched after step s + 1 is
+    # dispatched, so the device always has the next step queued while the host checks, logs
+    # and prepares the next batch (reading step s right away would idle the device for the
+    # whole host turn). On log / eval / checkpoint steps everything is read first, so a
+    # non-finite step is still caught before any later state is saved.
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    row: dict[str, float] = {}
     for step in range(start + 1, total + 1):
       try:
         host = next(batches)
@@ -284,11 +291,19 @@ class Trainer:
                          "it repeat over epochs") from None
       window_tokens += self.tokens_in(host)
       state, out = self._train_step(state, put_batch(host, self.mesh))
-      row = metrics_lib.to_python_scalars(out)
-      self._check_finite(step, row)
+      pending.append((step, out))
+      due = any(_due(step, every, total) for every in (
+          self.loop.log_every, self.loop.checkpoint_every,
+          self.loop.eval_every if eval_batches is not None else 0))
+      ready, pending = (pending, []) if due else (pending[:-1], pending[-1:])
+      for done_step, done_row in zip([s for s, _ in ready],
+                                     jax.device_get([o for _, o in ready])):
+        row = metrics_lib.to_python_scalars(done_row)
+        self._check_finite(done_step, row)
       tokens_per_sec = window_tokens / max(time.perf_counter() - window_start, 1e-9)
       bar.update(1)
-      bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tokens_per_sec:.0f}")
+      if row:
+        bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tokens_per_sec:.0f}")
       logged: dict[str, float] = {}
       if _due(step, self.loop.log_every, total):
         logged.update(row, tokens_per_sec=tokens_per_sec)
