@@ -2,6 +2,8 @@ r"""python -m benchmarks.train_step  # CPU: tiny preset, seq 256, batch 8, a few
 
 GPU (one H100): python -m benchmarks.train_step --presets=qwen2_5_0_5b,qwen2_5_1_5b,qwen2_5_7b \
     --param_dtype=bfloat16 --torch_compile  # 7B at batch 8 may OOM: add --batch_size=4
+  then the same with --attention_impl=cudnn (flash attention) and with --noscan_layers (the
+  unrolled layer list) to keep each option only with a measured gain.
 Sharded (8 simulated CPU devices): XLA_FLAGS=--xla_force_host_platform_device_count=8 \
     python -m benchmarks.train_step --mesh=2,2,2 --steps=3
 
@@ -67,6 +69,8 @@ _REMAT = flags.DEFINE_enum("remat", "auto", ["auto", "on", "off"],
                            "for models of 1B parameters or more.")
 _SCAN = flags.DEFINE_bool("scan_layers", True, "Stacked layers run by lax.scan "
                           "(ModelConfig.scan_layers); --noscan_layers: the unrolled layer list.")
+_ATTN = flags.DEFINE_enum("attention_impl", "einsum", ["einsum", "xla", "cudnn"],
+                          "ModelConfig.attention_impl of the cache-free forward (cudnn: GPU).")
 _MESH = flags.DEFINE_list("mesh", ["1", "-1", "1"], "Our mesh (data,fsdp,tensor); -1 = the rest.")
 _STEPS = flags.DEFINE_integer("steps", 4, "Back-to-back timed steps per round.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed rounds per measurement; the best is kept.")
@@ -103,7 +107,8 @@ def model_config(spec: dict[str, Any]) -> config_lib.ModelConfig:
   cfg = config_lib.preset(spec["preset"], **over)
   remat = spec["remat"] == "on" or (spec["remat"] == "auto" and cfg.num_params >= 1e9)
   return cfg.replace(param_dtype=spec["param_dtype"], dtype=spec["dtype"], remat=remat,
-                     scan_layers=spec.get("scan_layers", True))
+                     scan_layers=spec.get("scan_layers", True),
+                     attention_impl=spec.get("attention_impl", "einsum"))
 
 
 def matmul_params(cfg: config_lib.ModelConfig, task: str) -> int:
@@ -582,6 +587,7 @@ def base_spec(probe: dict[str, Any]) -> dict[str, Any]:
       "tasks": list(_TASKS.value), "batch_size": _BATCH.value,
       "seq_len": _SEQ.value or (256 if on_cpu else 1024), "param_dtype": _PARAM_DTYPE.value,
       "dtype": probe["dtype"], "remat": _REMAT.value, "scan_layers": _SCAN.value,
+      "attention_impl": _ATTN.value,
       "mesh": _MESH.value,
       "steps": _STEPS.value, "repeats": max(_REPEATS.value, 1),
       "warmup_steps": max(_WARMUP.value, 1), "torch_compile": _TORCH_COMPILE.value,

@@ -186,3 +186,28 @@ def test_config_roundtrip(hf_dir):
   again = config_lib.from_hf_config(config_lib.to_hf_config(cfg))
   assert again == cfg
   assert config_lib.ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_xla_dot_product_attention_matches_transformers_and_einsum_gradient(hf_dir):
+  """attention_impl="xla" (jax.nn.dot_product_attention, the call "cudnn" makes on GPUs) on a
+  left-padded batch: the logits of transformers, the gradients of our einsum attention."""
+  d, hf = hf_dir
+  einsum = checkpoint_bridge.load_hf_checkpoint(d)
+  fused = checkpoint_bridge.load_hf_checkpoint(d, attention_impl="xla", scan_layers=True)
+  tokens = np.random.RandomState(7).randint(0, 131, (3, 9))
+  mask = np.ones_like(tokens, dtype=bool)
+  mask[1, :5] = False
+  mask[2, :8] = False  # one real token: every earlier query sees only padding
+  got = ours_logits(fused, tokens, mask)
+  assert np.isfinite(got).all()
+  np.testing.assert_allclose(got[mask], hf_logits(hf, tokens, mask)[mask], atol=TOL, rtol=0)
+
+  def loss(model):
+    m = jnp.asarray(mask)
+    logits, _ = model(jnp.asarray(tokens), positions_from_mask(m), m)
+    return jnp.sum(jnp.where(m[..., None], jax.nn.log_softmax(logits), 0.0) ** 2) * 1e-3
+
+  ge, gf = jax.grad(loss)(einsum), jax.grad(loss)(fused)
+  for i in range(einsum.cfg.num_layers):
+    np.testing.assert_allclose(gf.layers.attn.wk.get_value()[i],
+                               ge.layers[i].attn.wk.get_value(), atol=1e-5)

@@ -25,6 +25,9 @@ class RopeScaling:
   original_max_position_embeddings: int = 8192
 
 
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """A Qwen2/Llama-family decoder.
@@ -53,11 +56,17 @@ class ModelConfig:
   # independent of depth, and with `remat` XLA keeps one layer's activations at a time (the
   # unrolled loop lets the scheduler hoist every recomputation; see BUILD_NOTES).
   scan_layers: bool = False
+  # Attention of the cache-free forward (training, scoring): "einsum" (ours: fp32 scores, any
+  # backend), or a `jax.nn.dot_product_attention` implementation: "xla", or "cudnn" (flash
+  # attention on NVIDIA GPUs; bf16/fp16 compute). Decoding always uses the einsum path.
+  attention_impl: str = "einsum"
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
     if self.head_dim % 2:
       raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
     if self.architecture not in SUPPORTED_ARCHITECTURES.values():

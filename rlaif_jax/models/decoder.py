@@ -130,6 +130,15 @@ class Attention(nnx.Module):
     q = shard_activation(q, ("batch", "length", "heads", "head_dim"))
     k = shard_activation(k, ("batch", "length", "kv_heads", "head_dim"))
     v = shard_activation(v, ("batch", "length", "kv_heads", "head_dim"))
+    b, t = x.shape[:2]
+    wo = self.wo.get_value().astype(dt).reshape(cfg.num_heads * cfg.head_dim, cfg.hidden_size)
+    if layer_cache is None and cfg.attention_impl != "einsum":
+      # Cache-free (training, scoring): jax.nn.dot_product_attention, "cudnn" = flash attention
+      # on NVIDIA GPUs; causal by slot, padded keys masked (left padding included).
+      out = jax.nn.dot_product_attention(q, k, v, mask=kv_mask[:, None, None, :], is_causal=True,
+                                         implementation=cfg.attention_impl)
+      out = out.reshape(b, t, cfg.num_heads * cfg.head_dim)
+      return jnp.einsum("btf,fd->btd", out, wo), None, None
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, E], the cache layout
     new_k = new_v = None
     if layer_cache is not None:
@@ -137,7 +146,6 @@ class Attention(nnx.Module):
       new_k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, index, 0))
       new_v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
       k, v = new_k.astype(dt), new_v.astype(dt)
-    b, t = x.shape[:2]
     s = k.shape[2]
     g = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim)
@@ -152,7 +160,6 @@ class Attention(nnx.Module):
     out = out.reshape(b, t, cfg.num_heads * cfg.head_dim)
     # One [B*T, H*E] x [H*E, D] matmul: contracting (heads, head_dim) as two axes lets XLA pick
     # a transposed copy of the weight instead (seen on CPU: a [D, D] copy per layer per step).
-    wo = self.wo.get_value().astype(dt).reshape(cfg.num_heads * cfg.head_dim, cfg.hidden_size)
     out = jnp.einsum("btf,fd->btd", out, wo)
     return out, new_k, new_v
 
