@@ -36,6 +36,9 @@ _HBM_GBPS = flags.DEFINE_float("hbm_gbps", 3350.0, "Memory bandwidth (GB/s) for 
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0,
                                       "torch.set_num_threads for transformers (0 = default).")
 _SKIP_HF = flags.DEFINE_bool("skip_transformers", False, "Time only our sampler.")
+_TRACE_TOP = flags.DEFINE_integer("trace_top", 0, "After timing, trace one generation at the "
+                                  "largest batch and print its N slowest XLA ops per step.")
+_SCAN = flags.DEFINE_bool("scan_layers", False, "Load the model with stacked (scanned) layers.")
 
 
 def cpu_small(**overrides) -> config_lib.ModelConfig:
@@ -58,7 +61,8 @@ def build_models(cfg: config_lib.ModelConfig, dtype: str, device: str):
   hf = cls_model(cls_cfg(**hf_cfg)).eval()
   with tempfile.TemporaryDirectory() as d:
     hf.save_pretrained(d)
-    ours = checkpoint_bridge.load_hf_checkpoint(d, param_dtype=dtype, dtype=dtype)
+    ours = checkpoint_bridge.load_hf_checkpoint(d, param_dtype=dtype, dtype=dtype,
+                                                scan_layers=_SCAN.value)
   hf = hf.to(device=device, dtype=getattr(torch, dtype))
   return hf, ours
 
@@ -100,6 +104,27 @@ def time_hf(hf, tokens, new_tokens: int, repeats: int, device: str) -> float:
     run(new_tokens)
     best = min(best, time.perf_counter() - t)
   return best
+
+
+def print_trace(sampler: Sampler, cfg: config_lib.ModelConfig, b: int, p: int, n: int,
+                top: int) -> None:
+  """The slowest XLA ops of the decode loop (n - 1 steps after the prefill), per step."""
+  from benchmarks import xla_trace
+  from rlaif_jax.sampling import sampler as sampler_lib
+  tokens = np.random.RandomState(b).randint(0, cfg.vocab_size, (b, p)).astype(np.int32)
+  arrays = sampler_lib.SamplingArrays.from_params([SamplingParams.greedy()] * b, n)
+  args = (sampler.graphdef, sampler.params, jax.numpy.asarray(tokens),
+          jax.numpy.ones((b, p), bool), arrays, np.full(8, -1, np.int32), np.int32(0),
+          jax.random.key(0))
+  prefill = lambda: sampler_lib._prefill_jit(*args, max_new_tokens=n)
+  decode = sampler_lib._decode_jit
+  hlo = [decode.lower(sampler.graphdef, sampler.params, prefill()).compile().as_text()]
+  jax.block_until_ready(decode(sampler.graphdef, sampler.params, prefill()))  # compile
+  state = jax.block_until_ready(prefill())  # the decode call donates (consumes) it
+  print(f"slowest XLA ops of the decode loop, ms per step, batch {b} (concurrent ops overlap):")
+  for ms, name, shape, op in xla_trace.top_ops(
+      lambda: decode(sampler.graphdef, sampler.params, state), hlo, top, per=max(n - 1, 1)):
+    print(f"  {ms:8.3f}  {name:28s} {shape:28s} {op}")
 
 
 def decode_bytes_per_step(cfg: config_lib.ModelConfig, batch: int, cache_len: int,
@@ -148,6 +173,8 @@ def main(argv: list[str]) -> None:
       moved = decode_bytes_per_step(cfg, b, p + n - 1, itemsize)
       row += f" {moved / step_s / (_HBM_GBPS.value * 1e9):>8.1%}"
     print(row, flush=True)
+  if _TRACE_TOP.value:
+    print_trace(sampler, cfg, max(int(x) for x in _BATCH_SIZES.value), p, n, _TRACE_TOP.value)
   print("tokens/s ratio ours/transformers: " + ", ".join(f"b{b}={r:.2f}"
                                                          for b, r in ratios.items()))
   print(f"ratio_vs_transformers_b32={ratios.get(32, math.nan):.3f}")
