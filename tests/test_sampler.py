@@ -198,6 +198,13 @@ def test_determinism_n_samples_and_seed(qwen_sampler):
                                  n=2).to_numpy()
   np.testing.assert_array_equal(g2.tokens[::2], g1.tokens)
   np.testing.assert_array_equal(g2.tokens[1::2], g1.tokens)
+  # n=2 prefills each prompt once and shares its cache: the same samples and log-probs as n=1
+  # on the prompts repeated by hand (row r draws with key r either way).
+  rep = qwen_sampler.generate_ids(None, np.repeat(tokens, 2, 0), np.repeat(mask, 2, 0), MAX_NEW,
+                                  params, key=7).to_numpy()
+  np.testing.assert_array_equal(a.tokens, rep.tokens)
+  np.testing.assert_allclose(a.logprobs, rep.logprobs, atol=1e-5)
+  np.testing.assert_array_equal(a.lengths, rep.lengths)
 
 
 def test_stop_ids_per_row_limits_and_empty_rows(qwen_sampler):

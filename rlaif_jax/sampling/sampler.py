@@ -45,6 +45,12 @@ def _shard_rows(x: jax.Array) -> jax.Array:
   return shard_activation(x, ("batch",) + (None,) * (x.ndim - 1))
 
 
+def _shard_cache(cache: KVCache) -> KVCache:
+  return cache.replace(k=tuple(shard_activation(k, _KV_AXES) for k in cache.k),
+                       v=tuple(shard_activation(v, _KV_AXES) for v in cache.v),
+                       mask=_shard_rows(cache.mask))
+
+
 def _record(state: SamplerState, logits: jax.Array) -> SamplerState:
   """Samples token number `state.step` from logits f32[B, V] and updates the bookkeeping."""
   step = state.step
@@ -68,19 +74,28 @@ def _record(state: SamplerState, logits: jax.Array) -> SamplerState:
 
 def _prefill(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, mask: jax.Array,
              sampling: SamplingArrays, stop_ids: jax.Array, pad_id: jax.Array, key: jax.Array,
-             max_new_tokens: int) -> SamplerState:
+             max_new_tokens: int, n: int = 1) -> SamplerState:
   """Runs the prompts i32[B, P] (left-padded, mask bool[B, P]) through the model into a fresh
-  cache of P + max_new_tokens - 1 slots and samples the first new token of every row."""
+  cache of P + max_new_tokens - 1 slots and samples the first new token of every row.
+
+  With n > 1 each prompt is prefilled once and its cache rows and last logits are repeated n
+  times (rows [i*n, (i+1)*n) share prompt i): the n samples of a GRPO group cost one prefill.
+  `sampling` already has B * n rows.
+  """
   model = nnx.merge(graphdef, params).unstacked()
   b, p = tokens.shape
   tokens, mask = _shard_rows(tokens), _shard_rows(mask)
   positions = positions_from_mask(mask)
-  cache = KVCache.zeros(model.cfg, b, p + max_new_tokens - 1)
-  cache = cache.replace(k=tuple(shard_activation(k, _KV_AXES) for k in cache.k),
-                        v=tuple(shard_activation(v, _KV_AXES) for v in cache.v),
-                        mask=_shard_rows(cache.mask))
+  cache = _shard_cache(KVCache.zeros(model.cfg, b, p + max_new_tokens - 1))
   hidden, cache = model.hidden_states(tokens, positions, mask, cache)
   logits = model.logits_from_hidden(hidden[:, -1:])[:, 0]  # only the last position is needed
+  if n > 1:
+    rep = lambda x: jnp.repeat(x, n, axis=0)
+    cache = cache.replace(k=tuple(map(rep, cache.k)), v=tuple(map(rep, cache.v)),
+                          mask=rep(cache.mask))
+    logits, positions, mask = rep(logits), rep(positions), rep(mask)
+    b *= n
+  cache, logits = _shard_cache(cache), _shard_rows(logits)
   empty = ~jnp.any(mask, axis=-1)  # padding rows added by bucketing: finished from the start
   zeros_f = _shard_rows(jnp.zeros((b, max_new_tokens), jnp.float32))
   state = SamplerState(
@@ -120,7 +135,7 @@ def _output(state: SamplerState) -> GenerationOutput:
 
 
 # Module-level jits: the compile cache is shared by every Sampler with the same graphdef.
-_prefill_jit = jax.jit(_prefill, static_argnums=(0,), static_argnames=("max_new_tokens",))
+_prefill_jit = jax.jit(_prefill, static_argnums=(0,), static_argnames=("max_new_tokens", "n"))
 _decode_jit = jax.jit(_decode, static_argnums=(0,), donate_argnums=(2,))
 _output_jit = jax.jit(_output, donate_argnums=(0,))
 
@@ -217,11 +232,9 @@ class Sampler:
     stop[:len(ids)] = ids
     pad_id = np.int32(self.tokenizer.pad_id if self.tokenizer is not None else 0)
     tokens, mask = jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask, bool)
-    if n > 1:
-      tokens, mask = jnp.repeat(tokens, n, axis=0), jnp.repeat(mask, n, axis=0)
     with self._mesh_context():
       state = _prefill_jit(graphdef, params, tokens, mask, arrays, stop, pad_id, _as_key(key),
-                           max_new_tokens=int(max_new_tokens))
+                           max_new_tokens=int(max_new_tokens), n=int(n))
       state = _decode_jit(graphdef, params, state)
       return _output_jit(state)
 
