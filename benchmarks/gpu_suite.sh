@@ -4,7 +4,8 @@
 #
 #   bash benchmarks/gpu_suite.sh sampler   # 1.5B and 7B decode vs transformers, roofline
 #   bash benchmarks/gpu_suite.sh train     # SFT/RM/GRPO train steps 0.5B/1.5B vs torch, MFU
-#   bash benchmarks/gpu_suite.sh options   # 1.5B: cudnn attention, unrolled layers; 7B memory
+#   bash benchmarks/gpu_suite.sh options   # 1.5B: cudnn attention, unrolled layers, remat
+#                                          # policy "dots"; 7B GRPO memory
 #   bash benchmarks/gpu_suite.sh grpo      # GRPO step breakdown at 1.5B with the RM reward
 #   bash benchmarks/gpu_suite.sh smoke     # all of them at CPU-small sizes (checks the suite)
 #
@@ -42,11 +43,13 @@ case "$part" in
       --param_dtype=bfloat16 --repeats=2 --worker_timeout_s=240
     ;;
   options)
-    run train_cudnn 240 "$py" -m benchmarks.train_step --presets=qwen2_5_1_5b --tasks=sft \
+    run train_cudnn 190 "$py" -m benchmarks.train_step --presets=qwen2_5_1_5b --tasks=sft \
       --param_dtype=bfloat16 --attention_impl=cudnn --skip_transformers --repeats=2
-    run train_unrolled 180 "$py" -m benchmarks.train_step --presets=qwen2_5_1_5b --tasks=sft \
+    run train_unrolled 130 "$py" -m benchmarks.train_step --presets=qwen2_5_1_5b --tasks=sft \
       --param_dtype=bfloat16 --noscan_layers --skip_transformers --repeats=2
-    run memory_7b 150 "$py" -m benchmarks.step_memory --presets=qwen2_5_7b \
+    run train_dots 130 "$py" -m benchmarks.train_step --presets=qwen2_5_1_5b --tasks=sft \
+      --param_dtype=bfloat16 --remat_policy=dots --skip_transformers --repeats=2
+    run memory_7b 120 "$py" -m benchmarks.step_memory --presets=qwen2_5_7b \
       --param_dtype=bfloat16 --remat=on --tasks=grpo,sft --batch_size=8 --seq_len=768 \
       --layouts=scanned
     ;;

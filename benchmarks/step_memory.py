@@ -32,7 +32,7 @@ from rlaif_jax.models import config as config_lib
 
 # Shared with benchmarks/train_step.py (importing it defines them): --presets (default here
 # qwen2_5_0_5b), --tasks, --batch_size, --seq_len (default here 1024), --param_dtype, --dtype
-# (default here bfloat16), --remat (auto: on from 1B parameters), --attention_impl,
+# (default here bfloat16), --remat (auto: on from 1B parameters), --remat_policy, --attention_impl,
 # --num_layers, --vocab_size, --mesh, --logits_chunk.
 _LAYOUTS = flags.DEFINE_list("layouts", ["scanned", "unrolled"],
                              "Layer layouts: scanned (ModelConfig.scan_layers) and/or unrolled.")
@@ -93,7 +93,7 @@ def main(argv: list[str]) -> None:
   for name in tsb._PRESETS.value or ["qwen2_5_0_5b"]:
     spec = {"preset": name, "num_layers": tsb._NUM_LAYERS.value, "vocab_size": tsb._VOCAB.value,
             "param_dtype": tsb._PARAM_DTYPE.value, "dtype": dtype, "remat": tsb._REMAT.value,
-            "attention_impl": tsb._ATTN.value}
+            "attention_impl": tsb._ATTN.value, "remat_policy": tsb._REMAT_POLICY.value}
     for task in tsb._TASKS.value:
       for layout in _LAYOUTS.value:
         cfg = tsb.model_config({**spec, "scan_layers": layout == "scanned"})

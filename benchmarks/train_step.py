@@ -69,6 +69,9 @@ _REMAT = flags.DEFINE_enum("remat", "auto", ["auto", "on", "off"],
                            "for models of 1B parameters or more.")
 _SCAN = flags.DEFINE_bool("scan_layers", True, "Stacked layers run by lax.scan "
                           "(ModelConfig.scan_layers); --noscan_layers: the unrolled layer list.")
+_REMAT_POLICY = flags.DEFINE_enum("remat_policy", "full", ["full", "dots"],
+                                  "ModelConfig.remat_policy: keep only layer inputs, or also "
+                                  "matmul outputs.")
 _ATTN = flags.DEFINE_enum("attention_impl", "einsum", ["einsum", "xla", "cudnn"],
                           "ModelConfig.attention_impl of the cache-free forward (cudnn: GPU).")
 _MESH = flags.DEFINE_list("mesh", ["1", "-1", "1"], "Our mesh (data,fsdp,tensor); -1 = the rest.")
@@ -108,7 +111,8 @@ def model_config(spec: dict[str, Any]) -> config_lib.ModelConfig:
   remat = spec["remat"] == "on" or (spec["remat"] == "auto" and cfg.num_params >= 1e9)
   return cfg.replace(param_dtype=spec["param_dtype"], dtype=spec["dtype"], remat=remat,
                      scan_layers=spec.get("scan_layers", True),
-                     attention_impl=spec.get("attention_impl", "einsum"))
+                     attention_impl=spec.get("attention_impl", "einsum"),
+                     remat_policy=spec.get("remat_policy", "full"))
 
 
 def matmul_params(cfg: config_lib.ModelConfig, task: str) -> int:
@@ -587,7 +591,7 @@ def base_spec(probe: dict[str, Any]) -> dict[str, Any]:
       "tasks": list(_TASKS.value), "batch_size": _BATCH.value,
       "seq_len": _SEQ.value or (256 if on_cpu else 1024), "param_dtype": _PARAM_DTYPE.value,
       "dtype": probe["dtype"], "remat": _REMAT.value, "scan_layers": _SCAN.value,
-      "attention_impl": _ATTN.value,
+      "attention_impl": _ATTN.value, "remat_policy": _REMAT_POLICY.value,
       "mesh": _MESH.value,
       "steps": _STEPS.value, "repeats": max(_REPEATS.value, 1),
       "warmup_steps": max(_WARMUP.value, 1), "torch_compile": _TORCH_COMPILE.value,

@@ -40,13 +40,16 @@ def format_config(max_prompt_len: int, max_response_len: int, use_chat_template:
 
 def model_config(preset: str = "tiny", hf_checkpoint: str | None = None,
                  param_dtype: str = "float32", dtype: str = "float32",
-                 remat: bool = False, scan_layers: bool = False) -> ml_collections.ConfigDict:
+                 remat: bool = False, scan_layers: bool = False, remat_policy: str = "full",
+                 attention_impl: str = "einsum") -> ml_collections.ConfigDict:
   """A preset (vocab from the tokenizer) or a HF checkpoint directory (hf_checkpoint wins).
 
   `scan_layers` picks the stacked-layer layout (`ModelConfig.scan_layers`); it is saved with the
-  SFT checkpoint, and the reward model and RL runs started from that checkpoint inherit it."""
+  SFT checkpoint, and the reward model and RL runs started from that checkpoint inherit it.
+  `remat`, `remat_policy` ("full" | "dots") and `attention_impl` ("einsum" | "xla" | "cudnn")
+  change only how the model runs; every run sets them afresh."""
   return ml_collections.ConfigDict(dict(
       preset=preset,
       hf_checkpoint=hf_checkpoint if hf_checkpoint else config_dict.placeholder(str),
       overrides=ml_collections.ConfigDict(), param_dtype=param_dtype, dtype=dtype, remat=remat,
-      scan_layers=scan_layers))
+      scan_layers=scan_layers, remat_policy=remat_policy, attention_impl=attention_impl))

@@ -145,6 +145,10 @@ def test_scanned_layers_match_unrolled_in_value_and_gradient(hf_dir):
   lu, gu = jax.value_and_grad(loss)(unrolled)
   ls, gs = jax.value_and_grad(loss)(scanned)
   np.testing.assert_allclose(float(ls), float(lu), rtol=1e-5)
+  dots = checkpoint_bridge.load_hf_checkpoint(d, remat=True, scan_layers=True, remat_policy="dots")
+  _, gd = jax.value_and_grad(loss)(dots)  # saving matmul outputs changes memory, not values
+  np.testing.assert_allclose(gd.layers.mlp.w_up.get_value(), gs.layers.mlp.w_up.get_value(),
+                             atol=1e-6)
   np.testing.assert_allclose(gs.embed.get_value(), gu.embed.get_value(), atol=1e-5)
   for i in range(unrolled.cfg.num_layers):
     np.testing.assert_allclose(gs.layers.attn.wq.get_value()[i],

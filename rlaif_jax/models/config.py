@@ -26,6 +26,7 @@ class RopeScaling:
 
 
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+REMAT_POLICIES = ("full", "dots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,9 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"
   remat: bool = False
+  # What a rematerialised layer keeps for the backward pass: "full" only its input (least
+  # memory), "dots" also its matmul outputs (no recomputed matmuls; more memory).
+  remat_policy: str = "full"
   # One parameter per weight with a leading [num_layers] axis, run by `lax.scan`: compile time
   # independent of depth, and with `remat` XLA keeps one layer's activations at a time (the
   # unrolled loop lets the scheduler hoist every recomputation; see BUILD_NOTES).
@@ -65,6 +69,8 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
     if self.head_dim % 2:

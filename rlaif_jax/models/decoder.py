@@ -203,6 +203,13 @@ def _call_layer(layer, x, positions, inv_freq, kv_mask, q_slots):
   return layer(x, positions, inv_freq, kv_mask, q_slots, None)
 
 
+def remat_policy(cfg: ModelConfig):
+  """The jax.checkpoint policy of ModelConfig.remat_policy (None: save nothing but the input)."""
+  if cfg.remat_policy == "dots":
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  return None
+
+
 def stacked_layers(cfg: ModelConfig, rngs: nnx.Rngs) -> DecoderLayer:
   """One DecoderLayer whose every parameter has a leading [num_layers] axis named "layers".
 
@@ -264,7 +271,8 @@ class Decoder(nnx.Module):
       layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache.index)
       if cfg.remat and cache is None:
         # Training: keep only each layer's input; recompute the rest in the backward pass.
-        x, nk, nv = nnx.remat(_call_layer)(layer, x, positions, inv_freq, kv_mask, q_slots)
+        x, nk, nv = nnx.remat(_call_layer, policy=remat_policy(cfg))(
+            layer, x, positions, inv_freq, kv_mask, q_slots)
       else:
         x, nk, nv = layer(x, positions, inv_freq, kv_mask, q_slots, layer_cache)
       new_k.append(nk)
@@ -306,7 +314,7 @@ class Decoder(nnx.Module):
       return h, None
 
     if self.cfg.remat:  # keep only each layer's input; recompute the rest in the backward pass
-      body = jax.checkpoint(body, prevent_cse=False)
+      body = jax.checkpoint(body, prevent_cse=False, policy=remat_policy(self.cfg))
     x, _ = jax.lax.scan(body, x, state)
     return x
 

@@ -140,7 +140,8 @@ def run_rl(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike
   sft_meta = json.loads((sft_dir / checkpointing.EXPORT_DIR / "model_config.json").read_text())
   tok_path = _sft_tokenizer(sft_dir)
   tok = load_tokenizer(tok_path)
-  policy = checkpointing.load_model_from_workdir(sft_dir, mesh, remat=config.model.remat)
+  options = sft.compute_options(config.model)  # remat, remat_policy, attention_impl
+  policy = checkpointing.load_model_from_workdir(sft_dir, mesh, **options)
   reward = build_reward(config.reward, workdir, sft_dir, data_dir, mesh)
   cfg = rl_config(config)
   fmt = sft.format_config(config.format)
@@ -151,7 +152,7 @@ def run_rl(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike
   actor_opt, actor_sched = optim.optimizer_from_config(config.optim, total_updates)
   critic = critic_opt = None
   if cfg.algorithm == "ppo":
-    trunk = checkpointing.load_model_from_workdir(sft_dir, mesh, remat=config.model.remat)
+    trunk = checkpointing.load_model_from_workdir(sft_dir, mesh, **options)
     critic = ScalarHeadModel(trunk, rngs=nnx.Rngs(params=config.rl.seed + 7))
     critic_opt, _ = optim.optimizer_from_config(config.critic_optim, total_updates)
   meta = {"model_config": sft_meta, "tokenizer": str(tok_path), "sft_workdir": str(sft_dir),

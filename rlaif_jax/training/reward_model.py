@@ -61,9 +61,10 @@ def _trunk(config: Any, workdir: pathlib.Path, data_dir: pathlib.Path, mesh
       m = meta.restore_meta()
     finally:
       meta.close()
-    cfg = ModelConfig.from_dict(m["model_config"]).replace(remat=config.model.remat)
+    cfg = ModelConfig.from_dict(m["model_config"]).replace(**sft.compute_options(config.model))
     tok_path = pathlib.Path(m["tokenizer"])
-    return (lambda: checkpointing.load_model_from_workdir(sft_dir, mesh, remat=cfg.remat),
+    options = sft.compute_options(config.model)
+    return (lambda: checkpointing.load_model_from_workdir(sft_dir, mesh, **options),
             cfg, load_tokenizer(tok_path), tok_path)
   tok, tok_path = sft.prepare_tokenizer(config, workdir, data_dir)
   cfg = sft.model_config(config, tok)

@@ -200,11 +200,20 @@ def prepare_tokenizer(config: Any, workdir: pathlib.Path, data_dir: pathlib.Path
   return load_tokenizer(target), target
 
 
+def compute_options(model_config: Any) -> dict[str, Any]:
+  """The ModelConfig fields of `config.model` that change how the model runs, not its
+  parameters (so a run started from a checkpoint may set them afresh): remat, remat_policy,
+  attention_impl."""
+  m = model_config
+  return dict(remat=bool(m.get("remat", False)), remat_policy=m.get("remat_policy", "full"),
+              attention_impl=m.get("attention_impl", "einsum"))
+
+
 def model_config(config: Any, tok: Tokenizer) -> config_lib.ModelConfig:
   """The ModelConfig of config.model: a HF checkpoint's, or a preset with the tokenizer's vocab."""
   m = config.model
-  dtypes = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                scan_layers=m.get("scan_layers", False))
+  dtypes = dict(param_dtype=m.param_dtype, dtype=m.dtype, scan_layers=m.get("scan_layers", False),
+                **compute_options(m))
   if m.get("hf_checkpoint"):
     return config_lib.from_hf_config(m.hf_checkpoint, **dtypes)
   cfg = config_lib.preset(m.preset, vocab_size=tok.vocab_size, **dict(m.get("overrides", {})),
@@ -218,8 +227,8 @@ def init_model_fn(config: Any, cfg: config_lib.ModelConfig, mesh: jax.sharding.M
   m = config.model
   if m.get("hf_checkpoint"):
     return lambda: checkpoint_bridge.load_hf_checkpoint(
-        m.hf_checkpoint, mesh, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-        scan_layers=m.get("scan_layers", False))
+        m.hf_checkpoint, mesh, param_dtype=m.param_dtype, dtype=m.dtype,
+        scan_layers=m.get("scan_layers", False), **compute_options(m))
   return lambda: checkpoint_bridge.init_sharded(cfg, mesh, config.seed)
 
 
