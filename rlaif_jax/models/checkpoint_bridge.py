@@ -63,8 +63,12 @@ def _split_layer(path: str) -> tuple[str, int] | None:
 
 
 def _place_stacked(parts: list, cfg, shape: tuple, sharding, dtype) -> jax.Array:
-  """A [num_layers, ...] array from per-layer (memory-mapped HF tensor, rule) pairs; each device
-  converts and reads only its own slice of layers."""
+  """A [num_layers, ...] array from per-layer (memory-mapped HF tensor, rule) pairs.
+
+  Each device's callback converts the layers of its slice (a whole layer tensor at a time, then
+  cuts its part), so host memory stays at one layer tensor plus one device shard; a tensor
+  sharded over k local devices is converted k times (CPU time, not memory).
+  """
   def slice_for(index):
     layers = range(shape[0])[index[0]]
     return np.stack([np.asarray(parts[i][1].to_ours(parts[i][0], cfg)[index[1:]]).astype(dtype)
