@@ -1,5 +1,6 @@
-r"""GRPO of the 7B SFT policy with the paper's settings, on a TPU v5p slice (or one 80 GB GPU with
-ref_on_host and remat).
+r"""GRPO of the 7B SFT policy with the paper's settings, on a TPU v5p slice (or one 80 GB GPU:
+`--config.rl.ref_on_host --config.reward.rm.on_host`, bf16 weights and moments; BUILD_NOTES sizes
+the step).
 
   python -m launch.rl --config=configs/grpo_qwen2_5_7b_tpu.py --workdir=/mnt/persist/grpo_qwen7b \
       --data_dir=$RLAIF_DATA_DIR --config.policy.sft_workdir=/mnt/persist/sft_qwen7b \
@@ -34,7 +35,8 @@ def get_config():
   config.rl.mini_batch_size = 64  # 16 prompts x 4 samples
   config.rl.max_new_tokens = 512
   config.rl.checkpoint_every = 50
-  config.rl.ref_on_host = False
+  config.rl.ref_on_host = False  # True: the frozen reference lives in host memory between uses
+  config.reward.rm.on_host = False  # True: so does the reward model (placed on device to score)
   config.rl.actor.logits_chunk = 128
   config.optim.lr = 3e-7
   config.export.dtype = "bfloat16"

@@ -1,4 +1,5 @@
 """Reward-model data layout, batch scoring and the length debiaser."""
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -54,6 +55,10 @@ def test_scorer_equals_direct_forward_and_ignores_batch_companions(tok):
     np.testing.assert_allclose(scores[i], direct, atol=1e-5)
   alone = scorer.score(queries[3:4], responses[3:4])
   np.testing.assert_allclose(alone[0], scores[3], atol=1e-5)
+  # Weights kept in host memory between calls: same scores, and no device array is held.
+  hosted = RewardModelScorer(model, tok, fmt, batch_size=4, on_host=True)
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(hosted.state))
+  np.testing.assert_allclose(hosted.score(queries, responses), scores, atol=1e-6)
 
 
 def test_length_debiaser_removes_linear_trend(tmp_path):

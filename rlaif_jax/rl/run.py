@@ -86,7 +86,8 @@ def build_reward(rcfg: Any, workdir: pathlib.Path, sft_dir: pathlib.Path,
       from rlaif_jax.training import reward_model
       rm_dir = ensure_reward_model(rcfg.rm, sft_dir, data_dir)
       source = reward_model.load_reward_model(rm_dir, mesh, batch_size=rcfg.rm.batch_size,
-                                              debias=rcfg.rm.debias)
+                                              debias=rcfg.rm.debias,
+                                              on_host=rcfg.rm.get("on_host", False))
     elif kind == "judge":
       from rlaif_jax.judging.backends import make_backend
       from rlaif_jax.judging.reward import JudgeReward

@@ -207,8 +207,9 @@ def format_pair_report(report: dict[str, Any]) -> str:
 
 
 def load_reward_model(workdir: str | os.PathLike, mesh=None, batch_size: int = 32,
-                      debias: bool = False) -> RewardModelScorer:
-  """A scorer over a reward-model run's latest checkpoint (and its length debiaser if asked)."""
+                      debias: bool = False, on_host: bool = False) -> RewardModelScorer:
+  """A scorer over a reward-model run's latest checkpoint (and its length debiaser if asked);
+  `on_host` keeps its weights in host memory between scoring calls."""
   workdir = pathlib.Path(workdir)
   model, meta = checkpointing.restore_module(workdir, abstract_reward_model, mesh)
   if meta.get("kind") != "reward_model":
@@ -221,4 +222,5 @@ def load_reward_model(workdir: str | os.PathLike, mesh=None, batch_size: int = 3
     if not path.exists():
       raise FileNotFoundError(f"{path}: no length debiaser was fitted for this run")
     debiaser = LengthDebiaser.load(path)
-  return RewardModelScorer(model, tok, fmt, batch_size=batch_size, mesh=mesh, debiaser=debiaser)
+  return RewardModelScorer(model, tok, fmt, batch_size=batch_size, mesh=mesh, debiaser=debiaser,
+                           on_host=on_host)

@@ -52,13 +52,23 @@ class LengthDebiaser:
 
 
 class RewardModelScorer:
-  """Scores (query, response) texts with a ScalarHeadModel; implements the RewardSource interface."""
+  """Scores (query, response) texts with a ScalarHeadModel; implements the RewardSource interface.
+
+  on_host: keep the weights in host memory and place them on the devices only for the length
+  of each `raw_scores` call (what `RLConfig.ref_on_host` does for the reference policy): a 7B
+  reward model then holds no device memory during the policy update, at the cost of one
+  host-to-device copy of its weights per RL step.
+  """
 
   def __init__(self, model: ScalarHeadModel, tok: Tokenizer, fmt: formatting.FormatConfig,
-               batch_size: int = 32, mesh=None, debiaser: LengthDebiaser | None = None):
+               batch_size: int = 32, mesh=None, debiaser: LengthDebiaser | None = None,
+               on_host: bool = False):
     self.tok, self.fmt, self.batch_size, self.mesh = tok, fmt, batch_size, mesh
     self.debiaser = debiaser
-    self.graphdef, self.state = nnx.split(model)
+    self.on_host = on_host
+    self.graphdef, state = nnx.split(model)
+    self._shardings = jax.tree.map(lambda x: x.sharding, state)
+    self.state = jax.device_get(state) if on_host else state
     graphdef = self.graphdef
 
     @jax.jit
@@ -67,12 +77,15 @@ class RewardModelScorer:
     self._forward = forward
 
   def update_model(self, model: ScalarHeadModel) -> None:
-    self.state = nnx.state(model)
+    state = nnx.state(model)
+    self._shardings = jax.tree.map(lambda x: x.sharding, state)
+    self.state = jax.device_get(state) if self.on_host else state
 
   def raw_scores(self, queries: Sequence[str], responses: Sequence[str]) -> np.ndarray:
     if len(queries) != len(responses):
       raise ValueError(f"{len(queries)} queries but {len(responses)} responses")
     out = np.zeros(len(responses), np.float32)
+    state = jax.device_put(self.state, self._shardings) if self.on_host else self.state
     buckets = formatting.sequence_buckets(self.fmt)
     rows_per_call = self.batch_size
     if self.mesh is not None:  # the batch must divide over the data axes
@@ -87,7 +100,7 @@ class RewardModelScorer:
       arrays = [batch["tokens"], batch["positions"], batch["attention_mask"].astype(bool)]
       if self.mesh is not None:
         arrays = [jax.device_put(a, mesh_lib.data_sharding(self.mesh, 2)) for a in arrays]
-      scores = np.asarray(self._forward(self.state, *arrays))
+      scores = np.asarray(self._forward(state, *arrays))
       out[start:start + len(chunk)] = scores[:len(chunk)]
     return out
 
