@@ -39,6 +39,8 @@ _SKIP_HF = flags.DEFINE_bool("skip_transformers", False, "Time only our sampler.
 _TRACE_TOP = flags.DEFINE_integer("trace_top", 0, "After timing, trace one generation at the "
                                   "largest batch and print its N slowest XLA ops per step.")
 _SCAN = flags.DEFINE_bool("scan_layers", False, "Load the model with stacked (scanned) layers.")
+_UNSTACK = flags.DEFINE_bool("unstack_layers", True, "Scanned models: slice the layers once per "
+                             "call (Sampler(unstack_layers=...)); false: in every decode step.")
 
 
 def cpu_small(**overrides) -> config_lib.ModelConfig:
@@ -151,7 +153,7 @@ def main(argv: list[str]) -> None:
     import torch
     torch.set_num_threads(_TORCH_THREADS.value)
   hf, ours = build_models(cfg, dtype, device)
-  sampler = Sampler(ours)
+  sampler = Sampler(ours, unstack_layers=_UNSTACK.value)
   p, n = _PROMPT_LEN.value, _NEW_TOKENS.value
   print(f"preset={_PRESET.value} params={cfg.num_params / 1e6:.1f}M dtype={dtype} "
         f"backend={jax.default_backend()} ({jax.devices()[0].device_kind}) prompt_len={p} "

@@ -71,7 +71,8 @@ def full_forward_log_softmax(model, prompt, mask, response, length):
 def test_greedy_matches_transformers_and_logprobs_match_forward(variant, scan_layers, tmp_path):
   d = tiny_hf.make_tiny_hf_checkpoint(tmp_path, **VARIANTS[variant])
   model = checkpoint_bridge.load_hf_checkpoint(d, scan_layers=scan_layers)
-  sampler = Sampler(model, load_tokenizer(d))
+  # Scanned models: the per-step layer slicing path (no unstacked copy) must agree too.
+  sampler = Sampler(model, load_tokenizer(d), unstack_layers=variant != "qwen2_untied")
   tokens, mask = random_prompts(1)
   out = sampler.generate_ids(None, tokens, mask, MAX_NEW, SamplingParams.greedy()).to_numpy()
 

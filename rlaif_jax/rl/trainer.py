@@ -55,6 +55,9 @@ class RLConfig:
   checkpoint_every: int = 50
   keep_checkpoints: int = 2
   ref_on_host: bool = False
+  # Scanned policies: slice the layers out of the stacked weights once per rollout (faster
+  # decode, one transient copy of the layer weights) or in every decode step (no copy).
+  unstack_layers_for_decode: bool = True
 
   def __post_init__(self):
     if self.algorithm not in ("grpo", "ppo"):
@@ -94,7 +97,8 @@ class RLTrainer:
     self.critic_ckpt = (checkpointing.Checkpointer(self.workdir / "critic_checkpoints",
                                                    cfg.keep_checkpoints) if critic else None)
     self.writer = metrics_lib.MetricWriter(self.workdir)
-    self.sampler = Sampler(policy, tokenizer, mesh=mesh)
+    self.sampler = Sampler(policy, tokenizer, mesh=mesh,
+                           unstack_layers=cfg.unstack_layers_for_decode)
     self.actor_opt = actor_optimizer
     self.actor = self._restore_or_create(policy, actor_optimizer, self.actor_ckpt)
     # The reference is the policy we start from (never the resumed one): exact resume.
