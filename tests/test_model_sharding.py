@@ -71,6 +71,18 @@ SCRIPT = textwrap.dedent("""
     got_ids = Sampler(scanned, mesh=mesh).generate_ids(None, prompts, pmask, 6, SamplingParams.greedy(),
                                                       stop_ids=())
     np.testing.assert_array_equal(np.asarray(got_ids.tokens), np.asarray(want.tokens))
+    # A HF directory loaded straight into stacked, sharded parameters (each device reads its
+    # slice of layers and of the weight) holds the single model's weights.
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+      checkpoint_bridge.export_hf_checkpoint(single, d)
+      loaded = checkpoint_bridge.load_hf_checkpoint(d, mesh, scan_layers=True)
+    w = loaded.layers.attn.wo.get_value()
+    assert w.sharding.spec == P(None, "tensor", None, "fsdp"), w.sharding
+    for i in range(cfg.num_layers):
+      np.testing.assert_array_equal(np.asarray(w[i]), np.asarray(single.layers[i].attn.wo.get_value()))
+      np.testing.assert_array_equal(np.asarray(loaded.layers.mlp.w_gate.get_value()[i]),
+                                    np.asarray(single.layers[i].mlp.w_gate.get_value()))
     print("MESH_OK")
 """)
 
