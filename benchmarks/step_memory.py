@@ -37,6 +37,12 @@ from rlaif_jax.models import config as config_lib
 _LAYOUTS = flags.DEFINE_list("layouts", ["scanned", "unrolled"],
                              "Layer layouts: scanned (ModelConfig.scan_layers) and/or unrolled.")
 _DEVICE_GIB = flags.DEFINE_float("device_gib", 80.0, "Device memory for the 'fits' column.")
+_ROLL_PROMPT = flags.DEFINE_integer("rollout_prompt_len", 256, "Task rollout: prompt tokens.")
+_ROLL_NEW = flags.DEFINE_integer("rollout_new_tokens", 512, "Task rollout: new tokens per row.")
+_ROLL_ROWS = flags.DEFINE_integer("rollout_rows", 128, "Task rollout: sequences sampled at once "
+                                  "(prompts x samples; the paper: 32 x 4).")
+_UNSTACK = flags.DEFINE_bool("unstack_layers", True, "Task rollout, scanned models: "
+                             "Sampler(unstack_layers=...).")
 
 _GIB = 2 ** 30
 
@@ -75,6 +81,48 @@ def step_memory(cfg: config_lib.ModelConfig, task: str, batch_size: int, seq_len
   return out
 
 
+def rollout_memory(cfg: config_lib.ModelConfig, rows: int, prompt_len: int, new_tokens: int,
+                   mesh_shape: list[int], unstack: bool) -> dict[str, float]:
+  """Compiles the sampler's prefill and decode loop for `rows` prompts of `prompt_len` tokens and
+  `new_tokens` new tokens on abstract weights; returns the larger of the two (per device)."""
+  from flax import nnx
+
+  from rlaif_jax.models import checkpoint_bridge
+  from rlaif_jax.sampling import sampler as sampler_lib
+  from rlaif_jax.sampling.logits_processing import SamplingArrays, SamplingParams
+  from rlaif_jax.sharding import mesh as mesh_lib
+  from rlaif_jax.training import train_state as ts
+  mesh = mesh_lib.make_mesh(mesh_shape)
+  graphdef, state = nnx.split(checkpoint_bridge.abstract_model(cfg))
+  shardings = ts.variable_shardings(state, mesh)
+  params = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                        state, shardings)
+  rows_sh = mesh_lib.data_sharding(mesh, 2)
+  tokens = jax.ShapeDtypeStruct((rows, prompt_len), np.int32, sharding=rows_sh)
+  mask = jax.ShapeDtypeStruct((rows, prompt_len), np.bool_, sharding=rows_sh)
+  arrays = _abstract(SamplingArrays.from_params([SamplingParams()] * rows, new_tokens))
+  stop, pad = jax.ShapeDtypeStruct((8,), np.int32), jax.ShapeDtypeStruct((), np.int32)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  t0 = time.perf_counter()
+  with jax.set_mesh(mesh):
+    args = (graphdef, params, tokens, mask, arrays, stop, pad, key)
+    kw = dict(max_new_tokens=new_tokens, unstack=unstack)
+    prefill = sampler_lib._prefill_jit.lower(*args, **kw).compile().memory_analysis()
+    sampler_state = jax.eval_shape(lambda *a: sampler_lib._prefill(*a, **kw), *args)
+    decode = sampler_lib._decode_jit.lower(graphdef, params, sampler_state,
+                                           unstack).compile().memory_analysis()
+  best = {}
+  for ma in (prefill, decode):
+    r = {"args": ma.argument_size_in_bytes, "temp": ma.temp_size_in_bytes,
+         "output": ma.output_size_in_bytes, "alias": ma.alias_size_in_bytes}
+    r["peak"] = r["args"] + r["temp"] + r["output"] - r["alias"]
+    if r["peak"] > best.get("peak", -1):
+      best = r
+  n_params = sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
+  best.update(params=float(n_params) / mesh.devices.size, compile_s=time.perf_counter() - t0)
+  return best
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -88,7 +136,7 @@ def main(argv: list[str]) -> None:
         f"dtype={dtype} remat={tsb._REMAT.value}; GiB per device from "
         "compiled.memory_analysis()")
   print(f"{'preset':>14} {'task':>5} {'layout':>9} {'args':>7} {'temp':>7} {'out-alias':>9} "
-        f"{'peak':>7} {'+ref':>6} {'fits ' + str(int(_DEVICE_GIB.value)):>8} {'compile s':>9}")
+        f"{'peak':>7} {'+res':>6} {'fits ' + str(int(_DEVICE_GIB.value)):>8} {'compile s':>9}")
   lines = []
   for name in tsb._PRESETS.value or ["qwen2_5_0_5b"]:
     spec = {"preset": name, "num_layers": tsb._NUM_LAYERS.value, "vocab_size": tsb._VOCAB.value,
@@ -97,8 +145,15 @@ def main(argv: list[str]) -> None:
     for task in tsb._TASKS.value:
       for layout in _LAYOUTS.value:
         cfg = tsb.model_config({**spec, "scan_layers": layout == "scanned"})
-        r = step_memory(cfg, task, tsb._BATCH.value, seq_len, mesh_shape, tsb._LOGITS_CHUNK.value)
-        ref = r["params"] / _GIB if task == "grpo" else 0.0
+        if task == "rollout":
+          r = rollout_memory(cfg, _ROLL_ROWS.value, _ROLL_PROMPT.value, _ROLL_NEW.value,
+                             mesh_shape, _UNSTACK.value)
+        else:
+          r = step_memory(cfg, task, tsb._BATCH.value, seq_len, mesh_shape,
+                          tsb._LOGITS_CHUNK.value)
+        # Resident beside the step: grpo update, the reference policy; rollout, the actor's
+        # AdamW moments (two params-sized arrays) and the reference policy.
+        ref = r["params"] * {"grpo": 1, "rollout": 3}.get(task, 0) / _GIB
         total = r["peak"] / _GIB + ref
         print(f"{name:>14} {task:>5} {layout:>9} {r['args'] / _GIB:>7.2f} {r['temp'] / _GIB:>7.2f} "
               f"{(r['output'] - r['alias']) / _GIB:>9.2f} {r['peak'] / _GIB:>7.2f} {ref:>6.2f} "
