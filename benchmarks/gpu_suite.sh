@@ -50,7 +50,7 @@ case "$part" in
     run train_dots 130 "$py" -m benchmarks.train_step --presets=qwen2_5_1_5b --tasks=sft \
       --param_dtype=bfloat16 --remat_policy=dots --skip_transformers --repeats=2
     run memory_7b 120 "$py" -m benchmarks.step_memory --presets=qwen2_5_7b \
-      --param_dtype=bfloat16 --remat=on --tasks=grpo,sft --batch_size=8 --seq_len=768 \
+      --param_dtype=bfloat16 --remat=on --tasks=grpo,sft,rollout --batch_size=8 --seq_len=768 \
       --layouts=scanned
     ;;
   grpo)
