@@ -63,8 +63,8 @@ case "$part" in
       --prompt_len=8 --num_layers=2 --trace_top=3
     run train_smoke 400 "$py" -m benchmarks.train_step --tasks=sft,grpo --steps=1 --repeats=1 \
       --warmup_steps=1 --seq_len=64 --batch_size=4
-    run memory_smoke 200 "$py" -m benchmarks.step_memory --presets=tiny --tasks=grpo \
-      --batch_size=2 --seq_len=128
+    run memory_smoke 200 "$py" -m benchmarks.step_memory --presets=tiny --tasks=grpo,rollout \
+      --batch_size=2 --seq_len=128 --rollout_rows=4 --rollout_prompt_len=16 --rollout_new_tokens=8
     run grpo_smoke 300 "$py" -m benchmarks.grpo_step --new_tokens=8 --steps=1
     ;;
   *)
