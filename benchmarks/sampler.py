@@ -8,8 +8,8 @@ excluded. Prints a table, the tokens/s ratios, and as the last line
 `ratio_vs_transformers_b32=<x>` (nan when batch 32 was not run).
 
 On GPU it also prints the fraction of the memory-bandwidth roofline of the decode loop: bytes
-read per decode step (all parameters + the whole K/V cache our loop attends over) x decode
-steps/s / (--hbm_gbps x 1e9). Decode steps/s comes from the total time minus a 1-token call
+read per decode step (all parameters + the K/V cache slots our loop attends over, averaged over
+the steps since the cache grows by segments) x decode steps/s / (--hbm_gbps x 1e9). Decode steps/s comes from the total time minus a 1-token call
 (the prefill).
 """
 import math
@@ -21,6 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from rlaif_jax.models import checkpoint_bridge, config as config_lib
+from rlaif_jax.sampling import sampler as sampler_lib
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
 
@@ -41,6 +42,8 @@ _TRACE_TOP = flags.DEFINE_integer("trace_top", 0, "After timing, trace one gener
 _SCAN = flags.DEFINE_bool("scan_layers", False, "Load the model with stacked (scanned) layers.")
 _UNSTACK = flags.DEFINE_bool("unstack_layers", True, "Scanned models: slice the layers once per "
                              "call (Sampler(unstack_layers=...)); false: in every decode step.")
+_GROW = flags.DEFINE_integer("grow_cache_from", 64, "Sampler(grow_cache_from=...): the KV cache "
+                             "starts with room for this many new tokens and doubles; 0: whole.")
 
 
 def cpu_small(**overrides) -> config_lib.ModelConfig:
@@ -112,25 +115,36 @@ def print_trace(sampler: Sampler, cfg: config_lib.ModelConfig, b: int, p: int, n
                 top: int) -> None:
   """The slowest XLA ops of the decode loop (n - 1 steps after the prefill), per step."""
   from benchmarks import xla_trace
-  from rlaif_jax.sampling import sampler as sampler_lib
   tokens = np.random.RandomState(b).randint(0, cfg.vocab_size, (b, p)).astype(np.int32)
   arrays = sampler_lib.SamplingArrays.from_params([SamplingParams.greedy()] * b, n)
   args = (sampler.graphdef, sampler.params, jax.numpy.asarray(tokens),
           jax.numpy.ones((b, p), bool), arrays, np.full(8, -1, np.int32), np.int32(0),
           jax.random.key(0))
-  prefill = lambda: sampler_lib._prefill_jit(*args, max_new_tokens=n)
-  decode = sampler_lib._decode_jit
-  hlo = [decode.lower(sampler.graphdef, sampler.params, prefill()).compile().as_text()]
-  jax.block_until_ready(decode(sampler.graphdef, sampler.params, prefill()))  # compile
-  state = jax.block_until_ready(prefill())  # the decode call donates (consumes) it
+  spans = sampler_lib.cache_spans(n, sampler.grow_cache_from)
+  prefill = lambda: sampler_lib._prefill_jit(*args, max_new_tokens=n, first_span=spans[0])
+  call = lambda s: sampler_lib.decode_call(sampler.graphdef, sampler.params, s, True, spans)
+  fn, fn_args = call(prefill())
+  hlo = [fn.lower(*fn_args).compile().as_text()]
+  jax.block_until_ready(fn(*fn_args))  # compile
+  fn, fn_args = call(jax.block_until_ready(prefill()))  # the decode call donates (consumes) it
   print(f"slowest XLA ops of the decode loop, ms per step, batch {b} (concurrent ops overlap):")
   for ms, name, shape, op in xla_trace.top_ops(
-      lambda: decode(sampler.graphdef, sampler.params, state), hlo, top, per=max(n - 1, 1)):
+      lambda: fn(*fn_args), hlo, top, per=max(n - 1, 1)):
     print(f"  {ms:8.3f}  {name:28s} {shape:28s} {op}")
 
 
-def decode_bytes_per_step(cfg: config_lib.ModelConfig, batch: int, cache_len: int,
-                          itemsize: int) -> int:
+def mean_cache_slots(prompt_len: int, new_tokens: int, grow_from: int | None) -> float:
+  """Cache slots a decode step attends over, averaged over the new_tokens - 1 decode steps
+  (the cache grows by segments, `cache_spans`)."""
+  total, start = 0, 1  # step s (1-based tokens so far) runs in the first segment ending > s
+  for end in sampler_lib.cache_spans(new_tokens, grow_from):
+    total += (end - start) * (prompt_len + end - 1)
+    start = end
+  return total / max(new_tokens - 1, 1)
+
+
+def decode_bytes_per_step(cfg: config_lib.ModelConfig, batch: int, cache_len: float,
+                          itemsize: int) -> float:
   kv = 2 * cfg.num_layers * batch * cache_len * cfg.num_kv_heads * cfg.head_dim * itemsize
   return cfg.num_params * itemsize + kv
 
@@ -153,11 +167,12 @@ def main(argv: list[str]) -> None:
     import torch
     torch.set_num_threads(_TORCH_THREADS.value)
   hf, ours = build_models(cfg, dtype, device)
-  sampler = Sampler(ours, unstack_layers=_UNSTACK.value)
+  sampler = Sampler(ours, unstack_layers=_UNSTACK.value, grow_cache_from=_GROW.value or None)
   p, n = _PROMPT_LEN.value, _NEW_TOKENS.value
   print(f"preset={_PRESET.value} params={cfg.num_params / 1e6:.1f}M dtype={dtype} "
         f"backend={jax.default_backend()} ({jax.devices()[0].device_kind}) prompt_len={p} "
-        f"new_tokens={n} torch_threads={_torch_threads()}")
+        f"new_tokens={n} torch_threads={_torch_threads()} "
+        f"cache_spans={sampler_lib.cache_spans(n, sampler.grow_cache_from)}")
   header = f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>9} {'ratio':>6} {'ours ms/step':>12}"
   print(header + (f" {'roofline':>8}" if on_gpu else ""))
   ratios = {}
@@ -172,7 +187,8 @@ def main(argv: list[str]) -> None:
     row = f"{b:>5} {ours_tps:>11.1f} {hf_tps:>9.1f} {ratios[b]:>6.2f} {1e3 * step_s:>12.2f}"
     if on_gpu:
       itemsize = np.dtype(jax.numpy.dtype(dtype)).itemsize
-      moved = decode_bytes_per_step(cfg, b, p + n - 1, itemsize)
+      moved = decode_bytes_per_step(cfg, b, mean_cache_slots(p, n, sampler.grow_cache_from),
+                                    itemsize)
       row += f" {moved / step_s / (_HBM_GBPS.value * 1e9):>8.1%}"
     print(row, flush=True)
   if _TRACE_TOP.value:

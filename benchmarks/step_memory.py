@@ -43,6 +43,8 @@ _ROLL_ROWS = flags.DEFINE_integer("rollout_rows", 128, "Task rollout: sequences 
                                   "(prompts x samples; the paper: 32 x 4).")
 _UNSTACK = flags.DEFINE_bool("unstack_layers", True, "Task rollout, scanned models: "
                              "Sampler(unstack_layers=...).")
+_GROW = flags.DEFINE_integer("grow_cache_from", 64, "Task rollout: Sampler(grow_cache_from=...); "
+                             "0: the whole cache from the start.")
 
 _GIB = 2 ** 30
 
@@ -106,11 +108,12 @@ def rollout_memory(cfg: config_lib.ModelConfig, rows: int, prompt_len: int, new_
   t0 = time.perf_counter()
   with jax.set_mesh(mesh):
     args = (graphdef, params, tokens, mask, arrays, stop, pad, key)
-    kw = dict(max_new_tokens=new_tokens, unstack=unstack)
+    spans = sampler_lib.cache_spans(new_tokens, _GROW.value or None)
+    kw = dict(max_new_tokens=new_tokens, unstack=unstack, first_span=spans[0])
     prefill = sampler_lib._prefill_jit.lower(*args, **kw).compile().memory_analysis()
     sampler_state = jax.eval_shape(lambda *a: sampler_lib._prefill(*a, **kw), *args)
-    decode = sampler_lib._decode_jit.lower(graphdef, params, sampler_state,
-                                           unstack).compile().memory_analysis()
+    fn, fn_args = sampler_lib.decode_call(graphdef, params, sampler_state, unstack, spans)
+    decode = fn.lower(*fn_args).compile().memory_analysis()
   best = {}
   for ma in (prefill, decode):
     r = {"args": ma.argument_size_in_bytes, "temp": ma.temp_size_in_bytes,

@@ -71,8 +71,10 @@ def full_forward_log_softmax(model, prompt, mask, response, length):
 def test_greedy_matches_transformers_and_logprobs_match_forward(variant, scan_layers, tmp_path):
   d = tiny_hf.make_tiny_hf_checkpoint(tmp_path, **VARIANTS[variant])
   model = checkpoint_bridge.load_hf_checkpoint(d, scan_layers=scan_layers)
-  # Scanned models: the per-step layer slicing path (no unstacked copy) must agree too.
-  sampler = Sampler(model, load_tokenizer(d), unstack_layers=variant != "qwen2_untied")
+  # Scanned models: the per-step layer slicing path (no unstacked copy) must agree too; scanned
+  # runs also grow the KV cache by segments (spans 3, 6, 10 new tokens), unrolled ones do not.
+  sampler = Sampler(model, load_tokenizer(d), unstack_layers=variant != "qwen2_untied",
+                    grow_cache_from=3 if scan_layers else None)
   tokens, mask = random_prompts(1)
   out = sampler.generate_ids(None, tokens, mask, MAX_NEW, SamplingParams.greedy()).to_numpy()
 
@@ -273,6 +275,45 @@ def test_new_params_do_not_recompile(qwen_sampler):
   assert not np.array_equal(a.tokens, b.tokens)
 
 
+def test_cache_spans():
+  assert sampler_lib.cache_spans(300, 64) == (64, 128, 256, 300)
+  assert sampler_lib.cache_spans(256, 64) == (64, 128, 256)
+  assert sampler_lib.cache_spans(64, 64) == (64,) and sampler_lib.cache_spans(10, None) == (10,)
+  assert sampler_lib.cache_spans(5, 1) == (1, 2, 4, 5)
+  with pytest.raises(ValueError, match="grow_cache_from must be >= 1"):
+    sampler_lib.cache_spans(10, 0)
+
+
+def test_growing_cache_equals_whole_cache(qwen_dir):
+  """Segments over a growing cache (spans 2, 4, 8, 10) sample exactly what one loop over the
+  whole cache samples: sampled and greedy rows, n=2, per-row limits, a stop id, an empty row."""
+  model = checkpoint_bridge.load_hf_checkpoint(qwen_dir)
+  whole = Sampler(model, grow_cache_from=None)
+  growing = Sampler(model, grow_cache_from=2)
+  tokens, mask = random_prompts(9, lengths=(5, 9, 4, 6))
+  mask[3] = False
+  per_row = [SamplingParams(temperature=1.0), SamplingParams.greedy(max_tokens=7),
+             SamplingParams(temperature=0.8, top_p=0.9), SamplingParams.greedy()]
+  greedy = whole.generate_ids(None, tokens, mask, MAX_NEW, SamplingParams.greedy(),
+                              stop_ids=()).to_numpy()
+  stop = [int(greedy.tokens[1, 5])]
+  a = whole.generate_ids(None, tokens, mask, MAX_NEW, per_row, key=4, n=2,
+                         stop_ids=stop).to_numpy()
+  b = growing.generate_ids(None, tokens, mask, MAX_NEW, per_row, key=4, n=2,
+                           stop_ids=stop).to_numpy()
+  np.testing.assert_array_equal(b.tokens, a.tokens)
+  np.testing.assert_array_equal(b.lengths, a.lengths)
+  np.testing.assert_array_equal(b.stopped, a.stopped)
+  np.testing.assert_allclose(b.logprobs, a.logprobs, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(b.processed_logprobs, a.processed_logprobs, atol=1e-5, rtol=0)
+  assert a.lengths.max() == MAX_NEW and a.lengths.min() == 0 and a.stopped.any()
+  # A batch that ends inside the first segment skips the later ones.
+  short = growing.generate_ids(None, tokens, mask, MAX_NEW, SamplingParams.greedy(max_tokens=2),
+                               stop_ids=()).to_numpy()
+  assert int(short.steps) == 2
+  np.testing.assert_array_equal(short.tokens[:, :2], greedy.tokens[:, :2])
+
+
 def test_rejects_right_padding(qwen_sampler):
   tokens, mask = random_prompts(6)
   with pytest.raises(ValueError, match="left-padded"):
@@ -296,7 +337,9 @@ _MESH_SCRIPT = textwrap.dedent("""
     for name, mesh in [("one", mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])),
                        ("data2_tensor4", mesh_lib.make_mesh((2, 1, 4))),
                        ("fsdp2_tensor4", mesh_lib.make_mesh((1, 2, 4)))]:
-      sampler = Sampler(checkpoint_bridge.load_hf_checkpoint(d, mesh), mesh=mesh)
+      # data2_tensor4 also grows the KV cache by segments (spans 3, 6, 8), sharded.
+      sampler = Sampler(checkpoint_bridge.load_hf_checkpoint(d, mesh), mesh=mesh,
+                        grow_cache_from=3 if name == "data2_tensor4" else None)
       out = sampler.generate_ids(None, tokens, mask, 8, params, key=11, n=2, stop_ids=())
       result[name] = dict(tokens=np.asarray(out.tokens).tolist(),
                           logprobs=np.asarray(out.logprobs).tolist(),

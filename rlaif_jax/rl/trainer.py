@@ -58,6 +58,10 @@ class RLConfig:
   # Scanned policies: slice the layers out of the stacked weights once per rollout (faster
   # decode, one transient copy of the layer weights) or in every decode step (no copy).
   unstack_layers_for_decode: bool = True
+  # Rollouts: the KV cache starts with room for this many new tokens and doubles up to
+  # max_new_tokens, so early steps attend over fewer slots (Sampler(grow_cache_from=...));
+  # None allocates it whole.
+  grow_cache_from: int | None = 64
 
   def __post_init__(self):
     if self.algorithm not in ("grpo", "ppo"):
@@ -98,7 +102,8 @@ class RLTrainer:
                                                    cfg.keep_checkpoints) if critic else None)
     self.writer = metrics_lib.MetricWriter(self.workdir)
     self.sampler = Sampler(policy, tokenizer, mesh=mesh,
-                           unstack_layers=cfg.unstack_layers_for_decode)
+                           unstack_layers=cfg.unstack_layers_for_decode,
+                           grow_cache_from=cfg.grow_cache_from)
     self.actor_opt = actor_optimizer
     self.actor = self._restore_or_create(policy, actor_optimizer, self.actor_ckpt)
     # The reference is the policy we start from (never the resumed one): exact resume.

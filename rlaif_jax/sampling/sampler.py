@@ -72,11 +72,40 @@ def _record(state: SamplerState, logits: jax.Array) -> SamplerState:
                        step=step + 1)
 
 
+def cache_spans(max_new_tokens: int, grow_from: int | None) -> tuple[int, ...]:
+  """The decode loop's segments, as the number of new tokens each one ends at.
+
+  The KV cache of segment j has P + spans[j] - 1 slots, so early steps attend over fewer slots
+  than the last ones: spans start at `grow_from` and double up to max_new_tokens (64, 128, 256,
+  300 for 300 tokens). None, or a start >= max_new_tokens: one segment over the whole cache.
+  """
+  if grow_from is None or grow_from >= max_new_tokens:
+    return (max_new_tokens,)
+  if grow_from < 1:
+    raise ValueError(f"grow_cache_from must be >= 1 or None, got {grow_from}")
+  spans = [grow_from]
+  while spans[-1] < max_new_tokens:
+    spans.append(min(2 * spans[-1], max_new_tokens))
+  return tuple(spans)
+
+
+def _grow_cache(cache: KVCache, slots: int) -> KVCache:
+  """The cache with empty (masked) slots appended up to `slots`."""
+  extra = slots - cache.length
+  if extra <= 0:
+    return cache
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0)))
+  return _shard_cache(cache.replace(k=tuple(map(pad, cache.k)), v=tuple(map(pad, cache.v)),
+                                    mask=jnp.pad(cache.mask, ((0, 0), (0, extra)))))
+
+
 def _prefill(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, mask: jax.Array,
              sampling: SamplingArrays, stop_ids: jax.Array, pad_id: jax.Array, key: jax.Array,
-             max_new_tokens: int, n: int = 1, unstack: bool = True) -> SamplerState:
+             max_new_tokens: int, n: int = 1, unstack: bool = True,
+             first_span: int | None = None) -> SamplerState:
   """Runs the prompts i32[B, P] (left-padded, mask bool[B, P]) through the model into a fresh
-  cache of P + max_new_tokens - 1 slots and samples the first new token of every row.
+  cache of P + first_span - 1 slots (first_span defaults to max_new_tokens; `_decode` grows the
+  cache to P + max_new_tokens - 1) and samples the first new token of every row.
 
   With n > 1 each prompt is prefilled once and its cache rows and last logits are repeated n
   times (rows [i*n, (i+1)*n) share prompt i): the n samples of a GRPO group cost one prefill.
@@ -87,7 +116,8 @@ def _prefill(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, mask:
   b, p = tokens.shape
   tokens, mask = _shard_rows(tokens), _shard_rows(mask)
   positions = positions_from_mask(mask)
-  cache = _shard_cache(KVCache.zeros(model.cfg, b, p + max_new_tokens - 1))
+  span = max_new_tokens if first_span is None else min(first_span, max_new_tokens)
+  cache = _shard_cache(KVCache.zeros(model.cfg, b, p + span - 1))
   hidden, cache = model.hidden_states(tokens, positions, mask, cache)
   logits = model.logits_from_hidden(hidden[:, -1:])[:, 0]  # only the last position is needed
   if n > 1:
@@ -109,9 +139,14 @@ def _prefill(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, mask:
 
 
 def _decode(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState,
-            unstack: bool = True) -> SamplerState:
+            unstack: bool = True, spans: tuple[int, ...] = ()) -> SamplerState:
   """Feeds each row's last token and samples the next until every row is done or the buffers
   are full.
+
+  `spans` (`cache_spans`; default one segment): segment j runs the steps up to spans[j] new
+  tokens over a cache grown to P + spans[j] - 1 slots, so a step attends over the slots its
+  segment can have filled rather than over the whole cache (a while_loop per segment; a row
+  that ends early skips the later ones).
 
   Stacked (scanned) layers: with `unstack` they are sliced once here, outside the loop (one
   transient copy of the layer weights); without, each step slices them (no copy held; XLA:CPU
@@ -123,16 +158,18 @@ def _decode(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState,
     model = nnx.merge(g, jax.lax.optimization_barrier(p))
   n = state.max_new_tokens
   ones = jnp.ones((state.tokens.shape[0], 1), bool)
-
-  def cond(s: SamplerState) -> jax.Array:
-    return (s.step < n) & ~jnp.all(s.done)
+  prompt_len = state.cache.length - (spans[0] if spans else n) + 1
 
   def body(s: SamplerState) -> SamplerState:
     logits, cache = model(s.next_token[:, None], s.next_position[:, None], ones, s.cache)
     s = s.replace(cache=cache, next_position=s.next_position + 1)
     return _record(s, logits[:, 0])
 
-  return jax.lax.while_loop(cond, body, state)
+  for end in spans or (n,):
+    state = state.replace(cache=_grow_cache(state.cache, prompt_len + end - 1))
+    cond = lambda s, end=end: (s.step < end) & ~jnp.all(s.done)
+    state = jax.lax.while_loop(cond, body, state)
+  return state
 
 
 def _output(state: SamplerState) -> GenerationOutput:
@@ -143,8 +180,28 @@ def _output(state: SamplerState) -> GenerationOutput:
 
 # Module-level jits: the compile cache is shared by every Sampler with the same graphdef.
 _prefill_jit = jax.jit(_prefill, static_argnums=(0,),
-                       static_argnames=("max_new_tokens", "n", "unstack"))
-_decode_jit = jax.jit(_decode, static_argnums=(0, 3), donate_argnums=(2,))
+                       static_argnames=("max_new_tokens", "n", "unstack", "first_span"))
+_decode_jit = jax.jit(_decode, static_argnums=(0, 3, 4), donate_argnums=(2,))
+
+
+def _decode_growing(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState,
+                    cache: KVCache, unstack: bool, spans: tuple[int, ...]) -> SamplerState:
+  """`_decode` with the first segment's cache passed apart from the (donated) rest of the
+  state: the grown caches have other shapes, so donating the first one could not be used."""
+  return _decode(graphdef, params, state.replace(cache=cache), unstack, spans)
+
+
+_decode_growing_jit = jax.jit(_decode_growing, static_argnums=(0, 4, 5), donate_argnums=(2,))
+
+
+def decode_call(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState, unstack: bool,
+                spans: tuple[int, ...]) -> tuple[Callable, tuple]:
+  """(jitted decode function, its arguments) for a prefilled state; `fn(*args)` runs the loop
+  and `fn.lower(*args)` compiles it (benchmarks)."""
+  if len(spans) == 1:
+    return _decode_jit, (graphdef, params, state, unstack, spans)
+  return _decode_growing_jit, (graphdef, params, state.replace(cache=None), state.cache, unstack,
+                               spans)
 _output_jit = jax.jit(_output, donate_argnums=(0,))
 
 
@@ -177,12 +234,18 @@ class Sampler:
     prompt_bucket: `generate` pads prompt lengths to a multiple of this.
     unstack_layers: a scanned model's layers are sliced out of the stacked weights once per
       call (faster decode, one transient copy of the layer weights) rather than every step.
+    grow_cache_from: the KV cache starts with room for this many new tokens and doubles up to
+      max_new_tokens (`cache_spans`), so early decode steps attend over fewer slots; each growth
+      copies the cache once (old and new buffers coexist for that copy) and each segment is its
+      own compiled loop. None: the whole cache from the start, one loop.
   """
 
   def __init__(self, model: Decoder, tokenizer: Tokenizer | None = None, *,
                mesh: jax.sharding.Mesh | None = None, prompt_bucket: int = 32,
-               unstack_layers: bool = True):
+               unstack_layers: bool = True, grow_cache_from: int | None = 64):
     self.unstack_layers = unstack_layers
+    cache_spans(2, grow_cache_from)  # validates
+    self.grow_cache_from = grow_cache_from
     self.graphdef, self.params = nnx.split(model)
     self.cfg = model.cfg
     self.tokenizer = tokenizer
@@ -244,11 +307,13 @@ class Sampler:
     stop[:len(ids)] = ids
     pad_id = np.int32(self.tokenizer.pad_id if self.tokenizer is not None else 0)
     tokens, mask = jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask, bool)
+    spans = cache_spans(int(max_new_tokens), self.grow_cache_from)
     with self._mesh_context():
       state = _prefill_jit(graphdef, params, tokens, mask, arrays, stop, pad_id, _as_key(key),
                            max_new_tokens=int(max_new_tokens), n=int(n),
-                           unstack=self.unstack_layers)
-      state = _decode_jit(graphdef, params, state, self.unstack_layers)
+                           unstack=self.unstack_layers, first_span=spans[0])
+      decode, args = decode_call(graphdef, params, state, self.unstack_layers, spans)
+      state = decode(*args)
       return _output_jit(state)
 
   def generate(self, prompts: Sequence[comp.Prompt], max_new_tokens: int = 256,

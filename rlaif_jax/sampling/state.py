@@ -14,7 +14,8 @@ from rlaif_jax.sampling.logits_processing import SamplingArrays
 class SamplerState:
   """Everything the decode loop reads and writes. B rows, N = max_new_tokens.
 
-  cache: the KV cache, prompt already written; slots [0, P + N).
+  cache: the KV cache, prompt already written; P + N - 1 slots once `_decode` has grown it
+    (fewer before, see `cache_spans`).
   tokens: i32[B, N] sampled ids, `pad_id` after a row ends.
   logprobs / processed_logprobs: f32[B, N] (see `sample_step`), 0 after a row ends.
   next_token: i32[B] the last sampled token, fed to the model in the next step.
