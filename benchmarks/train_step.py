@@ -72,8 +72,9 @@ _SCAN = flags.DEFINE_bool("scan_layers", True, "Stacked layers run by lax.scan "
 _REMAT_POLICY = flags.DEFINE_enum("remat_policy", "full", ["full", "dots"],
                                   "ModelConfig.remat_policy: keep only layer inputs, or also "
                                   "matmul outputs.")
-_ATTN = flags.DEFINE_enum("attention_impl", "einsum", ["einsum", "xla", "cudnn"],
-                          "ModelConfig.attention_impl of the cache-free forward (cudnn: GPU).")
+_ATTN = flags.DEFINE_enum("attention_impl", "einsum", ["einsum", "xla", "cudnn", "splash"],
+                          "ModelConfig.attention_impl of the cache-free forward (cudnn: GPU, "
+                          "splash: TPU).")
 _MESH = flags.DEFINE_list("mesh", ["1", "-1", "1"], "Our mesh (data,fsdp,tensor); -1 = the rest.")
 _STEPS = flags.DEFINE_integer("steps", 4, "Back-to-back timed steps per round.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed rounds per measurement; the best is kept.")

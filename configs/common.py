@@ -46,8 +46,8 @@ def model_config(preset: str = "tiny", hf_checkpoint: str | None = None,
 
   `scan_layers` picks the stacked-layer layout (`ModelConfig.scan_layers`); it is saved with the
   SFT checkpoint, and the reward model and RL runs started from that checkpoint inherit it.
-  `remat`, `remat_policy` ("full" | "dots") and `attention_impl` ("einsum" | "xla" | "cudnn")
-  change only how the model runs; every run sets them afresh."""
+  `remat`, `remat_policy` ("full" | "dots") and `attention_impl` ("einsum" | "xla" | "cudnn" on
+  NVIDIA GPUs | "splash" on TPU) change only how the model runs; every run sets them afresh."""
   return ml_collections.ConfigDict(dict(
       preset=preset,
       hf_checkpoint=hf_checkpoint if hf_checkpoint else config_dict.placeholder(str),

@@ -192,12 +192,15 @@ def test_config_roundtrip(hf_dir):
   assert config_lib.ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
-def test_xla_dot_product_attention_matches_transformers_and_einsum_gradient(hf_dir):
-  """attention_impl="xla" (jax.nn.dot_product_attention, the call "cudnn" makes on GPUs) on a
-  left-padded batch: the logits of transformers, the gradients of our einsum attention."""
+@pytest.mark.parametrize("impl", ["xla", "splash"])
+def test_fused_attention_matches_transformers_and_einsum_gradient(hf_dir, impl):
+  """attention_impl="xla" (jax.nn.dot_product_attention, the call "cudnn" makes on GPUs) and
+  "splash" (the TPU kernel, run here in Pallas interpret mode; T=9 is padded to its 128-slot
+  block) on a left-padded batch: the logits of transformers, the gradients of our einsum
+  attention."""
   d, hf = hf_dir
   einsum = checkpoint_bridge.load_hf_checkpoint(d)
-  fused = checkpoint_bridge.load_hf_checkpoint(d, attention_impl="xla", scan_layers=True)
+  fused = checkpoint_bridge.load_hf_checkpoint(d, attention_impl=impl, scan_layers=True)
   tokens = np.random.RandomState(7).randint(0, 131, (3, 9))
   mask = np.ones_like(tokens, dtype=bool)
   mask[1, :5] = False

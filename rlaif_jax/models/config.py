@@ -25,7 +25,7 @@ class RopeScaling:
   original_max_position_embeddings: int = 8192
 
 
-ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("full", "dots")
 
 
@@ -62,7 +62,8 @@ class ModelConfig:
   scan_layers: bool = False
   # Attention of the cache-free forward (training, scoring): "einsum" (ours: fp32 scores, any
   # backend), or a `jax.nn.dot_product_attention` implementation: "xla", or "cudnn" (flash
-  # attention on NVIDIA GPUs; bf16/fp16 compute). Decoding always uses the einsum path.
+  # attention on NVIDIA GPUs; bf16/fp16 compute), or "splash" (the Pallas flash-attention kernel
+  # on TPU, `models/splash.py`). Decoding always uses the einsum path.
   attention_impl: str = "einsum"
 
   def __post_init__(self):

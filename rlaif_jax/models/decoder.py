@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from rlaif_jax.models import splash
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.sharding.mesh import shard_activation
 
@@ -132,6 +133,9 @@ class Attention(nnx.Module):
     v = shard_activation(v, ("batch", "length", "kv_heads", "head_dim"))
     b, t = x.shape[:2]
     wo = self.wo.get_value().astype(dt).reshape(cfg.num_heads * cfg.head_dim, cfg.hidden_size)
+    if layer_cache is None and cfg.attention_impl == "splash":
+      out = splash.attention(q, k, v, kv_mask).reshape(b, t, cfg.num_heads * cfg.head_dim)
+      return jnp.einsum("btf,fd->btd", out, wo), None, None
     if layer_cache is None and cfg.attention_impl != "einsum":
       # Cache-free (training, scoring): jax.nn.dot_product_attention, "cudnn" = flash attention
       # on NVIDIA GPUs; causal by slot, padded keys masked (left padding included).

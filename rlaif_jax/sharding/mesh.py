@@ -121,13 +121,26 @@ def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def shard_activation(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
-  """Constrains an activation's sharding by logical names when a mesh is active (jax.set_mesh)."""
+def active_mesh() -> jax.sharding.AbstractMesh | None:
+  """The mesh of the enclosing `jax.set_mesh` if it has our axes, else None."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+    return None
+  return mesh
+
+
+def activation_spec(axes: Sequence[str | None], shape: Sequence[int], mesh) -> PartitionSpec:
+  """The PartitionSpec of an array of `shape` named by logical `axes` on `mesh`, without the
+  mesh axes that do not divide their dimension."""
+  return _fit_spec(logical_to_spec(axes), shape, mesh)
+
+
+def shard_activation(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Constrains an activation's sharding by logical names when a mesh is active (jax.set_mesh)."""
+  mesh = active_mesh()
+  if mesh is None:
     return x
-  spec = _fit_spec(logical_to_spec(axes), x.shape, mesh)
-  return jax.lax.with_sharding_constraint(x, spec)
+  return jax.lax.with_sharding_constraint(x, activation_spec(axes, x.shape, mesh))
 
 
 def data_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
