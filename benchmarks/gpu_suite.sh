@@ -7,13 +7,15 @@
 #   bash benchmarks/gpu_suite.sh options   # 1.5B: cudnn attention, unrolled layers, remat
 #                                          # policy "dots"; 7B GRPO memory
 #   bash benchmarks/gpu_suite.sh grpo      # GRPO step breakdown at 1.5B with the RM reward
+#   bash benchmarks/gpu_suite.sh decode    # 7B decode options: whole vs growing KV cache,
+#                                          # scanned layers sliced per step (no unstacked copy)
 #   bash benchmarks/gpu_suite.sh smoke     # all of them at CPU-small sizes (checks the suite)
 #
 # The device image has jax, flax, optax, orbax, torch and transformers; packages it lacks travel
 # as wheels in ./.wheels (ignored by git; carry it):
 #   pip download --no-deps -d .wheels tensorboardX ml-collections
 set -uo pipefail
-part="${1:?usage: gpu_suite.sh sampler|train|options|grpo|smoke}"
+part="${1:?usage: gpu_suite.sh sampler|train|options|grpo|decode|smoke}"
 out="${OUT:-gpu_logs}"
 mkdir -p "$out"
 py="${PYTHON:-python3}"
@@ -58,9 +60,16 @@ case "$part" in
       --rm_preset=qwen2_5_1_5b --param_dtype=bfloat16 --dtype=bfloat16 --prompts=32 \
       --new_tokens=512
     ;;
+  decode)  # compare each with sampler_7b's batch-64 row (default: growing cache, unstacked)
+    run decode_7b_whole_cache 280 "$py" -m benchmarks.sampler --preset=qwen2_5_7b \
+      --batch_sizes=64 --prompt_len=64 --new_tokens=256 --grow_cache_from=0 --skip_transformers
+    run decode_7b_scanned_per_step 280 "$py" -m benchmarks.sampler --preset=qwen2_5_7b \
+      --batch_sizes=64 --prompt_len=64 --new_tokens=256 --scan_layers --nounstack_layers \
+      --skip_transformers
+    ;;
   smoke)  # every benchmark at CPU-small sizes: checks the suite itself before a GPU call
-    run sampler_smoke 300 "$py" -m benchmarks.sampler --batch_sizes=2 --new_tokens=4 \
-      --prompt_len=8 --num_layers=2 --trace_top=3
+    run sampler_smoke 300 "$py" -m benchmarks.sampler --batch_sizes=2 --new_tokens=6 \
+      --prompt_len=8 --num_layers=2 --trace_top=3 --grow_cache_from=2
     run train_smoke 400 "$py" -m benchmarks.train_step --tasks=sft,grpo --steps=1 --repeats=1 \
       --warmup_steps=1 --seq_len=64 --batch_size=4
     run memory_smoke 200 "$py" -m benchmarks.step_memory --presets=tiny --tasks=grpo,rollout \
