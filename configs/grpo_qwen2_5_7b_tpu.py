@@ -36,6 +36,7 @@ def get_config():
   config.rl.max_new_tokens = 512
   config.rl.checkpoint_every = 50
   config.rl.ref_on_host = False  # True: the frozen reference lives in host memory between uses
+  config.rl.grow_cache_from = 64  # KV cache grows 64 -> 512 new tokens; 0: whole from the start
   config.reward.rm.on_host = False  # True: so does the reward model (placed on device to score)
   config.rl.actor.logits_chunk = 128
   config.optim.lr = 3e-7

@@ -280,8 +280,9 @@ def test_cache_spans():
   assert sampler_lib.cache_spans(256, 64) == (64, 128, 256)
   assert sampler_lib.cache_spans(64, 64) == (64,) and sampler_lib.cache_spans(10, None) == (10,)
   assert sampler_lib.cache_spans(5, 1) == (1, 2, 4, 5)
+  assert sampler_lib.cache_spans(10, 0) == (10,)
   with pytest.raises(ValueError, match="grow_cache_from must be >= 1"):
-    sampler_lib.cache_spans(10, 0)
+    sampler_lib.cache_spans(10, -2)
 
 
 def test_growing_cache_equals_whole_cache(qwen_dir):

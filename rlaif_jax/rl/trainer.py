@@ -60,7 +60,7 @@ class RLConfig:
   unstack_layers_for_decode: bool = True
   # Rollouts: the KV cache starts with room for this many new tokens and doubles up to
   # max_new_tokens, so early steps attend over fewer slots (Sampler(grow_cache_from=...));
-  # None allocates it whole.
+  # 0 or None allocates it whole.
   grow_cache_from: int | None = 64
 
   def __post_init__(self):

@@ -77,12 +77,14 @@ def cache_spans(max_new_tokens: int, grow_from: int | None) -> tuple[int, ...]:
 
   The KV cache of segment j has P + spans[j] - 1 slots, so early steps attend over fewer slots
   than the last ones: spans start at `grow_from` and double up to max_new_tokens (64, 128, 256,
-  300 for 300 tokens). None, or a start >= max_new_tokens: one segment over the whole cache.
+  300 for 300 tokens). None or 0, or a start >= max_new_tokens: one segment over the whole
+  cache.
   """
-  if grow_from is None or grow_from >= max_new_tokens:
+  if grow_from is not None and grow_from < 0:
+    raise ValueError(f"grow_cache_from must be >= 1, or 0 / None for the whole cache, got "
+                     f"{grow_from}")
+  if not grow_from or grow_from >= max_new_tokens:
     return (max_new_tokens,)
-  if grow_from < 1:
-    raise ValueError(f"grow_cache_from must be >= 1 or None, got {grow_from}")
   spans = [grow_from]
   while spans[-1] < max_new_tokens:
     spans.append(min(2 * spans[-1], max_new_tokens))
@@ -237,7 +239,7 @@ class Sampler:
     grow_cache_from: the KV cache starts with room for this many new tokens and doubles up to
       max_new_tokens (`cache_spans`), so early decode steps attend over fewer slots; each growth
       copies the cache once (old and new buffers coexist for that copy) and each segment is its
-      own compiled loop. None: the whole cache from the start, one loop.
+      own compiled loop. None or 0: the whole cache from the start, one loop.
   """
 
   def __init__(self, model: Decoder, tokenizer: Tokenizer | None = None, *,

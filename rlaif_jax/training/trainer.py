@@ -281,7 +281,10 @@ class Trainer:
     # and prepares the next batch (reading step s right away would idle the device for the
     # whole host turn). On log / eval / checkpoint steps everything is read first, so a
     # non-finite step is still caught before any later state is saved.
-    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    # tokens/s counts the tokens of steps whose metrics have been read back (so finished on the
+    # device) over the time since the window opened at a read: dispatch alone, which returns at
+    # once, would report a burst after every window reset.
+    pending: list[tuple[int, dict[str, jax.Array], int]] = []
     row: dict[str, float] = {}
     for step in range(start + 1, total + 1):
       try:
@@ -289,17 +292,16 @@ class Trainer:
       except StopIteration:
         raise ValueError(f"train_batches({start}) ran out before step {step} of {total}; make "
                          "it repeat over epochs") from None
-      window_tokens += self.tokens_in(host)
       state, out = self._train_step(state, put_batch(host, self.mesh))
-      pending.append((step, out))
+      pending.append((step, out, self.tokens_in(host)))
       due = any(_due(step, every, total) for every in (
           self.loop.log_every, self.loop.checkpoint_every,
           self.loop.eval_every if eval_batches is not None else 0))
       ready, pending = (pending, []) if due else (pending[:-1], pending[-1:])
-      for done_step, done_row in zip([s for s, _ in ready],
-                                     jax.device_get([o for _, o in ready])):
+      for (done_step, _, tokens), done_row in zip(ready, jax.device_get([o for _, o, _ in ready])):
         row = metrics_lib.to_python_scalars(done_row)
         self._check_finite(done_step, row)
+        window_tokens += tokens
       tokens_per_sec = window_tokens / max(time.perf_counter() - window_start, 1e-9)
       bar.update(1)
       if row:
