@@ -275,7 +275,7 @@ class Trainer:
     batches = train_batches(start)
     bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, mininterval=1.0,
                disable=not (self.loop.progress_bar and jax.process_index() == 0))
-    window_tokens, window_start = 0, time.perf_counter()
+    window_tokens, window_start, tokens_per_sec = 0, time.perf_counter(), 0.0
     # Metrics are read back one step late: step s's metrics are fetched after step s + 1 is
     # dispatched, so the device always has the next step queued while the host checks, logs
     # and prepares the next batch (reading step s right away would idle the device for the
@@ -302,7 +302,8 @@ class Trainer:
         row = metrics_lib.to_python_scalars(done_row)
         self._check_finite(done_step, row)
         window_tokens += tokens
-      tokens_per_sec = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+      if window_tokens:  # right after a reset nothing new has finished: keep the last figure
+        tokens_per_sec = window_tokens / max(time.perf_counter() - window_start, 1e-9)
       bar.update(1)
       if row:
         bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tokens_per_sec:.0f}")
