@@ -1,7 +1,9 @@
 r"""python -m benchmarks.sampler --batch_sizes=1,8,32 --new_tokens=64
 
 Times our jitted sampler against `transformers` `generate` on the same random weights (greedy,
-no early stop, so both produce exactly batch x new_tokens tokens). Default: a ~39M-parameter
+no early stop, so both produce exactly batch x new_tokens tokens; with `--row_tokens=K` every
+row ends after K tokens of a new_tokens buffer, the shape of an RL rollout whose responses end
+early, and transformers generates K). Default: a ~39M-parameter
 Qwen2-shaped model (`--preset=cpu_small`) that runs on CPU in minutes; on GPU use e.g.
 `--preset=qwen2_5_1_5b` (bf16 there by default). Warm-up (compilation, first CUDA calls) is
 excluded. Prints a table, the tokens/s ratios, and as the last line
@@ -9,8 +11,8 @@ excluded. Prints a table, the tokens/s ratios, and as the last line
 
 On GPU it also prints the fraction of the memory-bandwidth roofline of the decode loop: bytes
 read per decode step (all parameters + the K/V cache slots our loop attends over, averaged over
-the steps since the cache grows by segments) x decode steps/s / (--hbm_gbps x 1e9). Decode steps/s comes from the total time minus a 1-token call
-(the prefill).
+the steps since the cache grows by segments) x decode steps/s / (--hbm_gbps x 1e9). Decode
+steps/s comes from the total time minus a 1-token call (the prefill).
 """
 import math
 import tempfile
@@ -42,6 +44,10 @@ _TRACE_TOP = flags.DEFINE_integer("trace_top", 0, "After timing, trace one gener
 _SCAN = flags.DEFINE_bool("scan_layers", False, "Load the model with stacked (scanned) layers.")
 _UNSTACK = flags.DEFINE_bool("unstack_layers", True, "Scanned models: slice the layers once per "
                              "call (Sampler(unstack_layers=...)); false: in every decode step.")
+_ROW_TOKENS = flags.DEFINE_integer(
+    "row_tokens", None, "Rows end after this many tokens (a per-row limit) inside a buffer of "
+    "--new_tokens: a rollout whose responses end early. transformers generates the same count. "
+    "Default: --new_tokens.")
 _GROW = flags.DEFINE_integer("grow_cache_from", 64, "Sampler(grow_cache_from=...): the KV cache "
                              "starts with room for this many new tokens and doubles; 0: whole.")
 
@@ -72,12 +78,16 @@ def build_models(cfg: config_lib.ModelConfig, dtype: str, device: str):
   return hf, ours
 
 
-def time_ours(sampler: Sampler, tokens, mask, new_tokens: int, repeats: int) -> tuple[float, float]:
-  """(seconds for the full generation, seconds for a 1-token call ~ prefill)."""
+def time_ours(sampler: Sampler, tokens, mask, new_tokens: int, repeats: int,
+              row_tokens: int | None = None) -> tuple[float, float]:
+  """(seconds for the full generation, seconds for a 1-token call ~ prefill). With row_tokens,
+  every row ends after that many tokens of its `new_tokens` buffer."""
   def run(n):
-    out = sampler.generate_ids(None, tokens, mask, n, SamplingParams.greedy(), stop_ids=())
+    limit = row_tokens if n == new_tokens and row_tokens else n
+    out = sampler.generate_ids(None, tokens, mask, n, SamplingParams.greedy(max_tokens=limit),
+                               stop_ids=())
     jax.block_until_ready(out)
-    assert int(np.min(np.asarray(out.lengths))) == n
+    assert int(np.min(np.asarray(out.lengths))) == limit
   run(new_tokens), run(1)  # compile both shapes
   best = best_prefill = math.inf
   for _ in range(repeats):
@@ -133,14 +143,16 @@ def print_trace(sampler: Sampler, cfg: config_lib.ModelConfig, b: int, p: int, n
     print(f"  {ms:8.3f}  {name:28s} {shape:28s} {op}")
 
 
-def mean_cache_slots(prompt_len: int, new_tokens: int, grow_from: int | None) -> float:
-  """Cache slots a decode step attends over, averaged over the new_tokens - 1 decode steps
-  (the cache grows by segments, `cache_spans`)."""
+def mean_cache_slots(prompt_len: int, new_tokens: int, grow_from: int | None,
+                     row_tokens: int | None = None) -> float:
+  """Cache slots a decode step attends over, averaged over the decode steps (row_tokens - 1,
+  default new_tokens - 1; the cache grows by segments, `cache_spans`)."""
+  steps = (row_tokens or new_tokens) - 1
   total, start = 0, 1  # step s (1-based tokens so far) runs in the first segment ending > s
   for end in sampler_lib.cache_spans(new_tokens, grow_from):
-    total += (end - start) * (prompt_len + end - 1)
+    total += max(min(end, steps + 1) - start, 0) * (prompt_len + end - 1)
     start = end
-  return total / max(new_tokens - 1, 1)
+  return total / max(steps, 1)
 
 
 def decode_bytes_per_step(cfg: config_lib.ModelConfig, batch: int, cache_len: float,
@@ -169,26 +181,29 @@ def main(argv: list[str]) -> None:
   hf, ours = build_models(cfg, dtype, device)
   sampler = Sampler(ours, unstack_layers=_UNSTACK.value, grow_cache_from=_GROW.value or None)
   p, n = _PROMPT_LEN.value, _NEW_TOKENS.value
+  k = _ROW_TOKENS.value or n  # tokens each row generates
+  if not 1 <= k <= n:
+    raise app.UsageError(f"--row_tokens={k} must be in [1, --new_tokens={n}]")
   print(f"preset={_PRESET.value} params={cfg.num_params / 1e6:.1f}M dtype={dtype} "
         f"backend={jax.default_backend()} ({jax.devices()[0].device_kind}) prompt_len={p} "
-        f"new_tokens={n} torch_threads={_torch_threads()} "
+        f"new_tokens={n} row_tokens={k} torch_threads={_torch_threads()} "
         f"cache_spans={sampler_lib.cache_spans(n, sampler.grow_cache_from)}")
   header = f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>9} {'ratio':>6} {'ours ms/step':>12}"
   print(header + (f" {'roofline':>8}" if on_gpu else ""))
   ratios = {}
   for b in [int(x) for x in _BATCH_SIZES.value]:
     tokens = np.random.RandomState(b).randint(0, cfg.vocab_size, (b, p)).astype(np.int32)
-    total, prefill = time_ours(sampler, tokens, np.ones((b, p), bool), n, _REPEATS.value)
-    ours_tps = b * n / total
-    hf_tps = math.nan if _SKIP_HF.value else b * n / time_hf(hf, tokens, n, _REPEATS.value,
+    total, prefill = time_ours(sampler, tokens, np.ones((b, p), bool), n, _REPEATS.value, k)
+    ours_tps = b * k / total
+    hf_tps = math.nan if _SKIP_HF.value else b * k / time_hf(hf, tokens, k, _REPEATS.value,
                                                              device)
     ratios[b] = ours_tps / hf_tps
-    step_s = max(total - prefill, 1e-9) / max(n - 1, 1)
+    step_s = max(total - prefill, 1e-9) / max(k - 1, 1)
     row = f"{b:>5} {ours_tps:>11.1f} {hf_tps:>9.1f} {ratios[b]:>6.2f} {1e3 * step_s:>12.2f}"
     if on_gpu:
       itemsize = np.dtype(jax.numpy.dtype(dtype)).itemsize
-      moved = decode_bytes_per_step(cfg, b, mean_cache_slots(p, n, sampler.grow_cache_from),
-                                    itemsize)
+      moved = decode_bytes_per_step(
+          cfg, b, mean_cache_slots(p, n, sampler.grow_cache_from, k), itemsize)
       row += f" {moved / step_s / (_HBM_GBPS.value * 1e9):>8.1%}"
     print(row, flush=True)
   if _TRACE_TOP.value:
