@@ -55,6 +55,8 @@ _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "Prompt tokens (before the 
 _NEW = flags.DEFINE_integer("new_tokens", 32, "Tokens generated per sample.")
 _STEPS = flags.DEFINE_integer("steps", 2, "Timed steps after one warm-up step (compilation).")
 _MESH = flags.DEFINE_list("mesh", ["1", "-1", "1"], "Mesh (data,fsdp,tensor); -1 = the rest.")
+_SAMPLER_LP = flags.DEFINE_bool("old_log_probs_from_sampler", False, "RLConfig."
+                                "old_log_probs_from_sampler: skip the old log-prob forward pass.")
 _PEER = flags.DEFINE_bool("peer_generate", True, "Time transformers generate on the same rows.")
 
 _BASE = 0x10000
@@ -116,7 +118,8 @@ def build(workdir: str):
                      actor=losses.ActorLossConfig(kl_coef=0.001),
                      advantage=rollout_lib.AdvantageConfig(estimator="grpo",
                                                            group_size=_SAMPLES.value),
-                     checkpoint_every=10 ** 9, log_every=10 ** 9)
+                     checkpoint_every=10 ** 9, log_every=10 ** 9,
+                     old_log_probs_from_sampler=_SAMPLER_LP.value)
   opt, sched = optim.make_optimizer(3e-7, 1000, decay="constant")
   rng = np.random.RandomState(0)
   queries = ["".join(chr(_BASE + int(i)) for i in rng.randint(1, cfg.vocab_size, _PROMPT_LEN.value))

@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
       algorithm="grpo", total_steps=60, prompts_per_step=8, n_samples=4, mini_batch_size=16,
       epochs=1, max_new_tokens=64, temperature=1.0, top_p=1.0, top_k=0, seed=0, log_every=1,
       checkpoint_every=20, keep_checkpoints=2, ref_on_host=False, critic_clip=0.5,
-      unstack_layers_for_decode=True, grow_cache_from=64,
+      unstack_layers_for_decode=True, grow_cache_from=64, old_log_probs_from_sampler=False,
       actor=ml_collections.ConfigDict(dict(
           clip_ratio=0.2, kl_coef=0.001, kl_kind="low_var_kl", entropy_coef=0.0,
           agg_mode="token-mean", logits_chunk=256)),

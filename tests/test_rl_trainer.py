@@ -97,3 +97,26 @@ def test_resume_is_exact(tmp_path):
     assert (want[k] == got[k]).all(), k
   rows = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_old_log_probs_from_sampler_equal_recomputed(tmp_path):
+  """rl.old_log_probs_from_sampler: the rollout batch equals the recomputed one, the old
+  log-probs up to cached-decode vs full-forward rounding (fp32), everything else exactly."""
+  import dataclasses
+
+  import jax
+  import numpy as np
+  trainer = make_trainer("grpo", tmp_path, steps=1)
+  try:
+    recomputed, _ = trainer.rollout(1)
+    trainer.cfg = dataclasses.replace(trainer.cfg, old_log_probs_from_sampler=True)
+    reused, _ = trainer.rollout(1)  # same step: same key, same samples
+  finally:
+    trainer.close()
+  a, b = jax.device_get(recomputed), jax.device_get(reused)
+  mask = np.asarray(a.response_mask) > 0
+  assert mask.sum() > 0 and np.all(np.asarray(a.old_log_probs)[mask] < 0)
+  np.testing.assert_allclose(b.old_log_probs, a.old_log_probs, atol=1e-4, rtol=0)
+  assert np.all(np.asarray(b.old_log_probs)[~mask] == 0)
+  for field in ("tokens", "response_mask", "ref_log_probs", "advantages", "sequence_rewards"):
+    np.testing.assert_array_equal(getattr(b, field), getattr(a, field), err_msg=field)

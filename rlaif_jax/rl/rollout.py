@@ -30,9 +30,14 @@ class AdvantageConfig:
 
 def make_prepare_fn(policy_graphdef: nnx.GraphDef, critic_graphdef: nnx.GraphDef | None,
                     cfg: AdvantageConfig) -> Callable[..., RolloutBatch]:
-  """Returns jitted `prepare(policy_params, ref_params, critic_params|None, seq, seq_rewards)`.
+  """Returns jitted `prepare(policy_params, ref_params, critic_params|None, seq, seq_rewards,
+  sampler_log_probs=None)`.
 
   seq: dict from `rollout_buffer.assemble_sequences` (device arrays); seq_rewards f32[B].
+  sampler_log_probs: None recomputes the old log-probs with a forward pass of the policy; else
+  f32[B, T] aligned with seq["tokens"] (`sampler_log_probs_on_sequence`), the log-probs the
+  sampler recorded while it sampled with the same parameters, used as they are (one forward
+  pass fewer; equal up to the cached-decode vs full-forward rounding).
   """
 
   def log_probs(graphdef, params, seq):
@@ -43,9 +48,13 @@ def make_prepare_fn(policy_graphdef: nnx.GraphDef, critic_graphdef: nnx.GraphDef
     return lp
 
   @jax.jit
-  def prepare(policy_params, ref_params, critic_params, seq, seq_rewards) -> RolloutBatch:
+  def prepare(policy_params, ref_params, critic_params, seq, seq_rewards,
+              sampler_log_probs=None) -> RolloutBatch:
     mask = seq["response_mask"]
-    old_lp = log_probs(policy_graphdef, policy_params, seq) * mask
+    if sampler_log_probs is None:
+      old_lp = log_probs(policy_graphdef, policy_params, seq) * mask
+    else:
+      old_lp = sampler_log_probs * mask
     ref_lp = log_probs(policy_graphdef, ref_params, seq) * mask
     token_rewards = algorithms.last_token_rewards(seq_rewards, mask)
     if cfg.kl_in_reward_coef:
@@ -71,3 +80,10 @@ def make_prepare_fn(policy_graphdef: nnx.GraphDef, critic_graphdef: nnx.GraphDef
                         returns=returns * mask, sequence_rewards=seq_rewards)
 
   return prepare
+
+
+def sampler_log_probs_on_sequence(prompt_len: int, response_log_probs) -> jax.Array:
+  """The sampler's f32[B, R] response log-probs placed on the [B, P + R] sequence of
+  `rollout_buffer.assemble_sequences` (zeros over the prompt)."""
+  lp = jnp.asarray(response_log_probs, jnp.float32)
+  return jnp.pad(lp, ((0, 0), (prompt_len, 0)))
