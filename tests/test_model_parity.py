@@ -9,6 +9,7 @@ import torch
 import transformers
 
 from rlaif_jax.models import KVCache, checkpoint_bridge, config as config_lib, positions_from_mask
+from rlaif_jax.models import length_attention
 
 TOL = 1e-4
 
@@ -192,19 +193,26 @@ def test_config_roundtrip(hf_dir):
   assert config_lib.ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
-@pytest.mark.parametrize("impl", ["xla", "splash"])
-def test_fused_attention_matches_transformers_and_einsum_gradient(hf_dir, impl):
-  """attention_impl="xla" (jax.nn.dot_product_attention, the call "cudnn" makes on GPUs) and
-  "splash" (the TPU kernel, run here in Pallas interpret mode; T=9 is padded to its 128-slot
-  block) on a left-padded batch: the logits of transformers, the gradients of our einsum
-  attention."""
+@pytest.mark.parametrize("impl", ["xla", "splash", "cudnn"])
+def test_fused_attention_matches_transformers_and_einsum_gradient(hf_dir, impl, monkeypatch):
+  """attention_impl="xla" (jax.nn.dot_product_attention with a key mask), "splash" (the TPU
+  kernel, run here in Pallas interpret mode; T=9 is padded to its 128-slot block) and "cudnn"
+  (padding as sequence lengths on rotated rows, `models/length_attention.py`; here through the
+  same call with implementation="xla", since cuDNN needs an NVIDIA GPU) on a batch padded on
+  the left, on both sides (an RL sequence) and not at all: the logits of transformers, the
+  gradients of our einsum attention."""
+  if impl == "cudnn":
+    original = length_attention.attention
+    monkeypatch.setattr(length_attention, "attention",
+                        lambda q, k, v, mask, implementation: original(q, k, v, mask, "xla"))
   d, hf = hf_dir
   einsum = checkpoint_bridge.load_hf_checkpoint(d)
   fused = checkpoint_bridge.load_hf_checkpoint(d, attention_impl=impl, scan_layers=True)
-  tokens = np.random.RandomState(7).randint(0, 131, (3, 9))
+  tokens = np.random.RandomState(7).randint(0, 131, (4, 9))
   mask = np.ones_like(tokens, dtype=bool)
   mask[1, :5] = False
   mask[2, :8] = False  # one real token: every earlier query sees only padding
+  mask[3, :2] = mask[3, 7:] = False  # prompt padding on the left, response padding on the right
   got = ours_logits(fused, tokens, mask)
   assert np.isfinite(got).all()
   np.testing.assert_allclose(got[mask], hf_logits(hf, tokens, mask)[mask], atol=TOL, rtol=0)

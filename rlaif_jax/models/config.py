@@ -62,8 +62,9 @@ class ModelConfig:
   scan_layers: bool = False
   # Attention of the cache-free forward (training, scoring): "einsum" (ours: fp32 scores, any
   # backend), or a `jax.nn.dot_product_attention` implementation: "xla", or "cudnn" (flash
-  # attention on NVIDIA GPUs; bf16/fp16 compute), or "splash" (the Pallas flash-attention kernel
-  # on TPU, `models/splash.py`). Decoding always uses the einsum path.
+  # attention on NVIDIA GPUs, padding as lengths: `models/length_attention.py`; bf16/fp16
+  # compute), or "splash" (the Pallas flash-attention kernel on TPU, `models/splash.py`).
+  # Decoding always uses the einsum path.
   attention_impl: str = "einsum"
 
   def __post_init__(self):

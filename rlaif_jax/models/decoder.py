@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from rlaif_jax.models import splash
+from rlaif_jax.models import length_attention, splash
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.sharding.mesh import shard_activation
 
@@ -136,11 +136,17 @@ class Attention(nnx.Module):
     if layer_cache is None and cfg.attention_impl == "splash":
       out = splash.attention(q, k, v, kv_mask).reshape(b, t, cfg.num_heads * cfg.head_dim)
       return jnp.einsum("btf,fd->btd", out, wo), None, None
-    if layer_cache is None and cfg.attention_impl != "einsum":
-      # Cache-free (training, scoring): jax.nn.dot_product_attention, "cudnn" = flash attention
-      # on NVIDIA GPUs; causal by slot, padded keys masked (left padding included).
+    if layer_cache is None and cfg.attention_impl == "cudnn":
+      # Flash attention on NVIDIA GPUs: padding as sequence lengths (rows rotated so their real
+      # tokens come first; cuDNN takes no [B, 1, 1, S] key mask).
+      out = length_attention.attention(q, k, v, kv_mask, "cudnn")
+      out = out.reshape(b, t, cfg.num_heads * cfg.head_dim)
+      return jnp.einsum("btf,fd->btd", out, wo), None, None
+    if layer_cache is None and cfg.attention_impl == "xla":
+      # Cache-free (training, scoring): jax.nn.dot_product_attention's XLA path; causal by
+      # slot, padded keys masked (left padding included).
       out = jax.nn.dot_product_attention(q, k, v, mask=kv_mask[:, None, None, :], is_causal=True,
-                                         implementation=cfg.attention_impl)
+                                         implementation="xla")
       out = out.reshape(b, t, cfg.num_heads * cfg.head_dim)
       return jnp.einsum("btf,fd->btd", out, wo), None, None
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, E], the cache layout
