@@ -273,6 +273,12 @@ def test_new_params_do_not_recompile(qwen_sampler):
                                 SamplingParams(temperature=0.5, top_p=0.9), key=1).to_numpy()
   assert (sampler_lib._prefill_jit._cache_size(), sampler_lib._decode_jit._cache_size()) == sizes
   assert not np.array_equal(a.tokens, b.tokens)
+  # The growing-cache loop (spans 4, 8, 10) compiles once too.
+  growing = Sampler(nnx_model(qwen_sampler), grow_cache_from=4)
+  growing.generate_ids(None, tokens, mask, MAX_NEW, SamplingParams.greedy())
+  size = sampler_lib._decode_growing_jit._cache_size()
+  growing.generate_ids(scaled, tokens, mask, MAX_NEW, SamplingParams(temperature=0.5), key=2)
+  assert sampler_lib._decode_growing_jit._cache_size() == size
 
 
 def test_cache_spans():
