@@ -5,10 +5,13 @@ GPU (one H100), issue 10's breakdown at 1.5B with the reward-model reward:
       --param_dtype=bfloat16 --dtype=bfloat16 --prompts=32 --new_tokens=512
 
 Where the time of one GRPO step goes: `RLTrainer.rollout` (generate: the jitted sampler;
-score: the reward model `RewardModelScorer` on the decoded texts; prepare: old/reference
+score: the reward model `RewardModelScorer` on the decoded texts, plus `--reward_latency_s` of
+host-side waiting as a remote judge has; prepare: the rest of the rollout, i.e. old/reference
 log-probs and advantages, synchronised here) and `RLTrainer.update` (the actor's minibatch
 updates), the real trainer code on random weights. Every phase is synchronised before its clock
-stops. The paper's shape by default: 4 samples per prompt, minibatch 16 prompts x 4, k3 KL
+stops, except that the log-probs are dispatched before scoring and overlap it: their device time
+shows up in "score" when the reward model shares the device, and is hidden behind a judge's
+latency. The paper's shape by default: 4 samples per prompt, minibatch 16 prompts x 4, k3 KL
 0.001, one epoch.
 
 Random weights need a tokenizer for any vocabulary: `IdTokenizer` maps id i to the code point
@@ -57,6 +60,9 @@ _STEPS = flags.DEFINE_integer("steps", 2, "Timed steps after one warm-up step (c
 _MESH = flags.DEFINE_list("mesh", ["1", "-1", "1"], "Mesh (data,fsdp,tensor); -1 = the rest.")
 _SAMPLER_LP = flags.DEFINE_bool("old_log_probs_from_sampler", False, "RLConfig."
                                 "old_log_probs_from_sampler: skip the old log-prob forward pass.")
+_LATENCY = flags.DEFINE_float("reward_latency_s", 0.0, "Host-side wait added to every reward "
+                              "call, as a remote LLM judge (path B) has; the old/reference "
+                              "log-probs are computed on the device meanwhile.")
 _PEER = flags.DEFINE_bool("peer_generate", True, "Time transformers generate on the same rows.")
 
 _BASE = 0x10000
@@ -125,10 +131,23 @@ def build(workdir: str):
   queries = ["".join(chr(_BASE + int(i)) for i in rng.randint(1, cfg.vocab_size, _PROMPT_LEN.value))
              for _ in range(_PROMPTS.value)]
   scorer = RewardModelScorer(rm, tok, fmt, batch_size=rows, mesh=mesh)
+  if _LATENCY.value:
+    scorer = _SlowReward(scorer, _LATENCY.value)
   trainer = rl.RLTrainer(policy, tok, scorer, lambda step: queries, rcfg, fmt, mesh, workdir, opt,
                          sched)
   trainer.sampler.stop_ids = ()  # always generate new_tokens tokens
   return trainer, cfg, queries, tok, fmt, rows
+
+
+class _SlowReward:
+  """A reward source that waits `latency_s` on the host before scoring (a remote judge)."""
+
+  def __init__(self, inner, latency_s: float):
+    self.inner, self.latency_s = inner, latency_s
+
+  def score(self, prompts, completions):
+    time.sleep(self.latency_s)
+    return self.inner.score(prompts, completions)
 
 
 def time_step(trainer: rl.RLTrainer, step: int) -> dict[str, float]:

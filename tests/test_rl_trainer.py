@@ -120,3 +120,29 @@ def test_old_log_probs_from_sampler_equal_recomputed(tmp_path):
   assert np.all(np.asarray(b.old_log_probs)[~mask] == 0)
   for field in ("tokens", "response_mask", "ref_log_probs", "advantages", "sequence_rewards"):
     np.testing.assert_array_equal(getattr(b, field), getattr(a, field), err_msg=field)
+
+
+def test_log_probs_are_dispatched_before_scoring(tmp_path):
+  """The old/reference log-probs need no reward, so the rollout dispatches them before it calls
+  the reward source: the device computes them while the host waits for a remote judge."""
+  import dataclasses
+  trainer = make_trainer("grpo", tmp_path, steps=1)
+  calls = []
+  log_probs, score = trainer.prepare.log_probs, trainer.reward.score
+
+  def traced_log_probs(*args):
+    calls.append("log_probs")
+    return log_probs(*args)
+
+  def traced_score(prompts, completions):
+    calls.append("score")
+    return score(prompts, completions)
+
+  trainer.prepare = dataclasses.replace(trainer.prepare, log_probs=traced_log_probs)
+  trainer.reward.score = traced_score
+  try:
+    batch, stats = trainer.rollout(1)
+  finally:
+    trainer.close()
+  assert calls == ["log_probs", "score"]
+  assert batch.size == 32 and stats["t_score"] >= 0

@@ -28,19 +28,36 @@ class AdvantageConfig:
   logits_chunk: int = 256
 
 
-def make_prepare_fn(policy_graphdef: nnx.GraphDef, critic_graphdef: nnx.GraphDef | None,
-                    cfg: AdvantageConfig) -> Callable[..., RolloutBatch]:
-  """Returns jitted `prepare(policy_params, ref_params, critic_params|None, seq, seq_rewards,
-  sampler_log_probs=None)`.
+@dataclasses.dataclass(frozen=True)
+class Prepare:
+  """Turns a scored rollout into a RolloutBatch in two jitted stages (`make_prepare_fn`).
 
-  seq: dict from `rollout_buffer.assemble_sequences` (device arrays); seq_rewards f32[B].
-  sampler_log_probs: None recomputes the old log-probs with a forward pass of the policy; else
-  f32[B, T] aligned with seq["tokens"] (`sampler_log_probs_on_sequence`), the log-probs the
-  sampler recorded while it sampled with the same parameters, used as they are (one forward
-  pass fewer; equal up to the cached-decode vs full-forward rounding).
+  log_probs(policy_params, ref_params, seq, sampler_log_probs=None) -> (old, ref) f32[B, T]
+    needs no reward: the trainer dispatches it before scoring, so the device computes the
+    log-probs while the host waits for the reward (a remote LLM judge, the tokenizer).
+    sampler_log_probs: None recomputes the old log-probs with a forward pass of the policy;
+    else f32[B, T] aligned with seq["tokens"] (`sampler_log_probs_on_sequence`), the log-probs
+    the sampler recorded while it sampled with the same parameters, used as they are (one
+    forward pass fewer; equal up to the cached-decode vs full-forward rounding).
+  finish(old, ref, critic_params|None, seq, seq_rewards) -> RolloutBatch: token rewards,
+    critic values (PPO) and advantages.
+  Calling the object runs both. seq: dict from `rollout_buffer.assemble_sequences` (device
+  arrays); seq_rewards f32[B].
   """
+  log_probs: Callable[..., tuple[jax.Array, jax.Array]]
+  finish: Callable[..., RolloutBatch]
 
-  def log_probs(graphdef, params, seq):
+  def __call__(self, policy_params, ref_params, critic_params, seq, seq_rewards,
+               sampler_log_probs=None) -> RolloutBatch:
+    old_lp, ref_lp = self.log_probs(policy_params, ref_params, seq, sampler_log_probs)
+    return self.finish(old_lp, ref_lp, critic_params, seq, seq_rewards)
+
+
+def make_prepare_fn(policy_graphdef: nnx.GraphDef, critic_graphdef: nnx.GraphDef | None,
+                    cfg: AdvantageConfig) -> Prepare:
+  """The two jitted stages of `Prepare` for this policy (and critic) graph."""
+
+  def forward_log_probs(graphdef, params, seq):
     model = nnx.merge(graphdef, params)
     lp, _ = losses.token_log_probs_and_entropy(model, seq["tokens"], seq["positions"],
                                                seq["attention_mask"], cfg.logits_chunk,
@@ -48,14 +65,17 @@ def make_prepare_fn(policy_graphdef: nnx.GraphDef, critic_graphdef: nnx.GraphDef
     return lp
 
   @jax.jit
-  def prepare(policy_params, ref_params, critic_params, seq, seq_rewards,
-              sampler_log_probs=None) -> RolloutBatch:
+  def log_probs(policy_params, ref_params, seq, sampler_log_probs=None):
     mask = seq["response_mask"]
     if sampler_log_probs is None:
-      old_lp = log_probs(policy_graphdef, policy_params, seq) * mask
+      old_lp = forward_log_probs(policy_graphdef, policy_params, seq) * mask
     else:
       old_lp = sampler_log_probs * mask
-    ref_lp = log_probs(policy_graphdef, ref_params, seq) * mask
+    return old_lp, forward_log_probs(policy_graphdef, ref_params, seq) * mask
+
+  @jax.jit
+  def finish(old_lp, ref_lp, critic_params, seq, seq_rewards) -> RolloutBatch:
+    mask = seq["response_mask"]
     token_rewards = algorithms.last_token_rewards(seq_rewards, mask)
     if cfg.kl_in_reward_coef:
       token_rewards = token_rewards - cfg.kl_in_reward_coef * algorithms.kl_penalty(
@@ -79,7 +99,7 @@ def make_prepare_fn(policy_graphdef: nnx.GraphDef, critic_graphdef: nnx.GraphDef
                         token_rewards=token_rewards, advantages=advantages * mask,
                         returns=returns * mask, sequence_rewards=seq_rewards)
 
-  return prepare
+  return Prepare(log_probs=log_probs, finish=finish)
 
 
 def sampler_log_probs_on_sequence(prompt_len: int, response_log_probs) -> jax.Array:

@@ -162,9 +162,6 @@ class RLTrainer:
     lengths = out.lengths
     texts = [self.tok.decode(out.tokens[i, :lengths[i]]) for i in range(len(lengths))]
     t1 = time.perf_counter()
-    rep_queries = [q for q in queries for _ in range(cfg.n_samples)]
-    rewards = checked_scores("reward", self.reward.score(rep_queries, texts), len(texts))
-    t2 = time.perf_counter()
     seq = rollout_buffer.assemble_sequences(
         np.repeat(enc["tokens"], cfg.n_samples, 0), np.repeat(enc["attention_mask"], cfg.n_samples, 0),
         out.tokens, np.asarray(out.response_mask))
@@ -173,21 +170,31 @@ class RLTrainer:
     ref = self.ref_params
     if self.cfg.ref_on_host:
       ref = jax.device_put(ref, self._ref_shardings)
-    critic_params = self.critic.params if self.critic is not None else None
     sampler_lp = None
     if cfg.old_log_probs_from_sampler:
       sampler_lp = jax.device_put(
           rollout_lib.sampler_log_probs_on_sequence(enc["tokens"].shape[1], out.logprobs),
           mesh_lib.data_sharding(self.mesh, 2))
+    # The old and reference log-probs need no reward: dispatched first, the device computes
+    # them while the host scores (a remote judge, the reward model's tokenizer).
     with jax.set_mesh(self.mesh):
-      batch = self.prepare(self.actor.params, ref, critic_params, seq,
-                           jax.device_put(rewards, mesh_lib.data_sharding(self.mesh, 1)),
-                           sampler_lp)
+      old_lp, ref_lp = self.prepare.log_probs(self.actor.params, ref, seq, sampler_lp)
+    if self.cfg.ref_on_host:  # the reference leaves the device before a reward model arrives
+      jax.block_until_ready((old_lp, ref_lp))
+    del ref
+    t2 = time.perf_counter()
+    rep_queries = [q for q in queries for _ in range(cfg.n_samples)]
+    rewards = checked_scores("reward", self.reward.score(rep_queries, texts), len(texts))
+    t3 = time.perf_counter()
+    critic_params = self.critic.params if self.critic is not None else None
+    with jax.set_mesh(self.mesh):
+      batch = self.prepare.finish(old_lp, ref_lp, critic_params, seq,
+                                  jax.device_put(rewards, mesh_lib.data_sharding(self.mesh, 1)))
     stats = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
              "response_len": float(lengths.mean()),
              "response_chars": float(np.mean([len(t) for t in texts])),
              "truncated_frac": float(np.mean(~out.stopped)), "t_generate": t1 - t0,
-             "t_score": t2 - t1}
+             "t_score": t3 - t2}
     self.last_texts = list(zip(rep_queries, texts, rewards.tolist()))
     return batch, stats
 
