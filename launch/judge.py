@@ -44,6 +44,7 @@ def main(argv: list[str]) -> int:
   try:
     records = batch_job.load_records(FLAGS.input)
     batch_job.require_fields(records, ("query", "response"), FLAGS.input)
+    batch_job.require_binary_labels(records, FLAGS.input)
   except (storage.InputError, storage.StorageError) as e:
     logging.error("bad input: %s", e)
     return 1

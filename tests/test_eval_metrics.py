@@ -74,6 +74,12 @@ def test_self_bleu_identical_is_one_and_distinct_is_lower():
   assert diversity.self_bleu(different) < diversity.self_bleu(partly) < 1.0
 
 
+def test_self_bleu_is_zero_without_any_shared_character():
+  # NLTK's sentence_bleu returns 0 when no unigram matches, before smoothing.
+  assert diversity.self_bleu(["abc", "xyz"]) == 0.0
+  assert diversity.self_bleu(["祝你生日快乐", "恭喜发财万事如意"]) == 0.0
+
+
 def test_self_bleu_hand_values():
   # "abcd" vs "abce": p1 = 3/4, p2 = 2/3, p3 = 1/2, p4 = 0 -> 0.1/1 (smoothing); same length.
   want = (0.75 * (2 / 3) * 0.5 * 0.1) ** 0.25

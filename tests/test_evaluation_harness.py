@@ -300,6 +300,39 @@ def test_stale_outputs_are_refused(hf_dirs, tmp_path):
       harness.generate_checkpoint(str(hf_dirs[0]), queries, tmp_path / "g.jsonl", cfg)
 
 
+def test_backend_failures_are_judged_again_on_resume_and_llm_signatures_track_settings(tmp_path):
+  from fake_openai_server import make_local_generate_fn
+  from rlaif_jax.judging.backends.local import LocalSamplerBackend
+  from rlaif_jax.judging.judge import PrincipleJudge
+  from rlaif_jax.judging.principles import PrincipleSet
+  answer = make_local_generate_fn(min_len=5)
+  server_up = {"now": False}
+
+  def generate_fn(prompts_messages, max_tokens, temperature):
+    if not server_up["now"]:
+      raise RuntimeError("connection refused")
+    return answer(prompts_messages, max_tokens, temperature)
+
+  rules = PrincipleSet("v9", ("内容具体",))
+
+  def llm_judge(principles=rules):
+    return judges_lib.LLMJudge(PrincipleJudge(LocalSamplerBackend(generate_fn), principles))
+  items = [{"id": i, "query": "q", "response": r} for i, r in enumerate(["短", "足够长的祝福语"])]
+  path = tmp_path / "llm.jsonl"
+  first = harness.judge_records(llm_judge(), items, path)
+  assert [r["valid"] for r in first] == [False, False]
+  assert all("backend error" in r["error"] for r in first)
+  server_up["now"] = True
+  second = harness.judge_records(llm_judge(), items, path)  # a new judge, same settings
+  assert [(r["valid"], r["label"]) for r in second] == [(True, 0), (True, 1)]
+  assert [json.loads(line)["id"] for line in path.read_text("utf-8").splitlines()] == [0, 1]
+  same_version_other_text = PrincipleSet("v9", ("内容具体", "不要空话"))
+  assert llm_judge().signature == llm_judge().signature
+  assert llm_judge(same_version_other_text).signature != llm_judge().signature
+  with pytest.raises(storage.InputError, match="other settings"):
+    harness.judge_records(llm_judge(same_version_other_text), items, path)
+
+
 # ---- data and the launcher --------------------------------------------------------------------
 
 

@@ -133,6 +133,14 @@ def test_api_key_is_sent_but_never_logged_or_raised(monkeypatch, caplog, capsys)
   monkeypatch.delenv("FAKE_JUDGE_KEY")
   with pytest.raises(ValueError, match="FAKE_JUDGE_KEY is not set"):
     OpenAIChatBackend("http://x", "m", api_key_env="FAKE_JUDGE_KEY", require_api_key=True)
+  monkeypatch.setenv("FAKE_JUDGE_KEY", SECRET + "\n")  # pasted with a newline: stripped
+  with FakeOpenAIServer(expected_key=SECRET) as server:
+    backend = _backend(server, api_key_env="FAKE_JUDGE_KEY")
+    assert backend.generate_sync([[{"role": "user", "content": "hi"}]])
+  monkeypatch.setenv("FAKE_JUDGE_KEY", SECRET[:3] + "\n" + SECRET[3:])
+  with pytest.raises(ValueError, match="FAKE_JUDGE_KEY holds whitespace") as info:
+    OpenAIChatBackend("http://x", "m", api_key_env="FAKE_JUDGE_KEY")
+  assert SECRET[3:] not in str(info.value)
 
 
 def test_local_backend_batches_in_a_worker_thread():

@@ -131,3 +131,68 @@ def test_curate_cli_end_to_end(tmp_path):
   capped = run_launch("curate", output_dir=out_dir, pairs_only=True, max_pairs_per_query=1)
   assert capped.returncode == 0, capped.stderr[-2000:]
   assert len(json.loads((out_dir / "pairs.json").read_text(encoding="utf-8"))) == 2
+
+
+def _curate_with_reflect_replies(reflect_replies):
+  """Curates one record per key of ``reflect_replies`` (response -> list of Reflect replies, one
+  per attempt); every other agent answers like the fake server."""
+  import asyncio
+  from fake_openai_server import make_local_generate_fn, section
+  from rlaif_jax.judging.backends.local import LocalSamplerBackend
+  from rlaif_jax.judging.curator import MultiAgentCurator
+  base_fn, asked = make_local_generate_fn(min_len=20), {}
+
+  def generate_fn(prompts_messages, max_tokens, temperature):
+    out = base_fn(prompts_messages, max_tokens, temperature)
+    for i, messages in enumerate(prompts_messages):
+      prompt = messages[-1]["content"]
+      if "祝福语质量反思专家" in prompt:
+        response = section(prompt, "祝福语 (Response)")
+        k = asked[response] = asked.get(response, -1) + 1
+        out[i] = reflect_replies[response][min(k, len(reflect_replies[response]) - 1)]
+    return out
+
+  curator = MultiAgentCurator(LocalSamplerBackend(generate_fn), max_attempts=3)
+  records = [{"query": "给妈妈的生日祝福", "response": r} for r in reflect_replies]
+  return {o["response"]: o for o in asyncio.run(curator.curate(records))}, asked
+
+
+def test_reflect_overturns_only_with_a_reason_and_an_echoed_example_is_re_asked():
+  short = "妈妈生日快乐"  # the fake Judge says 0 (shorter than min_len)
+  outs, asked = _curate_with_reflect_replies({
+      short: ['{"judge": 1}'],                                      # overturn, no reason
+      short + "！": ['```json\n{"judge": 0, "reason": "最终理由"}\n```',  # the template's example
+                    '{"judge": 1, "reason": "情感真挚，具体"}'],
+  })
+  silent = outs[short]
+  assert silent["judge"]["judge"] == 0 and silent["reflect"]["judge"] == 1
+  assert silent["label"] == 0 and silent["overturned"] is False
+  assert "without giving a reason" in silent["reflect"]["ignored"]
+  echoed = outs[short + "！"]
+  assert asked[short + "！"] == 1  # the echo was refused and asked again
+  assert echoed["label"] == 1 and echoed["overturned"] is True
+  assert echoed["reflect"]["reason"] == "情感真挚，具体"
+
+
+def test_a_response_labelled_both_ways_makes_no_pair_with_itself():
+  labelled = [{"query": "q", "response": "a", "label": 1}, {"query": "q", "response": "a", "label": 0},
+              {"query": "q", "response": "b", "label": 1}, {"query": "q", "response": "c", "label": 0}]
+  pairs = build_preference_pairs(labelled)
+  assert [(p["chosen"]["value"], p["rejected"]["value"]) for p in pairs] == [("b", "c")]
+
+
+def test_curator_fingerprint_is_stable_and_tracks_settings():
+  from fake_openai_server import make_local_generate_fn
+  from rlaif_jax.judging.backends.base import SamplingParams
+  from rlaif_jax.judging.backends.local import LocalSamplerBackend
+  from rlaif_jax.judging.curator import MultiAgentCurator
+  fn = make_local_generate_fn()
+  pool = [{"query": "妈妈生日", "response": "快乐", "label": 1}]
+
+  def fingerprint(**kwargs):
+    return MultiAgentCurator(LocalSamplerBackend(fn), ExampleRetriever(pool), **kwargs).fingerprint
+  assert fingerprint() == fingerprint()  # new instances, same settings
+  assert fingerprint(num_examples=2) != fingerprint()
+  assert fingerprint(sampling=SamplingParams(temperature=0.5)) != fingerprint()
+  other_pool = MultiAgentCurator(LocalSamplerBackend(fn), ExampleRetriever(pool * 2)).fingerprint
+  assert other_pool != fingerprint()

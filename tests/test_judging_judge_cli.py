@@ -113,6 +113,13 @@ def test_judge_cli_local_backend_and_input_errors(tmp_path):
   bad = run_launch("judge", input=tmp_path / "bad.jsonl", output=tmp_path / "o2.jsonl",
                    base_url="http://127.0.0.1:9", model="m", progress=False)
   assert bad.returncode == 1 and "bad.jsonl:2: invalid JSON" in bad.stderr
+  (tmp_path / "labels.jsonl").write_text('{"query": "q", "response": "r", "label": "Good"}\n'
+                                         '{"query": "q", "response": "r", "label": "maybe"}\n',
+                                         encoding="utf-8")
+  unlabelled = run_launch("judge", input=tmp_path / "labels.jsonl", output=tmp_path / "o4.jsonl",
+                          base_url="http://127.0.0.1:9", model="m", progress=False)
+  assert unlabelled.returncode == 1
+  assert "labels.jsonl:2: field 'label' has unusable value 'maybe'" in unlabelled.stderr
   missing = run_launch("judge", input=tmp_path / "in.jsonl", output=tmp_path / "o3.jsonl",
                        progress=False)
   assert missing.returncode != 0 and "--base_url" in missing.stderr

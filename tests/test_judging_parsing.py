@@ -113,12 +113,26 @@ def test_parse_rules_strips_numbering_and_enforces_limit():
 
 @pytest.mark.parametrize("value,expected", [
     ("Good", 1), ("BAD", 0), ("好", 1), ("坏", 0), ("合格", 1), ("不合格", 0), (1, 1), (0.0, 0),
-    (True, 1), ("'Good'", 1), ("【Bad】", 0), ("Good.", 1)])
+    (True, 1), ("'Good'", 1), ("【Bad】", 0), ("Good.", 1), ("1.0", 1), ("0.0", 0),
+    ("verdict: good", 1)])
 def test_normalise_binary(value, expected):
   assert parsing.normalise_binary(value, "verdict") == expected
 
 
-@pytest.mark.parametrize("value", ["Good/Bad", "好或坏", None, 0.5, "", [1]])
+@pytest.mark.parametrize("value", ["Good/Bad", "好或坏", None, 0.5, "", [1], "not good", "Not Good.",
+                                   "isn't good", "not bad", "不 好", "不 合格", "0.8", "0.5"])
 def test_normalise_binary_rejects(value):
   with pytest.raises(ParseError, match="verdict"):
     parsing.normalise_binary(value, "verdict")
+
+
+def test_the_last_valid_object_wins_over_an_echoed_valid_example():
+  # The judge template's own example ({"judge": 0, ...}) is valid; an echo of it comes first.
+  reply = ('格式示例：\n```json\n{"judge": 0, "reason": "最终理由"}\n```\n'
+           '我的判断：{"judge": 1, "reason": "维持原判"}')
+  assert parsing.parse_judge(reply) == parsing.JudgeReply(judge=1, reason="维持原判")
+  # A bare answer followed by a fenced example with a placeholder: the answer stands.
+  reply = '{"verdict": "Bad", "evaluation_explanation": "x"}\n```json\n{"verdict": "Good 或 Bad"}\n```'
+  assert parsing.parse_detector(reply).verdict == 0
+  reply = '{"optimized_strategy": ["规则1", "规则2", "..."]}\n答案：{"optimized_strategy": ["甲", "乙"]}'
+  assert parsing.parse_rules(reply) == ("甲", "乙")

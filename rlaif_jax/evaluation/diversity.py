@@ -121,12 +121,18 @@ def self_bleu(
     if not hyp:
       scores.append(0.0)
       continue
-    log_precision = 0.0
+    log_precision, no_unigram_match = 0.0, False
     for n in range(max_n):
       counts = counts_by_order[n][i]
       total = sum(counts.values())
       matched = sum(min(c, clip_by_order[n][i][g]) for g, c in counts.items())
+      if n == 0 and not matched:
+        no_unigram_match = True  # NLTK's sentence_bleu: 0 before any smoothing
+        break
       log_precision += math.log((matched if matched else epsilon) / max(total, 1)) / max_n
+    if no_unigram_match:
+      scores.append(0.0)
+      continue
     ref_len = _closest_reference_length(len(hyp), lengths, i)
     brevity = 1.0 if len(hyp) > ref_len else math.exp(1.0 - ref_len / len(hyp))
     scores.append(brevity * math.exp(log_precision))

@@ -215,23 +215,36 @@ def generate_checkpoint(path: str, queries: Sequence[str], out_path: str | os.Pa
 # Judging (resumable).
 
 
+def _backend_failure(record: dict[str, Any]) -> bool:
+  """An invalid judgement caused by the LLM backend (not by the judge's own reply)."""
+  return not record.get("valid") and "backend error" in str(record.get("error", ""))
+
+
 def judge_records(judge: EvalJudge, items: Sequence[dict[str, Any]], path: str | os.PathLike,
                   chunk_size: int = 64) -> list[dict[str, Any]]:
   """Judges items {id, query, response, [human_label]} into `path` (JSONL), `chunk_size` per
-  judge call; ids already in the file are kept. Returns one record per item, in order."""
+  judge call; ids already in the file are kept, except those a backend failure left invalid
+  (an LLM server that was down), which are judged again. Returns one record per item, in
+  order."""
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
   appender = storage.JsonlAppender(str(path))
   by_id = {it["id"]: it for it in items}
   done: dict[Any, dict[str, Any]] = {}
-  for n, r in enumerate(appender.recover(), start=1):
+  existing = appender.recover()
+  for n, r in enumerate(existing, start=1):
     item = by_id.get(r.get("id"))
     if item is None or r.get("response") != item["response"] or r.get("judge") != judge.signature:
       raise storage.InputError(
           f"{path}: record {n} (id {r.get('id')!r}) was judged on another response or with "
           f"other settings ({r.get('judge')!r}, now {judge.signature!r}); delete the file to "
           "judge again")
-    done[r["id"]] = r
+    if not _backend_failure(r):
+      done[r["id"]] = r
+  if len(done) < len(existing):
+    appender.rewrite([r for r in existing if not _backend_failure(r)])
+    print(f"{path}: judging {len(existing) - len(done)} record(s) again that failed on a "
+          "backend error", flush=True)
   pending = [it for it in items if it["id"] not in done]
   with appender:
     for start in range(0, len(pending), chunk_size):

@@ -245,7 +245,7 @@ class LLMJudge(EvalJudge):
 
   @property
   def signature(self) -> str:
-    return f"llm principles={self._judge.principles.version}"
+    return f"llm {self._judge.fingerprint}"
 
   def judge(self, queries: Sequence[str], responses: Sequence[str]) -> Judgement:
     _check_pairs(self.name, queries, responses)
@@ -262,6 +262,10 @@ class CuratorJudge(EvalJudge):
 
   def __init__(self, curator: MultiAgentCurator, name: str = "curator"):
     self.curator, self.name = curator, name
+
+  @property
+  def signature(self) -> str:
+    return f"curator settings={self.curator.fingerprint}"
 
   def judge(self, queries: Sequence[str], responses: Sequence[str]) -> Judgement:
     _check_pairs(self.name, queries, responses)

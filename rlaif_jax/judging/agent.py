@@ -10,10 +10,12 @@ wrong URL or model) is raised, because every other item would fail the same way.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
 
-from rlaif_jax.judging import prompts
+from rlaif_jax.judging import parsing, prompts
 from rlaif_jax.judging.backends import base
 from rlaif_jax.judging.parsing import ParseError
 
@@ -87,6 +89,21 @@ async def generate_parsed(backend: base.LLMBackend, conversations: Sequence[base
           for i in range(n)]
 
 
+def template_examples(template: prompts.PromptTemplate, parse: Callable[[str], T]) -> list[T]:
+  """What the template's own format examples parse to (``{"judge": 0, "reason": "理由"}``): a
+  reply that parses to one of them echoed the example instead of answering."""
+  text = template.text.replace("{{", "{").replace("}}", "}")
+  examples = []
+  for obj in parsing.iter_json_objects(text):
+    try:
+      value = parse(json.dumps(obj, ensure_ascii=False))
+    except ParseError:
+      continue  # a placeholder such as "Good 或 Bad" is no answer anyway
+    if value:  # an empty example ("{}" when there are no strengths) is a real answer
+      examples.append(value)
+  return examples
+
+
 class Agent(Generic[T]):
   """A named role: template + parser + sampling. ``run(items)`` -> one Outcome per item."""
 
@@ -96,6 +113,7 @@ class Agent(Generic[T]):
     self.backend = backend
     self.template = prompts.load_template(template)
     self.parse = parse
+    self.examples = template_examples(self.template, parse)
     self.sampling = sampling
     self.max_attempts = max_attempts
     self.retry_temperature = retry_temperature
@@ -107,11 +125,28 @@ class Agent(Generic[T]):
   def conversation(self, fields: Mapping[str, Any]) -> base.Conversation:
     return prompts.user_message(self.template.render(**fields), system=self.system_prompt)
 
+  @property
+  def fingerprint(self) -> str:
+    """What decides this agent's replies besides its inputs (template text, backend, sampling,
+    system prompt), as a short hash: stored with results so a resumed job notices a change."""
+    text = "\n".join([self.template.text, repr(self.backend), repr(self.sampling),
+                      repr(self.max_attempts), repr(self.retry_temperature),
+                      repr(self.system_prompt)])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+  def parse_reply(self, reply: str) -> T:
+    """``parse``, refusing a reply that only repeats the template's format example."""
+    value = self.parse(reply)
+    if any(value == example for example in self.examples):
+      raise ParseError("the reply repeats the prompt's format example instead of answering")
+    return value
+
   async def run(self, items: Sequence[Mapping[str, Any]]) -> list[Outcome[T]]:
     """Renders every item's fields into the template and generates/parses them as one batch."""
     if not items:
       return []
     conversations = [self.conversation(fields) for fields in items]
-    return await generate_parsed(self.backend, conversations, self.parse, sampling=self.sampling,
+    return await generate_parsed(self.backend, conversations, self.parse_reply,
+                                 sampling=self.sampling,
                                  max_attempts=self.max_attempts,
                                  retry_temperature=self.retry_temperature)

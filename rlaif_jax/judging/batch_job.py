@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import tqdm
 
 from rlaif_jax import storage
+from rlaif_jax.judging import parsing
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,18 @@ def require_fields(records: Sequence[Record], fields: Sequence[str], path: str) 
         got = "missing" if field not in record else type(record[field]).__name__
         raise storage.InputError(f"{path}:{record['_line'] + 1}: field {field!r} must be a "
                                  f"string ({got})")
+
+
+def require_binary_labels(records: Sequence[Record], path: str, field: str = "label") -> None:
+  """Where present (and not null), ``field`` must be 0/1 or a Good/Bad-style word; it is
+  normalised to 0/1 in place. The error names file:line, so no label is dropped silently."""
+  for record in records:
+    if record.get(field) is None:
+      continue
+    try:
+      record[field] = parsing.normalise_binary(record[field], field)
+    except parsing.ParseError as e:
+      raise storage.InputError(f"{path}:{record['_line'] + 1}: {e}") from None
 
 
 def in_shard(record: Record, config: JobConfig) -> bool:

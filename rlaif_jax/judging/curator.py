@@ -4,13 +4,15 @@ For each candidate (query, response): the Retrieval agent (BM25, no LLM) finds l
 examples with similar queries as few-shot references; the Positive and Negative agents list
 strengths and weaknesses (in parallel); the Judge agent weighs them into a 0/1 label; the
 Reflect agent re-examines the Judge's decision and may overturn it. The Reflect decision is the
-final label. A record whose agent chain fails gets ``error`` and no label, and is left out of
+final label, except that an overturn without a stated reason is ignored (the Judge's label
+stands and ``reflect["ignored"]`` says so). A record whose agent chain fails gets ``error`` and no label, and is left out of
 the preference pairs (``build_preference_pairs``) for the reward model.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import itertools
 import json
 import random
@@ -55,6 +57,15 @@ class MultiAgentCurator:
     self.judge = Agent(backend, "judge_agent", parsing.parse_judge, **kwargs)
     self.reflect = Agent(backend, "reflect_agent", parsing.parse_judge, **kwargs)
 
+  @property
+  def fingerprint(self) -> str:
+    """A short hash of what decides the labels besides the inputs: the four agents' templates,
+    backend and sampling, and the retrieval settings."""
+    text = "\n".join([a.fingerprint for a in (self.positive, self.negative, self.judge,
+                                               self.reflect)]
+                     + [repr(self.num_examples), repr(self.retriever)])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
   def retrieve(self, query: str, response: str) -> list[dict[str, Any]]:
     if self.retriever is None or self.num_examples <= 0:
       return []
@@ -95,8 +106,13 @@ class MultiAgentCurator:
       o["reflect"] = {"judge": rf.value.judge, "reason": rf.value.reason} if rf.ok else None
       _fail(o, "reflect", rf)
       if rf.ok:
-        o["label"] = rf.value.judge
-        o["overturned"] = rf.value.judge != o["judge"]["judge"]
+        overturned = rf.value.judge != o["judge"]["judge"]
+        if overturned and not rf.value.reason:
+          # Reflect overturns the Judge only on evidence it states; no reason, no overturn.
+          o["reflect"]["ignored"] = "overturned the Judge without giving a reason"
+          overturned = False
+        o["label"] = rf.value.judge if overturned else o["judge"]["judge"]
+        o["overturned"] = overturned
 
     for o in outs:
       o.pop("_examples")
@@ -119,7 +135,9 @@ def build_preference_pairs(labelled: Iterable[dict[str, Any]], *,
 
   Every (approved, rejected) combination per query, or a seeded random subset of
   ``max_pairs_per_query`` of them. Records without a 0/1 ``label`` are skipped; duplicate
-  responses within a query are used once. Output order: queries in first-seen order.
+  responses within a query are used once, and a response labelled both 1 and 0 (a repeated
+  candidate curated twice) is left out, so no pair holds one text against itself. Output
+  order: queries in first-seen order.
   """
   groups: dict[str, dict[int, list[str]]] = collections.OrderedDict()
   for r in labelled:
@@ -130,7 +148,9 @@ def build_preference_pairs(labelled: Iterable[dict[str, Any]], *,
       bucket[r["label"]].append(r["response"])
   pairs = []
   for query, bucket in groups.items():
-    combos = list(itertools.product(bucket[1], bucket[0]))
+    conflicting = set(bucket[1]) & set(bucket[0])
+    combos = list(itertools.product([c for c in bucket[1] if c not in conflicting],
+                                    [c for c in bucket[0] if c not in conflicting]))
     if max_pairs_per_query is not None and len(combos) > max_pairs_per_query:
       combos = random.Random(f"{seed}:{query}").sample(combos, max_pairs_per_query)
     for chosen, rejected in combos:

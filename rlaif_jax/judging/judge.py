@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Sequence
 
 from rlaif_jax.judging import parsing
@@ -48,6 +49,14 @@ class PrincipleJudge:
   @property
   def backend(self) -> base.LLMBackend:
     return self._agent.backend
+
+  @property
+  def fingerprint(self) -> str:
+    """The principle set's version and a hash of its text, the template, backend and sampling:
+    two judges with equal fingerprints give the same verdicts on the same inputs."""
+    text = self.principles.principles_text() + "\n" + self._agent.fingerprint
+    return (f"principles={self.principles.version} "
+            f"settings={hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}")
 
   def conversation(self, query: str, response: str) -> base.Conversation:
     return self._agent.conversation(self._fields(query, response))

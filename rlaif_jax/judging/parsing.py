@@ -1,9 +1,12 @@
 """Robust parsing of LLM replies into the JSON objects the prompts ask for.
 
-Handles JSON inside or outside ``` fences, prose around it, echoed format examples before the
-real answer, full-width punctuation (｛｝：，“”), single quotes, Python literals, comments and
-trailing commas. A reply whose object never closes (cut off by max_tokens) is a ``ParseError``:
-callers retry it rather than guess. Every role parser returns a small frozen dataclass.
+Handles JSON inside or outside ``` fences, prose around it, full-width punctuation (｛｝：，“”),
+single quotes, Python literals, comments and trailing commas. When a reply holds several
+objects (a model that first echoes the prompt's format example, then answers), the last one
+that makes a valid answer wins; ``Agent`` also refuses a reply equal to its template's own
+example. A reply whose object never closes (cut off by max_tokens) is a ``ParseError``: callers
+retry it rather than guess. Verdict words under a negation ("not good", "不 合格") are errors,
+never read as the word they negate. Every role parser returns a small frozen dataclass.
 """
 from __future__ import annotations
 
@@ -26,14 +29,18 @@ _GOOD = {"good", "g", "好", "好的", "优", "优秀", "优质", "合格", "通
          "positive", "正面", "积极", "是"}
 _BAD = {"bad", "b", "坏", "差", "不好", "较差", "劣", "劣质", "不合格", "不通过", "fail", "no", "0",
         "false", "negative", "负面", "否"}
+# Tokens that negate a verdict word next to them ("not good", "isn't bad", "不 好"): such a
+# value is ambiguous, never read as the word it negates.
+_NEGATIONS = {"not", "isn", "isnt", "non", "never", "hardly", "不", "非", "未", "没", "没有", "并非"}
 
 
 class ParseError(ValueError):
   """The reply holds no usable answer; the message says why (shown in job outputs)."""
 
 
-def _balanced_spans(text: str) -> list[str]:
-  """Outermost ``{...}`` spans (ASCII or full-width braces), skipping braces in "strings"."""
+def _balanced_spans(text: str) -> list[tuple[int, str]]:
+  """(start, span) of the outermost ``{...}`` spans (ASCII or full-width braces), skipping
+  braces in "strings"."""
   spans, depth, start, in_str, escaped = [], 0, -1, False, False
   for i, ch in enumerate(text):
     if in_str:
@@ -52,7 +59,7 @@ def _balanced_spans(text: str) -> list[str]:
     elif ch in _CLOSE and depth > 0:
       depth -= 1
       if depth == 0:
-        spans.append(text[start:i + 1])
+        spans.append((start, text[start:i + 1]))
   return spans
 
 
@@ -116,18 +123,20 @@ def _loads(candidate: str) -> Any:
 
 
 def iter_json_objects(text: str) -> Iterator[dict[str, Any]]:
-  """Every JSON object found in ``text``: fenced blocks first, then bare ``{...}`` spans."""
-  candidates = [m.group(1).strip() for m in _FENCE.finditer(text)]
+  """Every JSON object found in ``text`` (fenced blocks and bare ``{...}`` spans), in the order
+  they appear."""
+  candidates = [(m.start(1), m.group(1).strip()) for m in _FENCE.finditer(text)]
   candidates += _balanced_spans(text)
+  candidates.sort(key=lambda c: c[0])  # stable: a fence before the same object's bare span
   seen = set()
-  for candidate in candidates:
+  for _, candidate in candidates:
     if candidate in seen or not candidate:
       continue
     seen.add(candidate)
     try:
       value = _loads(candidate)
     except ValueError:
-      for inner in _balanced_spans(candidate):  # A fence holding prose + object.
+      for _, inner in _balanced_spans(candidate):  # A fence holding prose + object.
         if inner != candidate and inner not in seen:
           seen.add(inner)
           try:
@@ -141,15 +150,18 @@ def iter_json_objects(text: str) -> Iterator[dict[str, Any]]:
       yield value
 
 
-def _first_valid(text: str, build: Callable[[dict[str, Any]], T], what: str) -> T:
+def _last_valid(text: str, build: Callable[[dict[str, Any]], T], what: str) -> T:
+  """The answer built from the last object in ``text`` that makes one (see module docstring)."""
   if not isinstance(text, str) or not text.strip():
     raise ParseError(f"empty reply (expected {what})")
-  first_error = None
+  first_error, found, answer = None, False, None
   for obj in iter_json_objects(text):
     try:
-      return build(obj)
+      answer, found = build(obj), True
     except ParseError as e:
       first_error = first_error or e
+  if found:
+    return answer
   if first_error is not None:
     raise ParseError(f"{first_error} (in reply {_preview(text)!r})")
   unclosed = text.count("{") + text.count("｛") > text.count("}") + text.count("｝")
@@ -190,9 +202,15 @@ def normalise_binary(value: Any, field: str) -> int:
       return 1
     if s in _BAD:
       return 0
-    tokens = re.findall(r"[a-z]+|\d+|[\u4e00-\u9fff]+", s)
+    if re.fullmatch(r"[+-]?\d+\.\d*", s):  # "1.0" is 1, "0.8" is no verdict (not "0" and "8")
+      number = float(s)
+      if number in (0, 1):
+        return int(number)
+      raise ParseError(f"field {field!r} has unusable value {value!r} (expected Good/Bad or 1/0)")
+    tokens = re.findall(r"[a-z]+|\d+(?:\.\d+)?|[\u4e00-\u9fff]+", s)
     classes = {1 if t in _GOOD else 0 for t in tokens if t in _GOOD or t in _BAD}
-    if len(classes) == 1:
+    negated = any(t in _NEGATIONS for t in tokens)
+    if len(classes) == 1 and not negated:
       return classes.pop()
   raise ParseError(f"field {field!r} has unusable value {value!r} (expected Good/Bad or 1/0)")
 
@@ -242,7 +260,7 @@ def parse_detector(text: str) -> DetectorReply:
         explanation=_text(_get(obj, ("evaluation_explanation", "explanation", "reason", "评估解释",
                                      "解释", "理由"))),
         suggestion=_text(_get(obj, ("suggested_for_g", "suggestion", "建议"))))
-  return _first_valid(text, build, '{"verdict": "Good"|"Bad", "evaluation_explanation": ...}')
+  return _last_valid(text, build, '{"verdict": "Good"|"Bad", "evaluation_explanation": ...}')
 
 
 def parse_judge(text: str) -> JudgeReply:
@@ -251,7 +269,7 @@ def parse_judge(text: str) -> JudgeReply:
     judge = _required(obj, ("judge", "判定", "判定结果", "label", "verdict", "final_judge"))
     return JudgeReply(judge=normalise_binary(judge, "judge"),
                       reason=_text(_get(obj, ("reason", "理由", "final_reason", "explanation"))))
-  return _first_valid(text, build, '{"judge": 0|1, "reason": ...}')
+  return _last_valid(text, build, '{"judge": 0|1, "reason": ...}')
 
 
 def parse_generator(text: str) -> GeneratorReply:
@@ -262,7 +280,7 @@ def parse_generator(text: str) -> GeneratorReply:
       raise ParseError("field 'bad_response' is empty")
     return GeneratorReply(bad_response=response, explanation=_text(
         _get(obj, ("explanation_of_flaws", "explanation", "缺陷说明"))))
-  return _first_valid(text, build, '{"bad_response": ..., "explanation_of_flaws": ...}')
+  return _last_valid(text, build, '{"bad_response": ..., "explanation_of_flaws": ...}')
 
 
 def parse_reflector(text: str) -> ReflectorReply:
@@ -273,14 +291,14 @@ def parse_reflector(text: str) -> ReflectorReply:
     if feedback is None and suggestion is None:
       raise ParseError("JSON object lacks 'reflection_feedback' and 'suggested_for_D'")
     return ReflectorReply(feedback=_text(feedback), suggestion=_text(suggestion))
-  return _first_valid(text, build, '{"reflection_feedback": ..., "suggested_for_D": ...}')
+  return _last_valid(text, build, '{"reflection_feedback": ..., "suggested_for_D": ...}')
 
 
 def parse_points(text: str) -> dict[str, str]:
   """Positive/Negative agent: ``{"优点名": "原因", ...}`` (may be empty) -> str dict."""
   def build(obj: dict[str, Any]) -> dict[str, str]:
     return {str(k).strip(): _text(v) for k, v in obj.items() if str(k).strip()}
-  return _first_valid(text, build, '{"point": "reason", ...}')
+  return _last_valid(text, build, '{"point": "reason", ...}')
 
 
 def parse_rules(text: str, max_rules: int = principles_lib.MAX_RULES) -> tuple[str, ...]:
@@ -295,4 +313,4 @@ def parse_rules(text: str, max_rules: int = principles_lib.MAX_RULES) -> tuple[s
       return principles_lib.clean_rules(rules, where="optimized_strategy", max_rules=max_rules)
     except principles_lib.PrincipleError as e:
       raise ParseError(str(e)) from None
-  return _first_valid(text, build, '{"optimized_strategy": [...]}')
+  return _last_valid(text, build, '{"optimized_strategy": [...]}')

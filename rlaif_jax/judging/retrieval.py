@@ -8,6 +8,8 @@ one ``np.bincount`` over the postings of its n-grams.
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import unicodedata
 from typing import Any, Sequence
 
@@ -90,6 +92,13 @@ class ExampleRetriever:
 
   def __len__(self) -> int:
     return len(self.examples)
+
+  def __repr__(self) -> str:  # stable across runs: it feeds MultiAgentCurator.fingerprint
+    pool = json.dumps([[ex["query"], ex["response"], ex.get("label")] for ex in self.examples],
+                      ensure_ascii=False)
+    return (f"ExampleRetriever(examples={len(self.examples)}, "
+            f"sha={hashlib.sha256(pool.encode('utf-8')).hexdigest()[:12]}, "
+            f"ngram_range={self.index.ngram_range})")
 
   def retrieve(self, query: str, k: int, *, exclude_response: str | None = None) -> list[dict]:
     """Top-k examples (copies with a ``score``), skipping the candidate itself if it is pooled."""

@@ -94,6 +94,9 @@ class LLMBackend(abc.ABC):
 
   name: str = "llm"
 
+  def __repr__(self) -> str:  # no memory address: it feeds Agent.fingerprint
+    return f"{type(self).__name__}()"
+
   @abc.abstractmethod
   async def generate(self, messages_batch: list[Conversation], *, temperature: float = 0.0,
                      max_tokens: int = 1024, stop: list[str] | None = None) -> list[str]:

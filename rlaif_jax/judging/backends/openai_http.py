@@ -84,7 +84,12 @@ class OpenAIChatBackend(base.LLMBackend):
     self.timeout_s = timeout_s
     self.retry = retry or RetryPolicy()
     self._extra_body = dict(extra_body or {})
-    self._api_key = os.environ.get(api_key_env, "") if api_key_env else ""
+    # Keys pasted with a trailing newline are common; inner control characters or spaces would
+    # make aiohttp refuse the header on the first request, so they are refused here instead.
+    self._api_key = os.environ.get(api_key_env, "").strip() if api_key_env else ""
+    if any(c.isspace() or not c.isprintable() for c in self._api_key):
+      raise ValueError(f"OpenAIChatBackend: environment variable {api_key_env} holds whitespace "
+                       "or control characters inside the key")
     if require_api_key and not self._api_key:
       raise ValueError(f"OpenAIChatBackend: environment variable {api_key_env} is not set "
                        "(require_api_key=True)")
