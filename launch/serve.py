@@ -41,15 +41,18 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if (_HF_DIR.value is None) == (_CHECKPOINT.value is None):
     raise app.UsageError("pass exactly one of --hf_dir or --checkpoint")
+  name = _MODEL_NAME.value or pathlib.Path(_HF_DIR.value or _CHECKPOINT.value).resolve().name
+  try:  # checked before the (slow) model load
+    config = ServerConfig(model_name=name, default_max_tokens=_DEFAULT_MAX_TOKENS.value,
+                          max_tokens_limit=_MAX_TOKENS_LIMIT.value,
+                          max_prompt_tokens=_MAX_PROMPT_TOKENS.value,
+                          max_batch_rows=_MAX_BATCH_ROWS.value,
+                          batch_window_s=_BATCH_WINDOW_MS.value / 1000.0)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   mesh = mesh_lib.make_mesh([int(s) for s in _MESH.value])
   policy = load_policy(_HF_DIR.value, _CHECKPOINT.value, mesh, param_dtype=_DTYPE.value,
                        dtype=_DTYPE.value)
-  name = _MODEL_NAME.value or pathlib.Path(_HF_DIR.value or _CHECKPOINT.value).resolve().name
-  config = ServerConfig(model_name=name, default_max_tokens=_DEFAULT_MAX_TOKENS.value,
-                        max_tokens_limit=_MAX_TOKENS_LIMIT.value,
-                        max_prompt_tokens=_MAX_PROMPT_TOKENS.value,
-                        max_batch_rows=_MAX_BATCH_ROWS.value,
-                        batch_window_s=_BATCH_WINDOW_MS.value / 1000.0)
   logging.info("serving %s from %s on http://%s:%d", name, policy.source, _HOST.value, _PORT.value)
   web.run_app(make_app(Sampler(policy.model, policy.tokenizer, mesh=mesh), config),
               host=_HOST.value, port=_PORT.value, print=lambda msg: print(msg, flush=True))

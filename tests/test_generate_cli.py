@@ -135,3 +135,30 @@ def test_jsonl_job_input_errors_and_greedy_output(hf_dir, tmp_path):
   direct = sampler.generate([p["prompt"] for p in PROMPTS], 5, SamplingParams.greedy())
   assert [r["completion_token_ids"] for r in lines] == [c.token_ids for c in direct]
   assert [r["completion"] for r in lines] == [c.text for c in direct]
+
+
+def test_jsonl_job_rejects_nan_and_infinity_up_front(tmp_path):
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"id": "a", "prompt": "x"}\n{"id": NaN, "prompt": "y"}\n')
+  with pytest.raises(storage.InputError, match=r"bad.jsonl:2: record holds NaN or Infinity"):
+    jsonl_job.read_prompts(str(bad))
+  bad.write_text('{"prompt": [{"role": "user", "content": "x", "weight": -Infinity}]}\n')
+  with pytest.raises(storage.InputError, match=r"bad.jsonl:1: record holds NaN or Infinity"):
+    jsonl_job.read_prompts(str(bad))
+
+
+def test_jsonl_job_checks_every_prompt_encodes_before_generating(hf_dir, tmp_path, monkeypatch):
+  policy = loading.load_policy(hf_dir=hf_dir)
+  sampler = Sampler(policy.model, policy.tokenizer)
+
+  def never(*args, **kwargs):
+    raise AssertionError("generated before the input was checked")
+
+  monkeypatch.setattr(sampler, "generate_encoded", never)
+  prompts, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+  prompts.write_text('{"id": "a", "prompt": "ok"}\n\n{"id": "b", "prompt": "ok2"}\n'
+                     '{"id": "c", "prompt": "fine"}\n{"id": "d", "prompt": ""}\n')
+  with pytest.raises(storage.InputError, match=r"in.jsonl:5: field 'prompt' encodes to no tokens"):
+    jsonl_job.run(sampler, str(prompts), str(out), max_new_tokens=4,
+                  sampling=SamplingParams.greedy(), batch_size=2, use_chat_template=False)
+  assert not out.exists() or out.read_text() == ""

@@ -18,7 +18,8 @@ from aiohttp import web
 from rlaif_jax.sampling.loading import load_policy
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
-from rlaif_jax.sampling.server import ServerConfig, make_app
+from rlaif_jax.sampling import server
+from rlaif_jax.sampling.server import BatchingEngine, RequestError, ServerConfig, make_app
 from tests import tiny_hf
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -125,6 +126,11 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, "role"),
     ("/v1/chat/completions", chat("x", temperature="hot"), "'temperature' must be a number"),
     ("/v1/chat/completions", chat("x", top_p=0), "'top_p'"),
+    ("/v1/chat/completions", json.dumps(chat("x"))[:-1] + ', "temperature": NaN}',
+     "'temperature' must be a finite number"),
+    ("/v1/completions", '{"prompt": "x", "max_tokens": 2, "top_p": NaN}',
+     "'top_p' must be a finite number"),
+    ("/v1/completions", "[" * 100_000, "not valid JSON"),
     ("/v1/chat/completions", chat("x", n=0), "'n'"),
     ("/v1/chat/completions", chat("x", n=True), "'n' must be an integer"),
     ("/v1/chat/completions", chat("x", max_tokens=10**6), "'max_tokens'"),
@@ -193,3 +199,70 @@ def test_launch_serve_answers_urllib(hf_dir):
     proc.terminate()
     proc.wait(timeout=30)
     proc.stdout.close()
+
+
+# A chat template that refuses system messages (as several real ones do) and renders nothing
+# when the last message is empty.
+PICKY_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                  "{{ raise_exception('System role not supported') }}{% endif %}{% endfor %}"
+                  "{% if messages[-1]['content'] %}" + tiny_hf.CHAT_TEMPLATE + "{% endif %}")
+
+
+def test_a_prompt_that_cannot_be_encoded_fails_only_its_own_request(sampler, monkeypatch):
+  monkeypatch.setattr(sampler.tokenizer.hf, "chat_template", PICKY_TEMPLATE)
+  app = make_app(sampler, ServerConfig(batch_window_s=0.5))
+
+  async def scenario():
+    async with running(app) as base, aiohttp.ClientSession() as s:
+      system = {"messages": [{"role": "system", "content": "be nice"},
+                             {"role": "user", "content": "hi"}], "max_tokens": 2}
+      answers = await asyncio.gather(
+          post(s, f"{base}/v1/chat/completions", system),
+          post(s, f"{base}/v1/chat/completions", chat("", max_tokens=2)),
+          post(s, f"{base}/v1/completions", {"prompt": "innocent", "max_tokens": 2}),
+          post(s, f"{base}/v1/chat/completions", chat("hi", max_tokens=2)))
+      async with s.get(f"{base}/health") as r:
+        return answers, await r.json()
+
+  (refused, empty, plain, ok), health = asyncio.run(scenario())
+  assert refused[0] == 400 and refused[1]["error"]["type"] == "invalid_request_error"
+  assert "'messages'" in refused[1]["error"]["message"]
+  assert "System role not supported" in refused[1]["error"]["message"]
+  assert empty[0] == 400 and "encodes to no tokens" in empty[1]["error"]["message"]
+  assert plain[0] == 200 and len(plain[1]["choices"]) == 1
+  assert ok[0] == 200 and len(ok[1]["choices"]) == 1
+  assert health["batches"] == 1 and health["requests"] == 4  # all four shared one batch
+
+
+def test_batches_never_exceed_max_batch_rows():
+  async def scenario():
+    engine = BatchingEngine(None, ServerConfig(max_batch_rows=4, batch_window_s=0.05))
+    loop = asyncio.get_running_loop()
+    for n in (3, 3, 1, 5, 2):
+      engine._queue.put_nowait(server._Job(["p"], SamplingParams(), n, loop.create_future()))
+    # A job that does not fit starts the next batch; one larger than the cap runs alone.
+    return [[j.n for j in await asyncio.wait_for(engine._collect(), 2)] for _ in range(4)]
+
+  assert asyncio.run(scenario()) == [[3], [3, 1], [5], [2]]
+
+
+def test_sampling_params_errors_are_request_errors(monkeypatch):
+  def refuse(**_):
+    raise ValueError("SamplingParams.top_k must be an integer >= 0")
+
+  monkeypatch.setattr(server, "SamplingParams", refuse)
+  with pytest.raises(RequestError, match="top_k"):
+    server.sampling_from_request(chat("x"), ServerConfig(), chat=True)
+
+
+def test_default_max_tokens_must_respect_the_limit(hf_dir):
+  with pytest.raises(ValueError, match=r"default_max_tokens must be in \[1, max_tokens_limit=64"):
+    ServerConfig(default_max_tokens=256, max_tokens_limit=64)
+  for bad in (dict(max_batch_rows=0), dict(max_n=0), dict(batch_window_s=-1.0)):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+      ServerConfig(**bad)
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "launch.serve", f"--hf_dir={hf_dir}",
+                         "--default_max_tokens=100", "--max_tokens_limit=50"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0 and "default_max_tokens must be in" in proc.stderr

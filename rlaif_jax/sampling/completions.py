@@ -48,19 +48,33 @@ def render_prompt(tokenizer: Tokenizer, prompt: Prompt, use_chat_template: bool)
   return tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True)
 
 
+class EmptyPromptError(ValueError):
+  """A prompt that encodes to no tokens (the model needs at least one)."""
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: Prompt, use_chat_template: bool = True,
+                  add_bos: bool = False) -> list[int]:
+  """One prompt's ids (see `encode_prompts`); raises `EmptyPromptError` when there are none."""
+  ids = tokenizer.encode(render_prompt(tokenizer, prompt, use_chat_template))
+  bos = tokenizer.bos_id
+  if add_bos and bos is not None and (not ids or ids[0] != bos):
+    ids = [bos] + ids
+  if not ids:
+    raise EmptyPromptError("prompt encodes to no tokens; the model needs at least one")
+  return ids
+
+
 def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[Prompt], use_chat_template: bool = True,
                    add_bos: bool = False) -> list[list[int]]:
   """Prompt ids; with `add_bos`, the tokenizer's BOS is put first when the text did not start
   with it (matching `rlaif_jax.data.formatting.FormatConfig.add_bos`)."""
   out = []
   for i, prompt in enumerate(prompts):
-    ids = tokenizer.encode(render_prompt(tokenizer, prompt, use_chat_template))
-    bos = tokenizer.bos_id
-    if add_bos and bos is not None and (not ids or ids[0] != bos):
-      ids = [bos] + ids
-    if not ids:
-      raise ValueError(f"prompts[{i}] encodes to no tokens; the model needs at least one")
-    out.append(ids)
+    try:
+      out.append(encode_prompt(tokenizer, prompt, use_chat_template, add_bos))
+    except EmptyPromptError:
+      raise EmptyPromptError(f"prompts[{i}] encodes to no tokens; the model needs at least "
+                             "one") from None
   return out
 
 

@@ -6,6 +6,8 @@ Output lines: {"id", "prompt", "completion", "completion_token_ids", "finish_rea
 "sample_index" when n > 1. Each batch's lines are appended and fsynced; on restart a trailing
 partial line is truncated, ids with all n samples written are skipped, and ids with only some
 samples (a kill mid-batch) are removed and generated again, so the output never holds duplicates.
+Every pending prompt is checked and encoded before anything is generated: a malformed record
+(NaN, a prompt with no tokens, ...) fails up front with an InputError naming file:line.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from rlaif_jax import storage
+from rlaif_jax.sampling import completions as comp
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
 
@@ -23,11 +26,17 @@ def _key(value: Any) -> str:
   return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
-def read_prompts(path: str) -> list[tuple[Any, Any]]:
-  """(id, prompt) pairs of a prompts JSONL file; errors name file:line."""
+def read_prompts(path: str) -> list[tuple[Any, Any, int]]:
+  """(id, prompt, 1-based line number) of each record of a prompts JSONL file; errors name
+  file:line."""
   out, seen = [], {}
   for index, record in storage.read_jsonl(path):
     where = f"{path}:{index + 1}"
+    try:  # the output repeats id and prompt, and JSON output cannot hold NaN or Infinity
+      json.dumps(record, allow_nan=False)
+    except ValueError:
+      raise storage.InputError(f"{where}: record holds NaN or Infinity, which is not valid "
+                               "JSON") from None
     prompt = record.get("prompt")
     ok_messages = isinstance(prompt, list) and prompt and all(
         isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)
@@ -41,7 +50,23 @@ def read_prompts(path: str) -> list[tuple[Any, Any]]:
     if _key(pid) in seen:
       raise storage.InputError(f"{where}: duplicate id {pid!r} (first on line {seen[_key(pid)]})")
     seen[_key(pid)] = index + 1
-    out.append((pid, prompt))
+    out.append((pid, prompt, index + 1))
+  return out
+
+
+def encode_pending(tokenizer, items: Sequence[tuple[Any, Any, int]], path: str,
+                   use_chat_template: bool) -> list[list[int]]:
+  """Prompt ids of `items` (from `read_prompts`); a prompt that cannot be encoded, or encodes
+  to no tokens, raises InputError naming file:line, before anything is generated."""
+  out = []
+  for _, prompt, line in items:
+    try:
+      out.append(comp.encode_prompt(tokenizer, prompt, use_chat_template))
+    except comp.EmptyPromptError:
+      raise storage.InputError(f"{path}:{line}: field 'prompt' encodes to no tokens") from None
+    except Exception as e:  # e.g. a chat template that raises for some roles
+      raise storage.InputError(f"{path}:{line}: field 'prompt' cannot be encoded: "
+                               f"{type(e).__name__}: {e}") from None
   return out
 
 
@@ -81,18 +106,21 @@ def run(sampler: Sampler, prompts_path: str, output_path: str, *, max_new_tokens
   called with the counts first and returns an object with `update(k)` and `set_postfix_str(s)`
   (a tqdm bar). Returns {"prompts", "skipped", "tokens", "seconds"}.
   """
+  if sampler.tokenizer is None:
+    raise ValueError("jsonl_job.run needs a sampler with a tokenizer")
   items = read_prompts(prompts_path)
   appender = storage.open_appender(output_path)
   done = recover_done_ids(appender, n)
-  pending = [(i, p) for i, p in items if _key(i) not in done]
+  pending = [item for item in items if _key(item[0]) not in done]
+  encoded = encode_pending(sampler.tokenizer, pending, prompts_path, use_chat_template)
   bar = progress(len(items), len(items) - len(pending)) if progress else None
   tokens, start = 0, time.perf_counter()
   with appender:
     for k, at in enumerate(range(0, len(pending), batch_size)):
       batch = pending[at:at + batch_size]
       ids, prompts = [b[0] for b in batch], [b[1] for b in batch]
-      completions = sampler.generate(prompts, max_new_tokens, sampling, n=n, seed=seed + k,
-                                     use_chat_template=use_chat_template)
+      completions = sampler.generate_encoded(encoded[at:at + batch_size], max_new_tokens,
+                                             sampling, n=n, seed=seed + k)
       for record in output_records(ids, prompts, completions, n):
         appender.append(record)
       tokens += sum(c.completion_tokens for c in completions)

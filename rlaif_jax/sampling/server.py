@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import time
 import uuid
 
 from aiohttp import web
 
-from rlaif_jax.sampling.completions import Completion, Prompt, encode_prompts
+from rlaif_jax.sampling.completions import Completion, EmptyPromptError, Prompt, encode_prompt
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
 
@@ -46,6 +47,16 @@ class ServerConfig:
   max_batch_rows: int = 64
   batch_window_s: float = 0.005
 
+  def __post_init__(self):
+    for name in ("max_tokens_limit", "max_prompt_tokens", "max_n", "max_batch_rows"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")
+    if not 1 <= self.default_max_tokens <= self.max_tokens_limit:
+      raise ValueError(f"ServerConfig.default_max_tokens must be in [1, max_tokens_limit="
+                       f"{self.max_tokens_limit}], got {self.default_max_tokens}")
+    if not (math.isfinite(self.batch_window_s) and self.batch_window_s >= 0):
+      raise ValueError(f"ServerConfig.batch_window_s must be >= 0, got {self.batch_window_s}")
+
 
 @dataclasses.dataclass
 class _Job:
@@ -63,6 +74,7 @@ class BatchingEngine:
     self.config = config
     self.stats = {"batches": 0, "requests": 0, "rows": 0}
     self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+    self._held: _Job | None = None  # taken from the queue but left for the next batch
     self._task: asyncio.Task | None = None
 
   def start(self) -> None:
@@ -84,7 +96,10 @@ class BatchingEngine:
     return await job.future
 
   async def _collect(self) -> list[_Job]:
-    jobs = [await self._queue.get()]
+    """The next batch: at most `max_batch_rows` rows, except that a single larger job runs
+    alone. A job that does not fit is held back to start the next batch."""
+    first, self._held = self._held, None
+    jobs = [first if first is not None else await self._queue.get()]
     rows = len(jobs[0].prompts) * jobs[0].n
     deadline = time.monotonic() + self.config.batch_window_s
     while rows < self.config.max_batch_rows:
@@ -95,23 +110,45 @@ class BatchingEngine:
         job = await asyncio.wait_for(self._queue.get(), timeout)
       except asyncio.TimeoutError:
         break
+      if rows + len(job.prompts) * job.n > self.config.max_batch_rows:
+        self._held = job
+        break
       jobs.append(job)
       rows += len(job.prompts) * job.n
     return jobs
 
+  def _encode(self, job: _Job) -> list[list[int]]:
+    """The job's prompt ids; a prompt the tokenizer or chat template refuses (or one with no
+    tokens, or too many) raises RequestError for this job alone."""
+    out = []
+    for i, prompt in enumerate(job.prompts):
+      field = ("'messages'" if not isinstance(prompt, str) else
+               "'prompt'" if len(job.prompts) == 1 else f"'prompt'[{i}]")
+      try:
+        ids = encode_prompt(self.sampler.tokenizer, prompt, use_chat_template=False)
+      except EmptyPromptError:
+        raise RequestError(f"{field} encodes to no tokens; the model needs at least one") from None
+      except Exception as e:  # e.g. a chat template that raises for some roles
+        raise RequestError(f"{field} cannot be encoded for this model: "
+                           f"{type(e).__name__}: {e}") from None
+      if len(ids) > self.config.max_prompt_tokens:
+        raise RequestError(f"prompt has {len(ids)} tokens; this server accepts at most "
+                           f"{self.config.max_prompt_tokens}")
+      out.append(ids)
+    return out
+
   def _generate(self, jobs: list[_Job]) -> list[list[Completion] | Exception]:
     """Runs all jobs as one batch of rows (each prompt repeated n times) and splits the result.
-    Runs on the worker thread, so the tokenizer is only ever used there. A job whose prompt is
-    too long gets a RequestError instead of completions."""
-    tokenizer, limit = self.sampler.tokenizer, self.config.max_prompt_tokens
+    Runs on the worker thread, so the tokenizer is only ever used there. A job whose prompt
+    cannot be encoded or is too long gets a RequestError instead of completions; the other jobs
+    of the batch are generated as usual."""
     results: list[list[Completion] | Exception] = []
     ids, params, owners = [], [], []
     for j, job in enumerate(jobs):
-      encoded = encode_prompts(tokenizer, job.prompts, use_chat_template=False)
-      longest = max(len(x) for x in encoded)
-      if longest > limit:
-        results.append(RequestError(f"prompt has {longest} tokens; this server accepts at most "
-                                    f"{limit}"))
+      try:
+        encoded = self._encode(job)
+      except RequestError as e:
+        results.append(e)
         continue
       results.append([])
       for p, x in enumerate(encoded):
@@ -157,6 +194,8 @@ def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open
     return default
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     raise RequestError(f"'{name}' must be a number, got {value!r:.50}")
+  if isinstance(value, float) and not math.isfinite(value):
+    raise RequestError(f"'{name}' must be a finite number, got {value}")
   if value < lo or value > hi or (lo_open and value == lo):
     raise RequestError(f"'{name}' must be in {'(' if lo_open else '['}{lo}, {hi}], got {value}")
   return float(value)
@@ -191,10 +230,14 @@ def sampling_from_request(body: dict, config: ServerConfig,
   max_tokens = body.get("max_completion_tokens") if chat else None
   key = "max_completion_tokens" if max_tokens is not None else "max_tokens"
   max_tokens = _integer(body, key, config.default_max_tokens, 1, config.max_tokens_limit)
-  params = SamplingParams(temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-                          top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
-                          top_k=_integer(body, "top_k", 0, 0, 1 << 30),
-                          max_tokens=max_tokens, stop=_stop(body))
+  fields = dict(temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+                top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
+                top_k=_integer(body, "top_k", 0, 0, 1 << 30), max_tokens=max_tokens,
+                stop=_stop(body))
+  try:
+    params = SamplingParams(**fields)
+  except ValueError as e:
+    raise RequestError(str(e)) from None
   return params, _integer(body, "n", 1, 1, config.max_n)
 
 
@@ -259,7 +302,9 @@ def make_app(sampler: Sampler, config: ServerConfig = ServerConfig()) -> web.App
   async def read_body(request: web.Request) -> dict:
     try:
       body = json.loads(await request.text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError:
+      raise RequestError("request body is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, over-long integers
       raise RequestError(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
       raise RequestError("request body must be a JSON object")
