@@ -65,3 +65,64 @@ def test_scalar_head_drops_the_unused_lm_head():
   assert "backbone.lm_head" not in names and "backbone.embed" in names
   mask = jnp.ones((1, 4), bool)
   assert model(jnp.ones((1, 4), jnp.int32), positions_from_mask(mask), mask).shape == (1,)
+
+
+def _pair_score_model(w):
+  """A stand-in reward model: the score of a row is w * its first token."""
+  return lambda tokens, positions, mask: w * tokens[:, 0].astype(jnp.float32)
+
+
+def test_rm_microbatches_keep_pairs_or_are_refused():
+  """Strided microbatches of the chosen-first [2B] layout keep (chosen, rejected) together only
+  when B % M == 0: those counts give the big-batch loss, the others are a config error."""
+  import jax
+  import pytest
+  from rlaif_jax.training import optim, reward_model
+  b = 12
+  rng = np.random.default_rng(0)
+  chosen = rng.integers(1, 9, (b, 3)).astype(np.int32)
+  rejected = rng.integers(1, 9, (b, 3)).astype(np.int32)
+  batch = {"tokens": jnp.asarray(np.concatenate([chosen, rejected])),
+           "positions": jnp.zeros((2 * b, 3), jnp.int32),
+           "attention_mask": jnp.ones((2 * b, 3), jnp.int32)}
+  loss_fn = lambda w, bt, r: reward_model.rm_loss(_pair_score_model(w), bt, r)
+  want, want_acc = np_bt(0.3 * chosen[:, 0], 0.3 * rejected[:, 0])
+  for m in (1, 2, 3, 4, 6, 12):
+    reward_model.check_pair_microbatches(b, m)
+    loss, aux, _ = optim.accumulated_value_and_grad(loss_fn, jnp.float32(0.3), batch,
+                                                    jax.random.key(0), m)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    np.testing.assert_allclose(float(aux["pair_accuracy"]), want_acc, rtol=1e-6)
+  for m in (8, 24, 5):
+    with pytest.raises(ValueError, match=f"batch_size=12 pairs is not a multiple of "
+                                         f"loop.num_microbatches={m}"):
+      reward_model.check_pair_microbatches(b, m)
+
+
+def test_rm_eval_batches_cover_every_pair_exactly_once():
+  """The last partial batch (and an eval set smaller than one batch) is padded with zero-weight
+  filler pairs: the weighted eval means equal those over the real pairs alone."""
+  from rlaif_jax.training import reward_model
+  rng = np.random.default_rng(1)
+  enc = [{"chosen": rng.integers(1, 9, rng.integers(2, 6)).astype(np.int32),
+          "rejected": rng.integers(1, 9, rng.integers(2, 6)).astype(np.int32)}
+         for _ in range(23)]
+  model = _pair_score_model(0.5)
+  for n, bs in ((23, 8), (5, 8), (16, 8)):
+    batches = list(reward_model._eval_batches(enc[:n], bs, (8,), 0)())
+    assert len(batches) == -(-n // bs)
+    assert all(bt["tokens"].shape[0] == 2 * bs for bt in batches)
+    total_w, sums = 0.0, {}
+    for bt in batches:
+      loss, aux = reward_model.rm_loss(model, {k: jnp.asarray(v) for k, v in bt.items()}, None)
+      w = float(aux.pop("loss_weight"))
+      total_w += w
+      for k, v in {"loss": loss, **aux}.items():
+        sums[k] = sums.get(k, 0.0) + w * float(v)
+    assert total_w == n
+    c = 0.5 * np.array([e["chosen"][0] for e in enc[:n]], np.float64)
+    r = 0.5 * np.array([e["rejected"][0] for e in enc[:n]], np.float64)
+    want_loss, want_acc = np_bt(c, r)
+    np.testing.assert_allclose(sums["loss"] / total_w, want_loss, rtol=1e-5)
+    np.testing.assert_allclose(sums["pair_accuracy"] / total_w, want_acc, rtol=1e-6)
+    np.testing.assert_allclose(sums["reward_gap"] / total_w, np.mean(c - r), rtol=1e-5, atol=1e-6)

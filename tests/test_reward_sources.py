@@ -53,3 +53,54 @@ def test_offline_timeout_names_file(tmp_path):
   src = OfflineFileReward(tmp_path, timeout_s=0.2, poll_s=0.05)
   with pytest.raises(RewardError, match=r"rollout_000000\.scored\.jsonl has 0 of 2 ids"):
     src.score(["p", "q"], ["a", "b"])
+
+
+def _score_file(path, rewards):
+  path.write_text("".join(json.dumps({"id": i, "reward": r}) + "\n" for i, r in enumerate(rewards)))
+
+
+def test_offline_files_are_named_by_rl_step_so_a_resumed_run_reads_its_own(tmp_path):
+  """A run scored steps 1-2; the resumed run's step 3 must not read the first run's files
+  (a per-process call counter restarted at 0 used to read rollout_000000's old scores)."""
+  from rlaif_jax.rl.reward_sources import set_step
+  first = OfflineFileReward(tmp_path, timeout_s=5, poll_s=0.02)
+  for step, rewards in ((1, [1.0, 2.0]), (2, [3.0, 4.0])):
+    _score_file(first.paths(step)[1], rewards)
+    set_step(first, step)
+    np.testing.assert_allclose(first.score(["q", "q"], [f"a{step}", f"b{step}"]), rewards)
+  resumed = WeightedSum([("offline", OfflineFileReward(tmp_path, timeout_s=5, poll_s=0.02),
+                          1.0)])
+  out, scored = resumed.sources[0][1].paths(3)
+
+  def scorer():
+    while not out.exists():
+      time.sleep(0.02)
+    _score_file(scored, [7.0, 8.0])
+
+  t = threading.Thread(target=scorer)
+  t.start()
+  set_step(resumed, 3)  # WeightedSum forwards the step to its parts
+  scores = resumed.score(["q", "q"], ["new1", "new2"])
+  t.join()
+  np.testing.assert_allclose(scores, [7.0, 8.0])
+  assert [json.loads(line)["response"] for line in out.read_text().splitlines()] == [
+      "new1", "new2"]
+
+
+def test_offline_refuses_a_stale_rollout_file_with_other_completions(tmp_path):
+  src = OfflineFileReward(tmp_path, timeout_s=5, poll_s=0.02)
+  out, scored = src.paths(4)
+  src.set_step(4)
+  _score_file(scored, [0.5, 0.25])
+  np.testing.assert_allclose(src.score(["p", "q"], ["a", "b"]), [0.5, 0.25])
+  # The same step redone with the same batch (resume after a crash) reuses the scores ...
+  again = OfflineFileReward(tmp_path, timeout_s=5, poll_s=0.02)
+  again.set_step(4)
+  np.testing.assert_allclose(again.score(["p", "q"], ["a", "b"]), [0.5, 0.25])
+  # ... a different batch for that file is refused, naming it.
+  again.set_step(4)
+  with pytest.raises(RewardError, match=r"rollout_000004\.jsonl exists but holds a different "
+                                        r"batch .*first difference at id 1"):
+    again.score(["p", "q"], ["a", "other"])
+  with pytest.raises(RewardError, match=r"rollout_000004\.jsonl exists but holds a different"):
+    again.score(["p", "q", "r"], ["a", "b", "c"])

@@ -415,3 +415,22 @@ def test_registries():
     alg.get_advantage_estimator("reinforce")
   with pytest.raises(ValueError, match="known"):
     alg.get_policy_loss("gspo")
+
+
+def test_dr_grpo_norm_uses_the_response_width_whatever_the_prompt_padding():
+  """grpo_loss on [B, P+R] rows with loss_scale_factor=R equals verl's loss on the [B, R]
+  response block (sum of per-sequence token sums / R) for every prompt width P."""
+  d = _batch(13)
+  ent = np.random.default_rng(13).uniform(0.0, 3.0, (B, T)).astype(np.float32)
+  want = _ref_actor_loss(d["new"], d["old"], d["ref"], d["adv"], d["mask"], 0.2, 0.5, ent, 0.01,
+                         "seq-mean-token-sum-norm")
+  got = []
+  for p in (0, 9, 40):
+    fill = np.random.default_rng(p).normal(size=(B, p)).astype(np.float32)  # prompt columns
+    cat = lambda x, f=fill: np.concatenate([f, x], axis=1)
+    mask = np.concatenate([np.zeros((B, p), np.float32), d["mask"]], axis=1)
+    loss, _ = alg.grpo_loss(cat(d["new"]), cat(d["old"]), cat(d["ref"]), cat(d["adv"]), mask,
+                            clip_ratio=0.2, kl_coef=0.5, entropy_coef=0.01, entropies=cat(ent),
+                            agg_mode="seq-mean-token-sum-norm", loss_scale_factor=T)
+    got.append(float(loss))
+  np.testing.assert_allclose(got, [want] * 3, rtol=1e-5, atol=1e-6)

@@ -51,3 +51,38 @@ def test_critic_values_are_shifted_head_outputs():
   v = losses.critic_values(critic, b["tokens"], b["positions"], b["attention_mask"])
   raw = critic.token_values(b["tokens"], b["positions"], b["attention_mask"])
   np.testing.assert_allclose(np.asarray(v[:, 1:]), np.asarray(raw[:, :-1]), atol=1e-6)
+
+
+def _padded_rollout(model, extra_pad: int, adv: np.ndarray):
+  """The batch() rollout with its prompts left-padded by `extra_pad` more columns."""
+  prompt = np.array([[0, 0, 5, 6], [7, 8, 9, 10]], np.int32)
+  prompt = np.pad(prompt, ((0, 0), (extra_pad, 0)))
+  resp = np.array([[11, 12, 13, 0, 0], [14, 15, 0, 0, 0]], np.int32)
+  seq = {k: jnp.asarray(v) for k, v in rollout_buffer.assemble_sequences(
+      prompt, prompt != 0, resp, resp != 0).items()}
+  old, _ = losses.token_log_probs_and_entropy(model, seq["tokens"], seq["positions"],
+                                              seq["attention_mask"])
+  zeros = jnp.zeros_like(old)
+  return rollout_buffer.RolloutBatch(
+      **seq, old_log_probs=old, ref_log_probs=old, values=zeros, token_rewards=zeros,
+      advantages=jnp.asarray(adv)[:, None] * seq["response_mask"], returns=zeros,
+      sequence_rewards=jnp.asarray(adv))
+
+
+def test_dr_grpo_loss_is_independent_of_prompt_padding():
+  """seq-mean-token-sum-norm divides by the constant response width R (verl's response
+  length), not by the [B, P+R] row width, which changes with each step's prompt padding."""
+  import pytest
+  model = tiny()
+  adv = np.array([0.7, -1.3], np.float32)
+  r_width = 5
+  cfg = losses.ActorLossConfig(kl_coef=0.0, agg_mode="seq-mean-token-sum-norm",
+                               loss_scale_factor=r_width)
+  # On-policy (ratio 1): each response token contributes -A; NumPy reference sum / R.
+  want = float(-(adv[0] * 3 + adv[1] * 2)) / r_width
+  got = [float(losses.actor_loss(model, _padded_rollout(model, pad, adv), cfg)[0])
+         for pad in (0, 8, 28)]
+  np.testing.assert_allclose(got, [want] * 3, rtol=1e-5)
+  with pytest.raises(ValueError, match="loss_scale_factor"):
+    losses.actor_loss(model, _padded_rollout(model, 0, adv),
+                      losses.ActorLossConfig(kl_coef=0.0, agg_mode="seq-mean-token-sum-norm"))

@@ -146,3 +146,45 @@ def test_log_probs_are_dispatched_before_scoring(tmp_path):
     trainer.close()
   assert calls == ["log_probs", "score"]
   assert batch.size == 32 and stats["t_score"] >= 0
+
+
+def test_rerun_of_a_finished_run_trains_nothing_and_still_finishes(tmp_path):
+  """Killed after the final checkpoint but before the export: the rerun runs no step, so the
+  trainer has no rollout; run_rl must still export and write samples.txt. Also: the reward
+  source is told each step (the offline exchange names its files by it) and Dr. GRPO's
+  normaliser defaults to the response width."""
+  from rlaif_jax.rl import run as rl_run
+  from rlaif_jax.rl.reward_sources import WeightedSum
+
+  class Recorder:
+    steps = []
+
+    def set_step(self, step):
+      self.steps.append(step)
+
+    def score(self, prompts, completions):
+      return lowercase_share(prompts, completions)
+
+  first = make_trainer("grpo", tmp_path, steps=1)
+  try:
+    assert first.last_texts == []
+    assert first.actor_loss_cfg.loss_scale_factor == NEW_TOKENS
+    first.reward = WeightedSum([("rec", Recorder(), 1.0)])
+    first.train()
+    assert Recorder.steps == [1] and len(first.last_texts) == 4 * 8
+  finally:
+    first.close()
+  rl_run.write_samples(tmp_path / "run", first.last_texts[:8])
+  written = (tmp_path / "run" / "samples.txt").read_text()
+  second = make_trainer("grpo", tmp_path, steps=1)
+  try:
+    assert second.step == 1
+    assert second.train() == {}
+    samples = second.last_texts[:8]
+    assert samples == [] and second.policy() is not None
+  finally:
+    second.close()
+  assert rl_run.write_samples(tmp_path / "run", samples) + "\n" == written  # kept
+  (tmp_path / "run" / "samples.txt").unlink()
+  assert "already reached" in rl_run.write_samples(tmp_path / "run", samples)
+  assert (tmp_path / "run" / "samples.txt").exists()

@@ -76,6 +76,19 @@ def test_weight_decay_mask_on_decoder():
   assert not mask["final_norm/scale"]
 
 
+def test_weight_decay_mask_excludes_named_biases():
+  """`*_bias` (the scalar head's head_bias) is a bias too; the head's weight is decayed."""
+  from rlaif_jax.models.scalar_head import ScalarHeadModel
+  model = ScalarHeadModel(Decoder(TINY, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+  mask = {optim.path_name(p): m for p, m in jax.tree_util.tree_flatten_with_path(
+      optim.weight_decay_mask(nnx.state(model, nnx.Param)))[0]}
+  assert not mask["head_bias"] and mask["head"] and mask["backbone/layers/0/attn/wq"]
+  assert not mask["backbone/layers/0/attn/bq"]
+  names = {"out_bias": 1.0, "bias": 1.0, "b": {"bias": 1.0}, "unbiased": 1.0, "biasing": 1.0}
+  assert optim.weight_decay_mask(names) == {"out_bias": False, "bias": False, "b": {"bias": False},
+                                            "unbiased": True, "biasing": True}
+
+
 def _token_batch(rng, b=8, t=12, vocab=64):
   tokens = rng.integers(0, vocab, (b, t)).astype(np.int32)
   lengths = rng.integers(4, t + 1, b)

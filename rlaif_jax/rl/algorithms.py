@@ -101,7 +101,9 @@ def aggregate_loss(
     "seq-mean-token-sum": per-sequence token sums, averaged over sequences with any token.
     "seq-mean-token-mean": per-sequence token means, averaged over sequences with any token.
     "seq-mean-token-sum-norm": sum of per-sequence token sums / `loss_scale_factor` (default T),
-      Dr. GRPO's length-unbiased constant normaliser.
+      Dr. GRPO's length-unbiased constant normaliser. verl's T is the response length; when
+      `loss_mat` spans prompt and response ([B, P+R], P varying per step), pass the response
+      width (max new tokens) as `loss_scale_factor` so the normaliser stays constant.
   An all-masked batch gives 0 (verl would divide by zero).
 
   Args:
@@ -325,6 +327,7 @@ def ppo_policy_loss(
     clip_ratio_high: float = 0.2,
     clip_ratio_c: float = 3.0,
     agg_mode: str = "token-mean",
+    loss_scale_factor: float | None = None,
 ) -> tuple[Array, Metrics]:
   """Clipped PPO surrogate with dual clip for negative advantages (verl's "vanilla" loss).
 
@@ -336,7 +339,7 @@ def ppo_policy_loss(
     log_probs, old_log_probs, advantages: f32[B, T]; mask: [B, T].
     clip_ratio_low, clip_ratio_high: PPO clip range (asymmetric = DAPO clip-higher).
     clip_ratio_c: dual-clip bound, must exceed 1.
-    agg_mode: see `aggregate_loss`.
+    agg_mode, loss_scale_factor: see `aggregate_loss`.
   Returns:
     (pg_loss f32[], metrics) with metrics (all f32[] over masked tokens):
       "pg_loss": the loss; "clip_frac": fraction where the clipped term was active;
@@ -355,7 +358,7 @@ def ppo_policy_loss(
   negative = advantages < 0
   dual_active = (loss_ppo > loss_dual_bound) & negative
   loss_mat = jnp.where(negative, jnp.minimum(loss_ppo, loss_dual_bound), loss_ppo)
-  pg_loss = aggregate_loss(loss_mat, mask, agg_mode)
+  pg_loss = aggregate_loss(loss_mat, mask, agg_mode, loss_scale_factor)
   metrics = {
       "pg_loss": pg_loss,
       "clip_frac": masked_mean((loss_clipped > loss_unclipped).astype(jnp.float32), mask),
@@ -373,6 +376,7 @@ def value_loss(
     mask: Array,
     clip_range: float = 0.5,
     agg_mode: str = "token-mean",
+    loss_scale_factor: float | None = None,
 ) -> tuple[Array, Metrics]:
   """Clipped critic loss as verl's `compute_value_loss`.
 
@@ -381,6 +385,7 @@ def value_loss(
   Args:
     values: f32[B, T] current critic predictions; old_values: f32[B, T] rollout-time values;
     returns: f32[B, T] GAE returns; mask: [B, T]; clip_range: c.
+    agg_mode, loss_scale_factor: see `aggregate_loss`.
   Returns:
     (vf_loss f32[], metrics) with "vf_loss", "vf_clip_frac" (fraction where the clipped error was
     larger) and "vpred_mean" (mean prediction), all over masked tokens.
@@ -388,7 +393,8 @@ def value_loss(
   clipped = jnp.clip(values, old_values - clip_range, old_values + clip_range)
   error_unclipped = jnp.square(values - returns)
   error_clipped = jnp.square(clipped - returns)
-  vf_loss = 0.5 * aggregate_loss(jnp.maximum(error_unclipped, error_clipped), mask, agg_mode)
+  vf_loss = 0.5 * aggregate_loss(jnp.maximum(error_unclipped, error_clipped), mask, agg_mode,
+                                 loss_scale_factor)
   metrics = {
       "vf_loss": vf_loss,
       "vf_clip_frac": masked_mean((error_clipped > error_unclipped).astype(jnp.float32), mask),
@@ -411,6 +417,7 @@ def grpo_loss(
     agg_mode: str = "token-mean",
     clip_ratio_high: float | None = None,
     clip_ratio_c: float = 3.0,
+    loss_scale_factor: float | None = None,
 ) -> tuple[Array, Metrics]:
   """verl's actor loss: `pg_loss - entropy_coef * entropy + kl_coef * kl_loss`.
 
@@ -427,7 +434,7 @@ def grpo_loss(
     kl_coef, kl_kind: KL loss coefficient and estimator (see `kl_penalty`).
     entropy_coef: entropy bonus coefficient; needs `entropies` when non-zero.
     entropies: f32[B, T] per-token entropies of the current policy (`entropy_from_logits`).
-    agg_mode: see `aggregate_loss`.
+    agg_mode, loss_scale_factor: see `aggregate_loss` (every term uses them).
     clip_ratio_c: dual-clip bound.
   Returns:
     (loss f32[], metrics): `ppo_policy_loss`'s metrics plus "loss" (the total), "kl_loss" (when
@@ -437,16 +444,17 @@ def grpo_loss(
     advantages = sequence_to_token_advantages(advantages, mask)
   high = clip_ratio if clip_ratio_high is None else clip_ratio_high
   loss, metrics = ppo_policy_loss(
-      log_probs, old_log_probs, advantages, mask, clip_ratio, high, clip_ratio_c, agg_mode
-  )
+      log_probs, old_log_probs, advantages, mask, clip_ratio, high, clip_ratio_c, agg_mode,
+      loss_scale_factor)
   if entropies is not None:
-    entropy = aggregate_loss(entropies, mask, agg_mode)
+    entropy = aggregate_loss(entropies, mask, agg_mode, loss_scale_factor)
     metrics["entropy"] = entropy
     loss = loss - entropy_coef * entropy
   elif not isinstance(entropy_coef, (int, float)) or entropy_coef != 0:
     raise ValueError("entropy_coef is non-zero but no per-token entropies were passed.")
   if ref_log_probs is not None:
-    kl_loss = aggregate_loss(kl_penalty(log_probs, ref_log_probs, kl_kind), mask, agg_mode)
+    kl_loss = aggregate_loss(kl_penalty(log_probs, ref_log_probs, kl_kind), mask, agg_mode,
+                             loss_scale_factor)
     metrics["kl_loss"] = kl_loss
     loss = loss + kl_coef * kl_loss
   metrics["loss"] = loss

@@ -28,7 +28,18 @@ class ActorLossConfig:
   kl_kind: str = "low_var_kl"
   entropy_coef: float = 0.0
   agg_mode: str = "token-mean"
+  # "seq-mean-token-sum-norm" (Dr. GRPO) divides by this constant; the losses see [B, P+R] rows
+  # whose prompt width P varies per step, so RLTrainer sets it to rl.max_new_tokens (verl's
+  # response length) when left None.
+  loss_scale_factor: float | None = None
   logits_chunk: int = 256
+
+
+def _check_scale_factor(agg_mode: str, loss_scale_factor: float | None) -> None:
+  if agg_mode == "seq-mean-token-sum-norm" and not loss_scale_factor:
+    raise ValueError("agg_mode='seq-mean-token-sum-norm' on [B, P+R] rollout rows needs a "
+                     "constant loss_scale_factor (the response width, rl.max_new_tokens); the "
+                     "row width varies with each step's prompt padding")
 
 
 def shift_right(x: jax.Array) -> jax.Array:
@@ -56,6 +67,7 @@ def token_log_probs_and_entropy(model: Decoder, tokens: jax.Array, positions: ja
 def actor_loss(model: Decoder, batch: RolloutBatch, cfg: ActorLossConfig
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """verl's actor objective on the batch's response tokens (GRPO and PPO share it)."""
+  _check_scale_factor(cfg.agg_mode, cfg.loss_scale_factor)
   log_probs, entropy = token_log_probs_and_entropy(
       model, batch.tokens, batch.positions, batch.attention_mask, cfg.logits_chunk)
   if not cfg.entropy_coef:  # a metric only: do not differentiate it (saves ~1/3 of the step)
@@ -65,7 +77,8 @@ def actor_loss(model: Decoder, batch: RolloutBatch, cfg: ActorLossConfig
       log_probs, batch.old_log_probs, ref, batch.advantages, batch.response_mask,
       clip_ratio=cfg.clip_ratio, kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind,
       entropy_coef=cfg.entropy_coef, entropies=entropy, agg_mode=cfg.agg_mode,
-      clip_ratio_high=cfg.clip_ratio_high, clip_ratio_c=cfg.clip_ratio_c)
+      clip_ratio_high=cfg.clip_ratio_high, clip_ratio_c=cfg.clip_ratio_c,
+      loss_scale_factor=cfg.loss_scale_factor)
   if ref is None:  # still report the KL to the reference, which the paper's runs monitor
     metrics["kl_loss"] = algorithms.masked_mean(
         algorithms.kl_penalty(log_probs, batch.ref_log_probs, cfg.kl_kind), batch.response_mask)
@@ -79,7 +92,9 @@ def critic_values(critic: ScalarHeadModel, tokens: jax.Array, positions: jax.Arr
 
 
 def critic_loss(critic: ScalarHeadModel, batch: RolloutBatch, clip_range: float = 0.5,
-                agg_mode: str = "token-mean") -> tuple[jax.Array, dict[str, jax.Array]]:
+                agg_mode: str = "token-mean", loss_scale_factor: float | None = None
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  _check_scale_factor(agg_mode, loss_scale_factor)
   values = critic_values(critic, batch.tokens, batch.positions, batch.attention_mask)
   return algorithms.value_loss(values, batch.values, batch.returns, batch.response_mask,
-                               clip_range, agg_mode)
+                               clip_range, agg_mode, loss_scale_factor)

@@ -60,6 +60,10 @@ class WeightedSum:
     self.sources = list(sources)
     self.last_components: dict[str, np.ndarray] = {}
 
+  def set_step(self, step: int) -> None:
+    for _, source, _ in self.sources:
+      set_step(source, step)
+
   def score(self, prompts, completions) -> np.ndarray:
     total = np.zeros(len(completions), np.float32)
     self.last_components = {}
@@ -73,11 +77,17 @@ class WeightedSum:
 class OfflineFileReward:
   """Hands each rollout batch to an external batch job through files, and waits for its scores.
 
-  For call k it writes `exchange_dir/rollout_{k:06d}.jsonl` (lines {"id", "query", "response"}),
+  Batch k writes `exchange_dir/rollout_{k:06d}.jsonl` (lines {"id", "query", "response"}),
   atomically, then waits for `rollout_{k:06d}.scored.jsonl` with one line per id carrying
   `reward` (float) or `verdict` (0/1, as `launch.judge` writes). Lines with an `error` field get
   `fallback`. A scorer that has not produced every id within `timeout_s` raises RewardError
   naming the file and how many ids are missing.
+
+  k is the RL step when the trainer announces it (`set_step`, called by RLTrainer before every
+  scoring call), so a resumed run never reads another step's files; standalone, k counts calls
+  from `start_index`. A rollout file that already exists (a step redone after a crash) is reused
+  only if it holds exactly this batch; otherwise RewardError names it (its scores belong to
+  other completions).
   """
 
   def __init__(self, exchange_dir: str | os.PathLike, timeout_s: float = 3600.0,
@@ -86,6 +96,10 @@ class OfflineFileReward:
     self.dir.mkdir(parents=True, exist_ok=True)
     self.timeout_s, self.poll_s, self.fallback = timeout_s, poll_s, fallback
     self.index = start_index
+
+  def set_step(self, step: int) -> None:
+    """The next call scores RL step `step`: its files are rollout_{step:06d}.*."""
+    self.index = int(step)
 
   def paths(self, index: int) -> tuple[pathlib.Path, pathlib.Path]:
     stem = f"rollout_{index:06d}"
@@ -99,6 +113,25 @@ class OfflineFileReward:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
+
+  def _check_same_batch(self, path: pathlib.Path, scored_path: pathlib.Path, prompts,
+                        completions) -> None:
+    """Refuses an existing rollout file that does not hold exactly (prompts, completions)."""
+    try:
+      recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+              if line.strip()]
+      old = [(r["id"], r["query"], r["response"]) for r in recs]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      raise RewardError(f"offline scorer: {path} exists but is not a rollout file ({e}); move "
+                        f"it (and {scored_path.name}) away") from e
+    new = [(i, p, c) for i, (p, c) in enumerate(zip(prompts, completions))]
+    if old != new:
+      diff = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+      raise RewardError(
+          f"offline scorer: {path} exists but holds a different batch ({len(old)} rows vs "
+          f"{len(new)}; first difference at id {diff}): it is left from another run or a "
+          f"different config, and its scores ({scored_path.name}) belong to other completions. "
+          f"Move the old exchange files away (or use a new workdir) and rerun")
 
   def _read(self, path: pathlib.Path, n: int) -> dict[int, float]:
     got: dict[int, float] = {}
@@ -127,7 +160,9 @@ class OfflineFileReward:
   def score(self, prompts, completions) -> np.ndarray:
     n = len(completions)
     out_path, scored_path = self.paths(self.index)
-    if not out_path.exists():
+    if out_path.exists():
+      self._check_same_batch(out_path, scored_path, prompts, completions)
+    else:
       self._write(out_path, prompts, completions)
     deadline = time.monotonic() + self.timeout_s
     while True:
@@ -141,3 +176,10 @@ class OfflineFileReward:
       time.sleep(self.poll_s)
     self.index += 1
     return checked_scores("offline", [got[i] for i in range(n)], n)
+
+
+def set_step(source: RewardSource, step: int) -> None:
+  """Tells `source` (and the parts of a WeightedSum) which RL step it scores next, if it cares."""
+  hook = getattr(source, "set_step", None)
+  if callable(hook):
+    hook(step)

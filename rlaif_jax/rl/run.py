@@ -170,12 +170,26 @@ def run_rl(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike
   finally:
     trainer.close()
   export = checkpointing.export_for_inference(workdir, model, tok_path, config.export.dtype, mesh)
-  text = "\n".join(f"[{q}] ({r:.3f}) -> {c}" for q, c, r in samples)
-  (workdir / "samples.txt").write_text(text + "\n", encoding="utf-8")
+  text = write_samples(workdir, samples)
   print(f"last rollout samples:\n{text}")
   wall = time.perf_counter() - t0
   print(f"{cfg.algorithm} done in {wall:.0f}s; export {export}")
   return {"last": last, "export": str(export), "wall_s": wall}
+
+
+def write_samples(workdir: pathlib.Path, samples: Sequence[tuple[str, str, float]]) -> str:
+  """Writes WORKDIR/samples.txt from the last rollout's (query, completion, reward) and returns
+  its text. A rerun of a finished run rolls out nothing: it keeps the samples.txt of the run
+  that did the last step, or writes a line saying none were drawn."""
+  path = workdir / "samples.txt"
+  if not samples:
+    if path.exists():
+      return path.read_text(encoding="utf-8").rstrip("\n")
+    text = "(no rollout in this invocation: the run had already reached rl.total_steps)"
+  else:
+    text = "\n".join(f"[{q}] ({r:.3f}) -> {c}" for q, c, r in samples)
+  path.write_text(text + "\n", encoding="utf-8")
+  return text
 
 
 def _sft_tokenizer(sft_dir: pathlib.Path) -> pathlib.Path:

@@ -25,7 +25,7 @@ from rlaif_jax.data import formatting
 from rlaif_jax.models.decoder import Decoder
 from rlaif_jax.models.scalar_head import ScalarHeadModel
 from rlaif_jax.rl import algorithms, losses, rollout as rollout_lib, rollout_buffer
-from rlaif_jax.rl.reward_sources import RewardSource, checked_scores
+from rlaif_jax.rl.reward_sources import RewardSource, checked_scores, set_step
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
 from rlaif_jax.sharding import mesh as mesh_lib
@@ -101,6 +101,9 @@ class RLTrainer:
     self.cfg, self.tok, self.reward, self.prompts, self.fmt = cfg, tokenizer, reward, prompts, fmt
     self.mesh, self.workdir = mesh, pathlib.Path(workdir)
     self.meta = dict(meta or {})
+    # (query, completion, reward) of the latest rollout; empty until a step runs (a rerun of a
+    # finished run runs none).
+    self.last_texts: list[tuple[str, str, float]] = []
     self.actor_ckpt = checkpointing.Checkpointer(self.workdir / checkpointing.CHECKPOINT_DIR,
                                                  cfg.keep_checkpoints)
     self.critic_ckpt = (checkpointing.Checkpointer(self.workdir / "critic_checkpoints",
@@ -117,13 +120,18 @@ class RLTrainer:
     self._ref_shardings = ts.variable_shardings(ref, mesh)
     self.critic = (self._restore_or_create(critic, critic_optimizer, self.critic_ckpt)
                    if critic is not None else None)
-    actor_loss = lambda model, batch, rng: losses.actor_loss(model, batch, cfg.actor)
+    # Dr. GRPO's constant normaliser is the response width, not the [B, P+R] row width.
+    actor_cfg = cfg.actor
+    if actor_cfg.loss_scale_factor is None:
+      actor_cfg = dataclasses.replace(actor_cfg, loss_scale_factor=float(cfg.max_new_tokens))
+    self.actor_loss_cfg = actor_cfg
+    actor_loss = lambda model, batch, rng: losses.actor_loss(model, batch, actor_cfg)
     self.actor_step = trainer_lib.make_train_step(
         actor_loss, actor_optimizer, actor_schedule, mesh=mesh,
         shardings=ts.state_shardings(self.actor, mesh, actor_optimizer))
     if self.critic is not None:
-      critic_loss = lambda model, batch, rng: losses.critic_loss(model, batch, cfg.critic_clip,
-                                                                 cfg.actor.agg_mode)
+      critic_loss = lambda model, batch, rng: losses.critic_loss(
+          model, batch, cfg.critic_clip, actor_cfg.agg_mode, actor_cfg.loss_scale_factor)
       self.critic_step = trainer_lib.make_train_step(
           critic_loss, critic_optimizer, mesh=mesh,
           shardings=ts.state_shardings(self.critic, mesh, critic_optimizer))
@@ -184,6 +192,7 @@ class RLTrainer:
     del ref
     t2 = time.perf_counter()
     rep_queries = [q for q in queries for _ in range(cfg.n_samples)]
+    set_step(self.reward, step)  # e.g. the offline exchange names its files by the step
     rewards = checked_scores("reward", self.reward.score(rep_queries, texts), len(texts))
     t3 = time.perf_counter()
     critic_params = self.critic.params if self.critic is not None else None

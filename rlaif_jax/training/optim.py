@@ -21,8 +21,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from rlaif_jax.sharding import mesh as mesh_lib
 
 DECAY_KINDS = ("cosine", "linear", "constant")
-# Parameters whose path matches this are not weight-decayed: norm scales and biases.
-DEFAULT_NO_DECAY = r"(^|/)(scale|bias|b[qkv]|[a-z_]*norm[a-z_]*)(/|$)"
+# Parameters whose path matches this are not weight-decayed: norm scales and biases (`bias`,
+# `*_bias` such as the scalar head's `head_bias`, and the attention biases `bq`/`bk`/`bv`).
+DEFAULT_NO_DECAY = r"(^|/)(scale|([a-z0-9_]*_)?bias|b[qkv]|[a-z_]*norm[a-z_]*)(/|$)"
 LOSS_WEIGHT_KEY = "loss_weight"
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]

@@ -30,19 +30,42 @@ from rlaif_jax.training.reward_losses import bradley_terry_loss
 from rlaif_jax.training.reward_scoring import LengthDebiaser, RewardModelScorer
 
 DEBIASER_FILE = "length_debiaser.json"
+PAIR_WEIGHT_KEY = "pair_weight"
 
 
 def rm_loss(model: ScalarHeadModel, batch: dict[str, jax.Array], rng: jax.Array,
             center_coef: float = 0.0, margin: float = 0.0
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """batch: 2B rows (chosen rows first) of tokens/positions/attention_mask int32[2B, T]."""
+  """batch: 2B rows (chosen rows first) of tokens/positions/attention_mask int32[2B, T], and
+  optionally `pair_weight` f32[2B] (a pair's weight is its chosen row's: 0 for eval filler).
+
+  The chosen-first layout survives `optim.split_microbatches` (strided rows) only when B is a
+  multiple of the number of microbatches: `check_pair_microbatches` enforces it for a run.
+  """
   del rng
   scores = model(batch["tokens"], batch["positions"], batch["attention_mask"].astype(bool))
   b = scores.shape[0] // 2
   chosen, rejected = scores[:b], scores[b:]
   m = None if not margin else jnp.full((b,), margin, jnp.float32)
-  loss, metrics = bradley_terry_loss(chosen, rejected, m, center_coef)
-  return loss, {**metrics, optim.LOSS_WEIGHT_KEY: jnp.asarray(b, jnp.float32)}
+  weights = batch.get(PAIR_WEIGHT_KEY)
+  weights = None if weights is None else jnp.asarray(weights[:b], jnp.float32)
+  loss, metrics = bradley_terry_loss(chosen, rejected, m, center_coef, weights)
+  total = jnp.asarray(b, jnp.float32) if weights is None else jnp.sum(weights)
+  return loss, {**metrics, optim.LOSS_WEIGHT_KEY: total}
+
+
+def check_pair_microbatches(batch_size: int, num_microbatches: int) -> None:
+  """Refuses a pair batch that strided microbatches would split off-pair.
+
+  A batch is 2B rows, chosen rows [0, B) then rejected rows [B, 2B); microbatch j takes rows
+  j, M + j, ... so it holds pair i's chosen row i and rejected row B + i together only when
+  B % M == 0. Otherwise chosen and rejected responses of different pairs would be compared.
+  """
+  if num_microbatches < 1 or batch_size % num_microbatches:
+    raise ValueError(
+        f"reward model: batch_size={batch_size} pairs is not a multiple of "
+        f"loop.num_microbatches={num_microbatches}; each microbatch must hold whole "
+        f"(chosen, rejected) pairs, so pick a batch_size divisible by num_microbatches")
 
 
 def _rm_loss_fn(config: Any) -> trainer_lib.LossFn:
@@ -88,12 +111,17 @@ def _batches(encoded, batch_size, buckets, pad_id, seed) -> Callable[[int], Iter
 
 
 def _eval_batches(encoded, batch_size, buckets, pad_id) -> Callable[[], Iterator[dict]]:
+  """Every eval pair exactly once, in order; the last batch is filled to the fixed batch size
+  with copies of its first pair at `pair_weight` 0, so they change no mean (as SFT's eval)."""
   def make():
     for lo in range(0, len(encoded), batch_size):
       rows = list(encoded[lo:lo + batch_size])
-      if len(rows) < batch_size:  # fixed shape; the repeated pairs are dropped by weight below
-        break
-      yield reward_data.pair_batch(rows, buckets, pad_id)
+      n = len(rows)
+      rows += [rows[0]] * (batch_size - n)
+      batch = reward_data.pair_batch(rows, buckets, pad_id)
+      weight = (np.arange(batch_size) < n).astype(np.float32)
+      batch[PAIR_WEIGHT_KEY] = np.concatenate([weight, weight])
+      yield batch
   return make
 
 
@@ -129,12 +157,14 @@ def run_train_rm(config: Any, workdir: str | os.PathLike, data_dir: str | os.Pat
   buckets = sft.length_buckets(fmt, config.data.get("bucket_multiple", 0))
   print(f"reward pairs: {len(train_enc)} train / {len(test_enc)} test; {stats.summary()}")
   print(f"model: {cfg.num_params / 1e6:.2f}M params + scalar head, mesh {dict(mesh.shape)}")
+  loop = trainer_lib.LoopConfig.from_config(config.loop)
+  check_pair_microbatches(config.batch_size, loop.num_microbatches)
   optimizer, schedule = optim.optimizer_from_config(config.optim, config.loop.total_steps)
   meta = {"model_config": cfg.to_dict(), "tokenizer": str(tok_path.absolute()),
           "config": json.loads(config.to_json()), "kind": "reward_model"}
   trainer = trainer_lib.Trainer(
       _rm_loss_fn(config), optimizer, schedule, mesh, workdir,
-      trainer_lib.LoopConfig.from_config(config.loop), seed=config.seed, meta=meta)
+      loop, seed=config.seed, meta=meta)
   try:
     state = trainer.init_state(_with_head(trunk, config.seed), abstract_reward_model(cfg))
     eval_every = _eval_batches(test_enc[:config.data.get("max_eval_pairs") or None],
