@@ -188,3 +188,25 @@ def test_rerun_of_a_finished_run_trains_nothing_and_still_finishes(tmp_path):
   (tmp_path / "run" / "samples.txt").unlink()
   assert "already reached" in rl_run.write_samples(tmp_path / "run", samples)
   assert (tmp_path / "run" / "samples.txt").exists()
+
+
+def test_ppo_resumes_actor_and_critic_from_the_same_rl_step(tmp_path):
+  """A kill between the actor's and the critic's save leaves the critic one RL step behind:
+  the resume takes the latest step both saved, never a stale critic beside a newer actor."""
+  import shutil
+  first = make_trainer("ppo", tmp_path, steps=2, checkpoint_every=1)
+  try:
+    first.train()
+    critic_dirs = first.critic_ckpt.all_steps()
+  finally:
+    first.close()
+  shutil.rmtree(tmp_path / "run" / "critic_checkpoints" / str(critic_dirs[-1]))
+  second = make_trainer("ppo", tmp_path, steps=2, checkpoint_every=1)
+  try:
+    assert second.step == 1
+    assert int(second.critic.step) == critic_dirs[-2]
+  finally:
+    second.close()
+  shutil.rmtree(tmp_path / "run" / "critic_checkpoints")
+  with pytest.raises(RuntimeError, match="share no step to resume from"):
+    make_trainer("ppo", tmp_path, steps=2, checkpoint_every=1)

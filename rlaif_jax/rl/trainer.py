@@ -113,12 +113,14 @@ class RLTrainer:
                            unstack_layers=cfg.unstack_layers_for_decode,
                            grow_cache_from=cfg.grow_cache_from)
     self.actor_opt = actor_optimizer
-    self.actor = self._restore_or_create(policy, actor_optimizer, self.actor_ckpt)
+    actor_step, critic_step = self._resume_steps()
+    self.actor = self._restore_or_create(policy, actor_optimizer, self.actor_ckpt, actor_step)
     # The reference is the policy we start from (never the resumed one): exact resume.
     ref = nnx.state(policy, nnx.Param)
     self.ref_params = jax.device_get(ref) if cfg.ref_on_host else jax.tree.map(jnp.copy, ref)
     self._ref_shardings = ts.variable_shardings(ref, mesh)
-    self.critic = (self._restore_or_create(critic, critic_optimizer, self.critic_ckpt)
+    self.critic = (self._restore_or_create(critic, critic_optimizer, self.critic_ckpt,
+                                           critic_step)
                    if critic is not None else None)
     # Dr. GRPO's constant normaliser is the response width, not the [B, P+R] row width.
     actor_cfg = cfg.actor
@@ -140,12 +142,31 @@ class RLTrainer:
         cfg.advantage)
     self._minibatch = jax.jit(rollout_buffer.minibatch, static_argnums=(3,))
 
-  def _restore_or_create(self, model, optimizer, ckpt) -> ts.TrainState:
-    latest = ckpt.latest_step()
-    if latest is None:
+  def _resume_steps(self) -> tuple[int | None, int | None]:
+    """(actor, critic) checkpoint steps to resume from: the actor's latest, or with a critic
+    (PPO) the latest RL step both saved. A kill between the two saves leaves the critic one
+    step behind; resuming each from its own latest would pair a stale critic with the actor."""
+    if self.critic_ckpt is None:
+      return self.actor_ckpt.latest_step(), None
+
+    def by_rl_step(ckpt) -> dict[int, int]:
+      return {int(ckpt.restore_meta(s)["rl_step"]): s for s in ckpt.all_steps()}
+    actor, critic = by_rl_step(self.actor_ckpt), by_rl_step(self.critic_ckpt)
+    if not actor:
+      return None, None
+    common = actor.keys() & critic.keys()
+    if not common:
+      raise RuntimeError(
+          f"{self.workdir}: the actor checkpoints (RL steps {sorted(actor)}) and the critic "
+          f"checkpoints (RL steps {sorted(critic)}) share no step to resume from; move both "
+          "checkpoint folders away to start over")
+    return actor[max(common)], critic[max(common)]
+
+  def _restore_or_create(self, model, optimizer, ckpt, step: int | None) -> ts.TrainState:
+    if step is None:
       return ts.create_train_state(model, optimizer, self.mesh, self.cfg.seed)
     abstract = ts.abstract_train_state(nnx.eval_shape(lambda: model), optimizer, self.mesh)
-    state, _ = ckpt.restore(abstract, latest)
+    state, _ = ckpt.restore(abstract, step)
     return state
 
   @property
