@@ -28,7 +28,8 @@ _MODEL_NAME = flags.DEFINE_string("model_name", None, "Model id in responses (de
 _MAX_BATCH_ROWS = flags.DEFINE_integer("max_batch_rows", 64, "Rows (prompts x n) per batch.")
 _BATCH_WINDOW_MS = flags.DEFINE_float("batch_window_ms", 5.0, "How long to gather requests.")
 _DEFAULT_MAX_TOKENS = flags.DEFINE_integer("default_max_tokens", 256,
-                                           "max_tokens when a request gives none.")
+                                           "max_tokens when a request gives none (left unset: at "
+                                           "most --max_tokens_limit).")
 _MAX_TOKENS_LIMIT = flags.DEFINE_integer("max_tokens_limit", 2048, "Largest max_tokens accepted.")
 _MAX_PROMPT_TOKENS = flags.DEFINE_integer("max_prompt_tokens", 2048, "Longest prompt accepted.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
@@ -43,7 +44,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("pass exactly one of --hf_dir or --checkpoint")
   name = _MODEL_NAME.value or pathlib.Path(_HF_DIR.value or _CHECKPOINT.value).resolve().name
   try:  # checked before the (slow) model load
-    config = ServerConfig(model_name=name, default_max_tokens=_DEFAULT_MAX_TOKENS.value,
+    default_max_tokens = _DEFAULT_MAX_TOKENS.value
+    if not flags.FLAGS["default_max_tokens"].present:  # only a lower limit was asked for
+      default_max_tokens = min(default_max_tokens, _MAX_TOKENS_LIMIT.value)
+    config = ServerConfig(model_name=name, default_max_tokens=default_max_tokens,
                           max_tokens_limit=_MAX_TOKENS_LIMIT.value,
                           max_prompt_tokens=_MAX_PROMPT_TOKENS.value,
                           max_batch_rows=_MAX_BATCH_ROWS.value,

@@ -377,3 +377,40 @@ def test_mesh_of_8_devices_matches_one_device(tmp_path):
     assert mesh["devices"] == 8 and axis in mesh["spec"], mesh  # rows are split over the mesh
     np.testing.assert_array_equal(mesh["tokens"], one["tokens"])
     np.testing.assert_allclose(mesh["logprobs"], one["logprobs"], atol=1e-4)
+
+
+def test_stop_check_ends_rows_at_segment_boundaries(qwen_dir):
+  """A host `stop_check` between segments (spans 2, 4, 8, 10) ends the rows it names there and
+  leaves every other row exactly as without it; text-level stop strings use it."""
+  model = checkpoint_bridge.load_hf_checkpoint(qwen_dir)
+  sampler = Sampler(model, load_tokenizer(qwen_dir), grow_cache_from=2)
+  tokens, mask = random_prompts(12)
+  ref = sampler.generate_ids(None, tokens, mask, MAX_NEW, SamplingParams.greedy(),
+                             stop_ids=()).to_numpy()
+  seen = []
+
+  def end_row_0(toks, lengths, done):
+    seen.append(lengths.copy())
+    return np.arange(len(done)) == 0
+  out = sampler.generate_ids(None, tokens, mask, MAX_NEW, SamplingParams.greedy(), stop_ids=(),
+                             stop_check=end_row_0).to_numpy()
+  assert [list(l) for l in seen] == [[2, 2, 2], [2, 4, 4], [2, 8, 8]]
+  assert out.lengths[0] == 2 and (out.tokens[0, 2:] == sampler.tokenizer.pad_id).all()
+  np.testing.assert_array_equal(out.tokens[0, :2], ref.tokens[0, :2])
+  np.testing.assert_array_equal(out.tokens[1:], ref.tokens[1:])
+  np.testing.assert_array_equal(out.lengths[1:], ref.lengths[1:])
+  everyone = sampler.generate_ids(None, tokens, mask, MAX_NEW, SamplingParams.greedy(),
+                                  stop_ids=(), stop_check=lambda t, l, d: np.ones_like(d))
+  assert int(everyone.steps) == 2  # all rows ended: the later segments never run
+  # Text level: the same texts as the whole-cache sampler, which only cuts after the loop.
+  whole = Sampler(model, load_tokenizer(qwen_dir), grow_cache_from=0)
+  prompts = ["你好，新年快乐", "Write a greeting"]
+  full = whole.generate(prompts, 16, SamplingParams.greedy(), stop_ids=())
+  stop = full[0].text[1:3]
+  assert stop, full[0].text
+  per_row = [SamplingParams.greedy(stop=(stop,)), SamplingParams.greedy()]
+  want = whole.generate(prompts, 16, per_row, stop_ids=())
+  got = sampler.generate(prompts, 16, per_row, stop_ids=())
+  assert [(c.text, c.token_ids, c.finish_reason) for c in got] == [
+      (c.text, c.token_ids, c.finish_reason) for c in want]
+  assert got[0].finish_reason == "stop"

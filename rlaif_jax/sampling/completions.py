@@ -103,7 +103,7 @@ def left_pad(ids: Sequence[Sequence[int]], pad_id: int, length: int | None = Non
   return tokens, mask
 
 
-def _first_stop(text: str, stop: Sequence[str]) -> int:
+def first_stop(text: str, stop: Sequence[str]) -> int:
   hits = [text.find(s) for s in stop]
   hits = [h for h in hits if h >= 0]
   return min(hits) if hits else -1
@@ -115,7 +115,7 @@ def _shortest_prefix_with_stop(tokenizer: Tokenizer, ids: Sequence[int],
   lo, hi = 1, len(ids)
   while lo < hi:
     mid = (lo + hi) // 2
-    if _first_stop(tokenizer.decode(ids[:mid]), stop) >= 0:
+    if first_stop(tokenizer.decode(ids[:mid]), stop) >= 0:
       hi = mid
     else:
       lo = mid + 1
@@ -134,7 +134,7 @@ def finish_row(tokenizer: Tokenizer, ids: Sequence[int], logprobs: Sequence[floa
   lps, plps = [float(x) for x in logprobs], [float(x) for x in processed_logprobs]
   text = tokenizer.decode(ids[:-1] if stopped else ids)
   reason = "stop" if stopped else "length"
-  cut = _first_stop(text, stop) if stop else -1
+  cut = first_stop(text, stop) if stop else -1
   if cut >= 0:
     text, reason = text[:cut], "stop"
     m = _shortest_prefix_with_stop(tokenizer, ids, stop)
