@@ -69,12 +69,17 @@ def test_cli_end_to_end_and_resume_without_duplicates(hf_dir, tmp_path):
   # A kill mid-batch: 5 whole lines (id "7" has only sample 0) and half of the sixth.
   raw = out.read_bytes().split(b"\n")
   out.write_bytes(b"\n".join(raw[:5]) + b"\n" + raw[5][:10])
-  proc = run_cli(*args, cache_dir=tmp_path / "jax_cache")
+  resumed_args = [a if a != "--batch_size=2" else "--batch_size=3" for a in args]
+  proc = run_cli(*resumed_args, cache_dir=tmp_path / "jax_cache")
   assert proc.returncode == 0, proc.stderr[-3000:]
   again = read_lines(out)
   keys = [(r["id"], r["sample_index"]) for r in again]
   assert len(keys) == len(set(keys)) == 2 * len(PROMPTS)
   assert again[:4] == lines[:4]  # complete ids were kept, not regenerated
+  # Each prompt draws with a key of (seed, its line), not of its batch: the resumed run wrote
+  # what the uninterrupted one did, although the pending ids fell into other batches.
+  by_key = lambda rows: {(r["id"], r["sample_index"]): r for r in rows}
+  assert by_key(again) == by_key(lines)
   assert collections.Counter(r["id"] for r in again) == {i: 2 for i in ("a", 1, 7, "d", "e")}
   assert "2 already done" in proc.stdout
 

@@ -101,8 +101,9 @@ def run(sampler: Sampler, prompts_path: str, output_path: str, *, max_new_tokens
         progress: Callable[[int, int], Any] | None = None) -> dict[str, float]:
   """Generates every pending prompt of `prompts_path` into `output_path`.
 
-  Batch k (prompts in file order, after skipping done ids) uses seed `seed + k`: a rerun from
-  scratch with the same flags writes the same file. `progress(total_prompts, done_prompts)` is
+  Prompt number i of the file (0-based, in file order) draws with a key derived from (`seed`,
+  i), whatever batch it lands in: a rerun from scratch with the same flags writes the same
+  file, and a resumed run writes for the pending ids what an uninterrupted run would have. `progress(total_prompts, done_prompts)` is
   called with the counts first and returns an object with `update(k)` and `set_postfix_str(s)`
   (a tqdm bar). Returns {"prompts", "skipped", "tokens", "seconds"}.
   """
@@ -111,16 +112,18 @@ def run(sampler: Sampler, prompts_path: str, output_path: str, *, max_new_tokens
   items = read_prompts(prompts_path)
   appender = storage.open_appender(output_path)
   done = recover_done_ids(appender, n)
+  position = {_key(item[0]): i for i, item in enumerate(items)}
   pending = [item for item in items if _key(item[0]) not in done]
   encoded = encode_pending(sampler.tokenizer, pending, prompts_path, use_chat_template)
   bar = progress(len(items), len(items) - len(pending)) if progress else None
   tokens, start = 0, time.perf_counter()
   with appender:
-    for k, at in enumerate(range(0, len(pending), batch_size)):
+    for at in range(0, len(pending), batch_size):
       batch = pending[at:at + batch_size]
       ids, prompts = [b[0] for b in batch], [b[1] for b in batch]
       completions = sampler.generate_encoded(encoded[at:at + batch_size], max_new_tokens,
-                                             sampling, n=n, seed=seed + k)
+                                             sampling, n=n, seed=seed,
+                                             prompt_seeds=[position[_key(i)] for i in ids])
       for record in output_records(ids, prompts, completions, n):
         appender.append(record)
       tokens += sum(c.completion_tokens for c in completions)

@@ -101,6 +101,16 @@ def _grow_cache(cache: KVCache, slots: int) -> KVCache:
                                     mask=jnp.pad(cache.mask, ((0, 0), (0, extra)))))
 
 
+def _row_keys(key: jax.Array, rows: int, n: int) -> jax.Array:
+  """One key per output row: `split(key, rows)` for a single key; for one key per prompt
+  (key[B]), row i*n + j gets fold_in(key[i], j), so a prompt's samples do not depend on which
+  batch (or row) it lands in."""
+  if key.ndim == 0:
+    return jax.random.split(key, rows)
+  per_sample = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(n)))
+  return per_sample(key).reshape(rows)
+
+
 def _prefill(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, mask: jax.Array,
              sampling: SamplingArrays, stop_ids: jax.Array, pad_id: jax.Array, key: jax.Array,
              max_new_tokens: int, n: int = 1, unstack: bool = True,
@@ -136,7 +146,7 @@ def _prefill(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, mask:
       logprobs=zeros_f, processed_logprobs=zeros_f, next_token=jnp.zeros((b,), jnp.int32),
       next_position=positions[:, -1] + 1, lengths=jnp.zeros((b,), jnp.int32), done=empty,
       stopped=jnp.zeros((b,), bool), step=jnp.zeros((), jnp.int32),
-      keys=jax.random.split(key, b), params=sampling, stop_ids=stop_ids, pad_id=pad_id)
+      keys=_row_keys(key, b, n), params=sampling, stop_ids=stop_ids, pad_id=pad_id)
   return _record(state, logits)
 
 
@@ -314,7 +324,9 @@ class Sampler:
       max_new_tokens: static buffer size N (one compile per (B*n, P, N)).
       sampling: one SamplingParams for all rows, or one per prompt (stop strings are ignored
         here; they apply to text in `generate`).
-      key: PRNG key or int seed; the same key gives the same tokens.
+      key: PRNG key or int seed; the same key gives the same tokens. Or one key per prompt
+        (a key array [B]): then a prompt's samples depend only on its own key, not on the
+        batch it is in (`generate_encoded(prompt_seeds=...)`).
       n: samples per prompt; output rows [i*n, (i+1)*n) belong to prompt i.
       stop_ids: ids that end a row; default the tokenizer's eos + stop_ids; () never stops early.
       stop_check: optional host check run between the growing cache's segments (`StopCheck`);
@@ -381,8 +393,14 @@ class Sampler:
   def generate_encoded(self, ids: Sequence[Sequence[int]], max_new_tokens: int = 256,
                        sampling: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
                        *, n: int = 1, seed: int | None = None, params: nnx.State | None = None,
-                       stop_ids: Sequence[int] | None = None) -> list[comp.Completion]:
-    """`generate` for prompts already encoded (lists of ids, e.g. from `encode_prompts`)."""
+                       stop_ids: Sequence[int] | None = None,
+                       prompt_seeds: Sequence[int] | None = None) -> list[comp.Completion]:
+    """`generate` for prompts already encoded (lists of ids, e.g. from `encode_prompts`).
+
+    `prompt_seeds`: one int per prompt; prompt i then draws with fold_in(key(seed),
+    prompt_seeds[i]) whatever batch it is in (a resumed batch job regenerates what an
+    uninterrupted one wrote). Default: the batch's rows split one key.
+    """
     if self.tokenizer is None:
       raise ValueError("Sampler.generate needs a tokenizer; pass tokenizer= to Sampler(...)")
     if not ids:
@@ -401,6 +419,14 @@ class Sampler:
               for p in per_prompt]
     limits += [SamplingParams.greedy()] * (rows - len(ids))
     seed = next(self._seed_counter) if seed is None else seed
+    key: jax.Array | int = seed
+    if prompt_seeds is not None:
+      if len(prompt_seeds) != len(ids):
+        raise ValueError(f"got {len(prompt_seeds)} prompt_seeds for {len(ids)} prompts")
+      # Bucket rows (no prompt) take seeds no real prompt uses; they produce nothing anyway.
+      seeds = [int(x) for x in prompt_seeds] + [-1 - r for r in range(rows - len(ids))]
+      key = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+          jax.random.key(seed), jnp.asarray(np.asarray(seeds, np.int64) % (1 << 32), jnp.uint32))
     row_stops = [p.stop for p in per_prompt for _ in range(n)]
     stop_check = None
     if any(row_stops):
@@ -411,7 +437,7 @@ class Sampler:
             end[r] = comp.first_stop(self.tokenizer.decode(tokens[r, :lengths[r]]), stop) >= 0
         return end
     out = self.generate_ids(params, tokens, mask, comp.next_power_of_two(max_new_tokens), limits,
-                            seed, n=n, stop_ids=stop_ids, stop_check=stop_check).to_numpy()
+                            key, n=n, stop_ids=stop_ids, stop_check=stop_check).to_numpy()
     results = []
     for i, (prompt_ids, p) in enumerate(zip(ids, per_prompt)):
       for j in range(n):
