@@ -7,6 +7,7 @@ import torch
 import transformers
 
 from rlaif_jax.models import checkpoint_bridge, config as config_lib, safetensors_io
+from tests import tiny_hf
 
 
 @pytest.fixture()
@@ -84,3 +85,62 @@ def test_truncated_safetensors(good_dir):
   path.write_bytes(path.read_bytes()[:4])
   with pytest.raises(safetensors_io.SafetensorsError, match="too short"):
     checkpoint_bridge.load_hf_checkpoint(good_dir)
+
+
+def test_truncated_data_section_names_file_and_tensor(good_dir):
+  path = good_dir / "model.safetensors"
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])  # an interrupted download: header whole, data cut
+  with pytest.raises(safetensors_io.SafetensorsError,
+                     match=r"model\.safetensors: tensor '[\w.]+' needs bytes .*\(file truncated\?"):
+    checkpoint_bridge.load_hf_checkpoint(good_dir)
+  path.write_bytes(data[:20])  # cut inside the header
+  with pytest.raises(safetensors_io.SafetensorsError, match=r"header needs .*\(file truncated\?"):
+    checkpoint_bridge.load_hf_checkpoint(good_dir)
+
+
+def test_scalar_and_empty_tensors_are_read(tmp_path):
+  tensors = {"scale": np.array(3.5, np.float32), "empty": np.zeros((0, 3), np.float32),
+             "v": np.arange(3, dtype=np.float32)}
+  path = tmp_path / "t.safetensors"
+  safetensors_io.write_file(path, [(k, v.shape, v.dtype) for k, v in tensors.items()],
+                            lambda k: tensors[k])
+  got = safetensors_io.open_tensors(path)
+  assert got["scale"].shape == () and float(got["scale"]) == 3.5
+  assert got["empty"].shape == (0, 3)
+  np.testing.assert_array_equal(got["v"], tensors["v"])
+
+
+def test_transposed_tensor_of_the_same_size_is_refused(good_dir):
+  # k_proj is [kv_heads * head_dim, hidden] = (16, 32); its transpose reshapes without error.
+  def transpose(t):
+    t["model.layers.0.self_attn.k_proj.weight"] = np.ascontiguousarray(
+        t["model.layers.0.self_attn.k_proj.weight"].T)
+  rewrite(good_dir, transpose)
+  with pytest.raises(checkpoint_bridge.CheckpointMismatchError,
+                     match=r"model\.safetensors: tensor 'model\.layers\.0\.self_attn\.k_proj\."
+                           r"weight' has shape \(32, 16\); the HF layout is \(16, 32\)"):
+    checkpoint_bridge.load_hf_checkpoint(good_dir)
+  with pytest.raises(checkpoint_bridge.CheckpointMismatchError, match=r"k_proj.*\(32, 16\)"):
+    checkpoint_bridge.load_hf_checkpoint(good_dir, scan_layers=True)
+
+
+def test_sliding_window_checkpoint_is_refused(tmp_path):
+  d = tiny_hf.make_tiny_hf_checkpoint(tmp_path, use_sliding_window=True, sliding_window=4,
+                                      max_window_layers=0)
+  with pytest.raises(config_lib.UnsupportedArchitectureError,
+                     match=r"config\.json: .*sliding_attention"):
+    checkpoint_bridge.load_hf_checkpoint(d)
+
+
+def test_llama_attention_bias_checkpoint_is_refused(tmp_path):
+  d = tiny_hf.make_tiny_hf_checkpoint(tmp_path, arch="llama", tie=False, attention_bias=True)
+  with pytest.raises(config_lib.UnsupportedArchitectureError,
+                     match=r"config\.json: attention_bias=true is not supported for Llama"):
+    checkpoint_bridge.load_hf_checkpoint(d)
+
+
+def test_non_silu_activation_checkpoint_is_refused(tmp_path):
+  d = tiny_hf.make_tiny_hf_checkpoint(tmp_path, arch="llama", tie=False, hidden_act="gelu")
+  with pytest.raises(config_lib.UnsupportedArchitectureError, match=r"hidden_act='gelu'"):
+    checkpoint_bridge.load_hf_checkpoint(d)

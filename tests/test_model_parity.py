@@ -226,3 +226,83 @@ def test_fused_attention_matches_transformers_and_einsum_gradient(hf_dir, impl, 
   for i in range(einsum.cfg.num_layers):
     np.testing.assert_allclose(gf.layers.attn.wk.get_value()[i],
                                ge.layers[i].attn.wk.get_value(), atol=1e-5)
+
+
+def _tiny_cfg(**overrides):
+  base = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+              num_kv_heads=2, head_dim=16)
+  return config_lib.tiny(**dict(base, **overrides))
+
+
+def test_export_over_an_earlier_export_replaces_its_weight_files(tmp_path):
+  """A stale index (read before model.safetensors) or stale shards never survive a re-export."""
+  cfg = _tiny_cfg()
+  old, new = (checkpoint_bridge.init_sharded(cfg, seed=s) for s in (0, 1))
+  out = tmp_path / "export"
+  embed = lambda m: np.asarray(m.embed.get_value())  # noqa: E731
+  checkpoint_bridge.export_hf_checkpoint(old, out, max_shard_bytes=50_000)
+  shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+  assert len(shards) > 1 and (out / "model.safetensors.index.json").exists()
+  (out / "README.md").write_text("not a weight file")
+  checkpoint_bridge.export_hf_checkpoint(new, out)
+  assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+  np.testing.assert_array_equal(embed(checkpoint_bridge.load_hf_checkpoint(out)), embed(new))
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out)
+  np.testing.assert_array_equal(hf.model.embed_tokens.weight.detach().numpy(), embed(new))
+  checkpoint_bridge.export_hf_checkpoint(old, out, max_shard_bytes=50_000)  # and back
+  assert not (out / "model.safetensors").exists()
+  assert sorted(p.name for p in out.glob("model-*.safetensors")) == shards
+  np.testing.assert_array_equal(embed(checkpoint_bridge.load_hf_checkpoint(out)), embed(old))
+
+
+def test_export_tells_transformers_the_tokenizer_special_ids(tmp_path):
+  from tests import tiny_hf
+  ids = tiny_hf.LLAMA3_IDS
+  model = checkpoint_bridge.init_sharded(_tiny_cfg(architecture="llama", qkv_bias=False))
+  # A tokenizer directory without generation_config.json: one is written from the tokenizer.
+  tok_dir = tiny_hf.save_tiny_llama3_tokenizer(tmp_path / "tok")
+  out = checkpoint_bridge.export_hf_checkpoint(model, tmp_path / "export", tokenizer_dir=tok_dir)
+  cfg = transformers.AutoConfig.from_pretrained(out)
+  eot = ids["<|eot_id|>"]
+  assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (
+      ids["<|begin_of_text|>"], eot, eot)  # no pad token: pad = eos
+  gen = transformers.GenerationConfig.from_pretrained(out)
+  assert gen.eos_token_id[0] == eot
+  assert set(gen.eos_token_id) == {eot, ids["<|eom_id|>"], ids["<|end_of_text|>"]}
+  assert gen.bos_token_id == ids["<|begin_of_text|>"]
+  # The source's own generation_config.json is copied, not replaced.
+  src = tiny_hf.make_tiny_hf_checkpoint(tmp_path, arch="llama", tie=False, vocab_size=300,
+                                        eos_token_id=[tiny_hf.EOS_ID, tiny_hf.IM_END_ID])
+  source_gen = (src / "generation_config.json").read_text()
+  out = checkpoint_bridge.export_hf_checkpoint(model, tmp_path / "export2", tokenizer_dir=src)
+  assert (out / "generation_config.json").read_text() == source_gen
+  cfg = transformers.AutoConfig.from_pretrained(out)
+  assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (None, tiny_hf.EOS_ID,
+                                                                    tiny_hf.EOS_ID)
+  # Without a tokenizer the ids are unknown: null, not transformers' Llama defaults (1, 2).
+  out = checkpoint_bridge.export_hf_checkpoint(model, tmp_path / "export3")
+  cfg = transformers.AutoConfig.from_pretrained(out)
+  assert (cfg.bos_token_id, cfg.eos_token_id) == (None, None)
+  assert not (out / "generation_config.json").exists()
+
+
+def test_export_refuses_a_llama_model_with_qkv_bias(tmp_path):
+  model = checkpoint_bridge.init_sharded(_tiny_cfg(architecture="llama", qkv_bias=True))
+  with pytest.raises(config_lib.UnsupportedArchitectureError, match="qkv_bias"):
+    checkpoint_bridge.export_hf_checkpoint(model, tmp_path / "export")
+  assert not (tmp_path / "export").exists()
+
+
+def test_export_for_inference_writes_sentencepiece_special_ids(tmp_path):
+  from rlaif_jax.tokenizers import load_tokenizer, train
+  from rlaif_jax.training import checkpointing
+  texts = [f"新年快乐，万事如意！Happy new year {i}!" for i in range(200)]
+  sp_path = train.train_sentencepiece(texts, tmp_path / "sp", vocab_size=300)
+  tok = load_tokenizer(sp_path)
+  model = checkpoint_bridge.init_sharded(_tiny_cfg(vocab_size=tok.vocab_size))
+  out = checkpointing.export_for_inference(tmp_path / "run", model=model, tokenizer_path=sp_path)
+  cfg = transformers.AutoConfig.from_pretrained(out)
+  assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (tok.bos_id, tok.eos_id,
+                                                                    tok.pad_id)
+  gen = transformers.GenerationConfig.from_pretrained(out)
+  assert gen.eos_token_id == list(tok.stop_ids) and tok.stop_ids[0] == tok.eos_id

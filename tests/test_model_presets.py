@@ -1,4 +1,8 @@
-"""Presets have the real parameter counts; shapes are evaluated without allocating."""
+"""Presets have the real parameter counts; shapes are evaluated without allocating. HF configs
+with features we do not implement are refused."""
+import json
+import re
+
 import jax
 import pytest
 from flax import nnx
@@ -32,3 +36,69 @@ def test_bad_configs_are_rejected():
     config_lib.preset("gpt5")
   with pytest.raises(config_lib.UnsupportedArchitectureError, match="MistralForCausalLM"):
     config_lib.from_hf_config({"architectures": ["MistralForCausalLM"]})
+
+
+def _qwen2_hf(**fields):
+  """A Qwen2.5-0.5B-shaped HF config dict (sliding-window fields as Qwen ships them)."""
+  hf = dict(architectures=["Qwen2ForCausalLM"], vocab_size=151936, hidden_size=896,
+            intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+            num_key_value_heads=2, hidden_act="silu", rope_theta=1e6, tie_word_embeddings=True,
+            use_sliding_window=False, sliding_window=32768, max_window_layers=21)
+  hf.update(fields)
+  return hf
+
+
+def test_standard_qwen2_5_config_loads():
+  assert config_lib.from_hf_config(_qwen2_hf()) == config_lib.qwen2_5_0_5b()
+  # Sliding window requested but every layer below max_window_layers: all layers attend fully.
+  config_lib.from_hf_config(_qwen2_hf(use_sliding_window=True, max_window_layers=24))
+  config_lib.from_hf_config(_qwen2_hf(layer_types=["full_attention"] * 24))
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(use_sliding_window=True, sliding_window=4096, max_window_layers=21),
+     r"use_sliding_window=true with sliding_window=4096 and max_window_layers=21"),
+    (dict(use_sliding_window=True, max_window_layers=0), r"sliding_window=32768"),
+    (dict(layer_types=["full_attention"] * 21 + ["sliding_attention"] * 3),
+     r"layer_types contains \['sliding_attention'\]"),
+])
+def test_sliding_window_attention_is_refused(fields, match):
+  with pytest.raises(config_lib.UnsupportedArchitectureError, match=match):
+    config_lib.from_hf_config(_qwen2_hf(**fields))
+
+
+def test_sliding_window_error_names_the_config_file(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps(_qwen2_hf(use_sliding_window=True,
+                                                              max_window_layers=0)))
+  with pytest.raises(config_lib.UnsupportedArchitectureError,
+                     match=re.escape(f"{tmp_path / 'config.json'}: use_sliding_window")):
+    config_lib.from_hf_config(tmp_path)
+
+
+def test_hidden_act_must_be_silu():
+  assert config_lib.from_hf_config(_qwen2_hf(hidden_act="swish")) == config_lib.qwen2_5_0_5b()
+  hf = _qwen2_hf()
+  del hf["hidden_act"]  # absent means silu
+  assert config_lib.from_hf_config(hf) == config_lib.qwen2_5_0_5b()
+  with pytest.raises(config_lib.UnsupportedArchitectureError,
+                     match=r"hidden_act='gelu_pytorch_tanh' is not supported"):
+    config_lib.from_hf_config(_qwen2_hf(hidden_act="gelu_pytorch_tanh"))
+
+
+def test_llama_attention_bias_is_refused_both_ways():
+  hf = config_lib.to_hf_config(config_lib.llama3_1_8b())
+  assert hf["attention_bias"] is False
+  assert config_lib.from_hf_config(hf) == config_lib.llama3_1_8b()
+  with pytest.raises(config_lib.UnsupportedArchitectureError, match=r"attention_bias=true"):
+    config_lib.from_hf_config(dict(hf, attention_bias=True))
+  with pytest.raises(config_lib.UnsupportedArchitectureError, match=r"llama model with qkv_bias"):
+    config_lib.to_hf_config(config_lib.llama3_1_8b(qkv_bias=True))
+
+
+def test_to_hf_config_writes_special_token_ids():
+  hf = config_lib.to_hf_config(config_lib.llama3_1_8b())
+  # Unknown ids are explicit nulls, not transformers' Llama defaults (bos=1, eos=2).
+  assert (hf["bos_token_id"], hf["eos_token_id"], hf["pad_token_id"]) == (None, None, None)
+  hf = config_lib.to_hf_config(config_lib.llama3_1_8b(), bos_token_id=5, eos_token_id=7,
+                               pad_token_id=7)
+  assert (hf["bos_token_id"], hf["eos_token_id"], hf["pad_token_id"]) == (5, 7, 7)

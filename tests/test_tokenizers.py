@@ -172,6 +172,19 @@ def test_hf_without_pad_or_chat_template(tmp_path):
                                 tok.encode("新年祝福\n"))
 
 
+def test_hf_llama3_style_stop_ids(tmp_path):
+  """Llama 3 Instruct: eos is <|eot_id|>; <|eom_id|> and the base EOS <|end_of_text|> also stop."""
+  from tests import tiny_hf
+  ids = tiny_hf.LLAMA3_IDS
+  tok = load_tokenizer(tiny_hf.save_tiny_llama3_tokenizer(tmp_path))
+  assert tok.eos_id == tok.eot_id == tok.pad_id == ids["<|eot_id|>"]
+  assert tok.bos_id == ids["<|begin_of_text|>"]
+  assert tok.stop_ids[0] == ids["<|eot_id|>"]
+  assert set(tok.stop_ids) == {ids["<|eot_id|>"], ids["<|eom_id|>"], ids["<|end_of_text|>"]}
+  prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "hi"}]))
+  assert prompt[0] == ids["<|begin_of_text|>"] and prompt.count(ids["<|eot_id|>"]) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point.
 

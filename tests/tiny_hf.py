@@ -7,6 +7,7 @@ Chinese included, round-trips) with Qwen-style special tokens and chat template:
   <|im_start|>user\\n{content}<|im_end|>\\n<|im_start|>assistant\\n
 
 Ids: 0..255 bytes, then <|endoftext|> (eos, pad), <|im_start|>, <|im_end|> (end of turn).
+`save_tiny_llama3_tokenizer` writes the same byte-level BPE with Llama 3 special tokens instead.
 """
 from __future__ import annotations
 
@@ -19,22 +20,50 @@ EOS_ID, IM_START_ID, IM_END_ID = 256, 257, 258
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
                  "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
                  "{% endif %}")
+# A Llama-3-Instruct-style tokenizer: ids 0..255 bytes, then these (eos = <|eot_id|>, bos =
+# <|begin_of_text|>, no pad; <|end_of_text|> is the base model's EOS).
+LLAMA3_SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                         "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>")
+LLAMA3_IDS = {name: 256 + i for i, name in enumerate(LLAMA3_SPECIAL_TOKENS)}
+LLAMA3_CHAT_TEMPLATE = (
+    "{{- bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + "
+    "'<|end_header_id|>\n\n' + m['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}")
 LLAMA3_ROPE_SCALING = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
                            high_freq_factor=4.0, original_max_position_embeddings=16)
 
 
-def save_tiny_tokenizer(directory: str | pathlib.Path) -> pathlib.Path:
-  """Writes tokenizer.json + tokenizer_config.json (byte-level BPE, no merges) to `directory`."""
-  import transformers
+def _byte_level_bpe(special_tokens):
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers
   alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=lambda c: ord(c))
   tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
   tok.decoder = decoders.ByteLevel()
-  tok.add_special_tokens(list(SPECIAL_TOKENS))
-  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                              pad_token="<|endoftext|>")
+  tok.add_special_tokens(list(special_tokens))
+  return tok
+
+
+def save_tiny_tokenizer(directory: str | pathlib.Path) -> pathlib.Path:
+  """Writes tokenizer.json + tokenizer_config.json (byte-level BPE, no merges) to `directory`."""
+  import transformers
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=_byte_level_bpe(SPECIAL_TOKENS),
+                                              eos_token="<|endoftext|>", pad_token="<|endoftext|>")
   fast.chat_template = CHAT_TEMPLATE
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  fast.save_pretrained(directory)
+  return directory
+
+
+def save_tiny_llama3_tokenizer(directory: str | pathlib.Path) -> pathlib.Path:
+  """Like `save_tiny_tokenizer` with Llama-3-Instruct special tokens (LLAMA3_IDS) and template
+  (eos <|eot_id|>, bos <|begin_of_text|>, no pad token, no generation_config.json)."""
+  import transformers
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=_byte_level_bpe(LLAMA3_SPECIAL_TOKENS), bos_token="<|begin_of_text|>",
+      eos_token="<|eot_id|>")
+  fast.chat_template = LLAMA3_CHAT_TEMPLATE
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   fast.save_pretrained(directory)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 from typing import Any
 
@@ -100,7 +101,7 @@ def load_hf_checkpoint(directory: str | os.PathLike, mesh: Mesh | None = None,
   by_path = {_path_str(p): p for p in flat}
   filled: dict[tuple, jax.Array] = {}
   stacked: dict[tuple, dict[int, tuple]] = {}  # scan_layers: path -> {layer: (tensor, rule)}
-  for name, tensor in safetensors_io.iter_checkpoint(directory):
+  for file, name, tensor in safetensors_io.iter_checkpoint_with_files(directory):
     if hf_params.IGNORED_HF.match(name):
       continue
     hit = hf_params.hf_to_ours(name)
@@ -121,16 +122,23 @@ def load_hf_checkpoint(directory: str | os.PathLike, mesh: Mesh | None = None,
     want = tuple(var.get_value().shape)
     if layer is not None:
       want = want[1:]
+    # The HF tensor's own shape first: a transposed tensor (same size, wrong layout) would
+    # otherwise reshape into `want` without error.
+    hf_want = tuple(rule.to_hf(np.empty(want, np.int8), cfg).shape)
+    if tuple(tensor.shape) != hf_want:
+      raise CheckpointMismatchError(
+          f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}; the HF "
+          f"layout is {hf_want} (parameter {ours} expects {want})")
     try:  # a stacked layer is converted later, slice by slice: only its shape is checked here
       converted = rule.to_ours(np.empty(tensor.shape, np.int8) if layer else tensor, cfg)
     except ValueError as e:
       raise CheckpointMismatchError(
-          f"{directory}: tensor {name!r} has shape {tuple(tensor.shape)}; expected the HF layout "
-          f"of {ours} {want} ({e})") from e
+          f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}; "
+          f"expected the HF layout of {ours} {want} ({e})") from e
     if tuple(converted.shape) != want:
       raise CheckpointMismatchError(
-          f"{directory}: tensor {name!r} has shape {tuple(tensor.shape)} -> {tuple(converted.shape)}"
-          f"; parameter {ours} expects {want}")
+          f"{file}: tensor {name!r} has shape {tuple(tensor.shape)} -> "
+          f"{tuple(converted.shape)}; parameter {ours} expects {want}")
     if layer is not None:
       stacked.setdefault(path, {})[layer[1]] = (tensor, rule)
       continue
@@ -158,13 +166,62 @@ def load_hf_checkpoint(directory: str | os.PathLike, mesh: Mesh | None = None,
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
+_WEIGHT_FILE = re.compile(r"model(-\d+-of-\d+)?\.safetensors\Z")
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def _remove_stale_weights(directory: pathlib.Path) -> None:
+  """Deletes the weight files and index of an earlier export in `directory` (nothing else):
+  a stale index would make loaders read the old shards instead of the new model.safetensors."""
+  stale = {p.name for p in directory.iterdir() if _WEIGHT_FILE.match(p.name)}
+  index = directory / INDEX_FILE
+  if index.is_file():
+    try:
+      weight_map = json.loads(index.read_text()).get("weight_map")
+    except (ValueError, AttributeError):  # unreadable: only the regular names are removed
+      weight_map = None
+    if isinstance(weight_map, dict):  # shards of the old index, in this directory only
+      stale |= {f for f in weight_map.values() if isinstance(f, str)
+                and f.endswith(".safetensors") and pathlib.Path(f).name == f}
+    index.unlink()
+  for name in sorted(stale):
+    (directory / name).unlink(missing_ok=True)
+
+
+def _special_ids(tokenizer: Any) -> dict[str, Any]:
+  """bos/eos/pad ids of a `Tokenizer` (all None without one), for config.json."""
+  if tokenizer is None:
+    return dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+  return dict(bos_token_id=tokenizer.bos_id, eos_token_id=int(tokenizer.eos_id),
+              pad_token_id=int(tokenizer.pad_id))
+
+
 def export_hf_checkpoint(model: Decoder, directory: str | os.PathLike, dtype: str = "float32",
                          max_shard_bytes: int = 5 * 2**30,
-                         tokenizer_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """Writes config.json + safetensors (sharded with an index above `max_shard_bytes`)."""
+                         tokenizer_dir: str | os.PathLike | None = None,
+                         tokenizer: Any = None) -> pathlib.Path:
+  """Writes config.json + safetensors (sharded with an index above `max_shard_bytes`).
+
+  Weight files and index of an earlier export in `directory` are removed first. The files of
+  `tokenizer_dir` (a HF tokenizer directory) are copied beside the weights. The bos/eos/pad ids of
+  `tokenizer` (a `rlaif_jax.tokenizers.Tokenizer`; default: loaded from `tokenizer_dir`) go into
+  config.json, and, unless `tokenizer_dir` has its own generation_config.json, a
+  generation_config.json whose eos_token_id lists the tokenizer's stop ids (eos first) is written,
+  so that `transformers` generate() stops where our sampler does.
+  """
   cfg = model.cfg
   directory = pathlib.Path(directory)
+  if tokenizer is None and tokenizer_dir is not None:
+    from rlaif_jax.tokenizers import load_tokenizer  # Local: HF tokenizers import transformers.
+    try:
+      tokenizer = load_tokenizer(tokenizer_dir)
+    except FileNotFoundError:
+      tokenizer = None  # not a tokenizer directory: its files (if any) are still copied
+  # Validates before anything is written (e.g. a llama model with QKV biases is refused).
+  hf_cfg = config_lib.to_hf_config(cfg, torch_dtype=str(np.dtype(jnp.dtype(dtype)).name),
+                                   **_special_ids(tokenizer))
   directory.mkdir(parents=True, exist_ok=True)
+  _remove_stale_weights(directory)
   np_dtype = np.dtype(jnp.dtype(dtype))
   flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   entries = []  # (hf name, shape, dtype, path, rule, layer of a stacked parameter or None)
@@ -205,12 +262,17 @@ def export_hf_checkpoint(model: Decoder, directory: str | os.PathLike, dtype: st
   if len(shards) > 1:
     total = sum(int(np.prod(e[1])) * np_dtype.itemsize for e in entries)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-  hf_cfg = config_lib.to_hf_config(cfg, torch_dtype=str(np.dtype(jnp.dtype(dtype)).name))
+    (directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
   (directory / "config.json").write_text(json.dumps(hf_cfg, indent=2))
   if tokenizer_dir is not None:
     for name in TOKENIZER_FILES:
       src = pathlib.Path(tokenizer_dir) / name
       if src.exists():
         shutil.copy(src, directory / name)
+  has_gen_config = (tokenizer_dir is not None
+                    and (pathlib.Path(tokenizer_dir) / "generation_config.json").exists())
+  if tokenizer is not None and not has_gen_config:
+    stop = list(dict.fromkeys([int(tokenizer.eos_id)] + [int(i) for i in tokenizer.stop_ids]))
+    gen = dict(_special_ids(tokenizer), eos_token_id=stop if len(stop) > 1 else stop[0])
+    (directory / "generation_config.json").write_text(json.dumps(gen, indent=2))
   return directory

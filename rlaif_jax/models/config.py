@@ -26,6 +26,8 @@ class RopeScaling:
 
 
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn", "splash")
+# HF `hidden_act` values that are the SwiGLU MLP's SiLU (absent means silu).
+SUPPORTED_ACTIVATIONS = ("silu", "swish")
 REMAT_POLICIES = ("full", "dots")
 
 
@@ -176,6 +178,26 @@ def _rope_scaling_from_hf(hf: dict[str, Any], path: str) -> RopeScaling | None:
                      original_max_position_embeddings=int(rs["original_max_position_embeddings"]))
 
 
+def _check_no_sliding_window(hf: dict[str, Any], path: str) -> None:
+  """Refuses configs where any layer uses sliding-window attention (we attend to all keys)."""
+  layer_types = hf.get("layer_types")
+  if layer_types is not None:
+    sliding = sorted(set(layer_types) - {"full_attention"})
+    if sliding:
+      raise UnsupportedArchitectureError(
+          f"{path}: layer_types contains {sliding}; only full attention is supported "
+          "(sliding-window attention is not implemented)")
+    return
+  num_layers = hf.get("num_hidden_layers")
+  max_window_layers = hf.get("max_window_layers")
+  if (hf.get("use_sliding_window") and hf.get("sliding_window") is not None
+      and (max_window_layers is None or num_layers is None or max_window_layers < num_layers)):
+    raise UnsupportedArchitectureError(
+        f"{path}: use_sliding_window=true with sliding_window={hf['sliding_window']} and "
+        f"max_window_layers={max_window_layers} < num_hidden_layers={num_layers}: "
+        "sliding-window attention is not implemented")
+
+
 def from_hf_config(hf: dict[str, Any] | str | pathlib.Path, **overrides: Any) -> ModelConfig:
   """Builds a ModelConfig from a HF `config.json` (a dict, the file, or its directory)."""
   path = "<dict>"
@@ -195,9 +217,18 @@ def from_hf_config(hf: dict[str, Any] | str | pathlib.Path, **overrides: Any) ->
   rope_theta = hf.get("rope_theta")
   if rope_theta is None:
     rope_theta = (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-  qkv_bias = arch == "qwen2" or bool(hf.get("attention_bias", False))
+  if arch == "llama" and hf.get("attention_bias"):
+    raise UnsupportedArchitectureError(
+        f"{path}: attention_bias=true is not supported for Llama (HF then also has an o_proj "
+        "bias, which this port does not implement)")
+  qkv_bias = arch == "qwen2"
   if hf.get("mlp_bias"):
     raise UnsupportedArchitectureError(f"{path}: mlp_bias=true is not supported")
+  act = hf.get("hidden_act") or "silu"
+  if act not in SUPPORTED_ACTIVATIONS:
+    raise UnsupportedArchitectureError(f"{path}: hidden_act={act!r} is not supported "
+                                       f"(supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
+  _check_no_sliding_window(hf, path)
   kwargs = dict(
       vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
       intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
@@ -210,8 +241,22 @@ def from_hf_config(hf: dict[str, Any] | str | pathlib.Path, **overrides: Any) ->
   return ModelConfig(**kwargs)
 
 
-def to_hf_config(cfg: ModelConfig, torch_dtype: str = "float32") -> dict[str, Any]:
-  """The HF `config.json` dict for `cfg` (inverse of `from_hf_config`)."""
+def to_hf_config(cfg: ModelConfig, torch_dtype: str = "float32", *,
+                 bos_token_id: int | None = None, eos_token_id: int | None = None,
+                 pad_token_id: int | None = None) -> dict[str, Any]:
+  """The HF `config.json` dict for `cfg` (inverse of `from_hf_config`).
+
+  The special-token ids are written even when None (unknown): `transformers` would otherwise
+  fall back to its class defaults (Llama: bos=1, eos=2), which are wrong for our tokenizers.
+
+  Raises:
+    UnsupportedArchitectureError: a Llama model with qkv_bias (HF's `attention_bias` also
+      implies an o_proj bias, so no HF Llama config describes it).
+  """
+  if cfg.architecture == "llama" and cfg.qkv_bias:
+    raise UnsupportedArchitectureError(
+        "a llama model with qkv_bias=True has no Hugging Face equivalent (HF attention_bias "
+        "also adds an o_proj bias); use architecture='qwen2' for QKV biases")
   arch = {v: k for k, v in SUPPORTED_ARCHITECTURES.items()}[cfg.architecture]
   hf: dict[str, Any] = dict(
       architectures=[arch], model_type=cfg.architecture, vocab_size=cfg.vocab_size,
@@ -220,10 +265,13 @@ def to_hf_config(cfg: ModelConfig, torch_dtype: str = "float32") -> dict[str, An
       num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rope_theta=cfg.rope_theta,
       rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=cfg.tie_embeddings,
       max_position_embeddings=cfg.max_position_embeddings, hidden_act="silu",
-      torch_dtype=torch_dtype, dtype=torch_dtype)
+      torch_dtype=torch_dtype, dtype=torch_dtype, bos_token_id=bos_token_id,
+      eos_token_id=eos_token_id, pad_token_id=pad_token_id)
   if cfg.rope_scaling is not None:
     hf["rope_scaling"] = dict(rope_type="llama3", **dataclasses.asdict(cfg.rope_scaling))
   if cfg.architecture == "llama":
-    hf["attention_bias"] = cfg.qkv_bias
+    hf["attention_bias"] = False
     hf["mlp_bias"] = False
+  else:
+    hf["use_sliding_window"] = False
   return hf

@@ -38,6 +38,10 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     (n,) = struct.unpack("<Q", raw)
     if n > 100 * 2**20:
       raise SafetensorsError(f"{path}: header length {n} is implausible (not a safetensors file?)")
+    size = os.fstat(f.fileno()).st_size
+    if 8 + n > size:
+      raise SafetensorsError(f"{path}: the header needs {8 + n} bytes but the file has {size} "
+                             "(file truncated? e.g. an interrupted download)")
     try:
       header = json.loads(f.read(n))
     except json.JSONDecodeError as e:
@@ -49,6 +53,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
 def open_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Memory-maps every tensor of one safetensors file (no data is read until used)."""
   header, base = read_header(path)
+  size = os.path.getsize(path)
   out = {}
   for name, info in header.items():
     if info["dtype"] not in DTYPES:
@@ -58,7 +63,11 @@ def open_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     shape = tuple(info["shape"])
     if end - start != int(np.prod(shape)) * dtype.itemsize:
       raise SafetensorsError(f"{path}: tensor {name!r} has {end - start} bytes for shape {shape}")
-    if not shape or 0 in shape:
+    if start < 0 or base + end > size:
+      raise SafetensorsError(
+          f"{path}: tensor {name!r} needs bytes {base + start}..{base + end} but the file has "
+          f"{size} bytes (file truncated? e.g. an interrupted download)")
+    if 0 in shape:
       out[name] = np.zeros(shape, dtype)
       continue
     out[name] = np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=shape)
@@ -90,8 +99,16 @@ def checkpoint_files(directory: str | os.PathLike) -> list[pathlib.Path]:
 
 def iter_checkpoint(directory: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
   """Yields (tensor name, memory-mapped array) over all shards of a checkpoint directory."""
+  for _, name, tensor in iter_checkpoint_with_files(directory):
+    yield name, tensor
+
+
+def iter_checkpoint_with_files(directory: str | os.PathLike
+                               ) -> Iterator[tuple[pathlib.Path, str, np.ndarray]]:
+  """Like `iter_checkpoint`, with the file each tensor comes from: (file, name, array)."""
   for f in checkpoint_files(directory):
-    yield from open_tensors(f).items()
+    for name, tensor in open_tensors(f).items():
+      yield f, name, tensor
 
 
 def write_file(path: str | os.PathLike, tensors: Iterable[tuple[str, tuple[int, ...], np.dtype]],
@@ -117,7 +134,7 @@ def write_file(path: str | os.PathLike, tensors: Iterable[tuple[str, tuple[int, 
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
     for name, shape, dtype in specs:
-      arr = np.ascontiguousarray(np.asarray(fetch(name), dtype=np.dtype(dtype)))
+      arr = np.asarray(fetch(name), dtype=np.dtype(dtype), order="C")  # keeps 0-d as 0-d
       if arr.shape != tuple(shape):
         raise SafetensorsError(f"tensor {name!r}: fetched shape {arr.shape}, declared {shape}")
       f.write(arr.tobytes())

@@ -9,9 +9,10 @@ from typing import Sequence
 
 from rlaif_jax.tokenizers.base import Tokenizer
 
-# Special tokens that end an assistant turn in common chat templates (Qwen, Llama 3, Phi, Gemma).
+# Special tokens that end an assistant turn in common chat templates (Qwen, Llama 3, Phi, Gemma),
+# and end-of-text tokens that an instruct tokenizer does not name as eos (Llama 3 base EOS).
 STOP_TOKEN_NAMES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>",
-                    "<|eom_id|>")
+                    "<|eom_id|>", "<|end_of_text|>")
 _SENTINEL = "\ue000RLAIF_REPLY\ue001"
 
 

@@ -238,7 +238,15 @@ def export_for_inference(workdir: str | os.PathLike, model: Decoder | None = Non
   shutil.rmtree(tmp, ignore_errors=True)
   tok = pathlib.Path(tokenizer_path) if tokenizer_path else None
   tok_dir = tok if tok is not None and tok.is_dir() else None
-  checkpoint_bridge.export_hf_checkpoint(model, tmp, dtype=dtype, tokenizer_dir=tok_dir)
+  tokenizer = None  # a HF directory's tokenizer is loaded by export_hf_checkpoint
+  if tok is not None and tok.is_file():
+    from rlaif_jax.tokenizers import load_tokenizer
+    try:  # its bos/eos/pad and stop ids go into config.json / generation_config.json
+      tokenizer = load_tokenizer(tok)
+    except FileNotFoundError:
+      tokenizer = None
+  checkpoint_bridge.export_hf_checkpoint(model, tmp, dtype=dtype, tokenizer_dir=tok_dir,
+                                         tokenizer=tokenizer)
   if tok is not None and tok.is_file():
     shutil.copy(tok, tmp / "tokenizer.model")
   (tmp / MODEL_CONFIG_FILE).write_text(json.dumps(model.cfg.to_dict(), indent=2))
