@@ -30,7 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
       bucket_multiple=16))
   config.format = common.format_config(max_prompt_len=64, max_response_len=192)
   config.batch_size = 8
-  config.eval_batch_size = 100
+  # Every batch (train and eval) must divide over the data-parallel shards: powers of two run on
+  # 1, 2, 4 or 8 devices (a TPU v2-8 / v3-8 host, --xla_force_host_platform_device_count=8).
+  config.eval_batch_size = 64
   config.optim = common.optim_config(lr=2e-3, warmup_steps=20, decay="cosine", end_lr_ratio=0.1,
                                      weight_decay=0.01, max_grad_norm=1.0)
   config.loop = common.loop_config(total_steps=600, log_every=10, eval_every=100,

@@ -52,7 +52,8 @@ def write_pairs(output_dir: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.quiet_http_loggers()
   storage.makedirs(FLAGS.output_dir)
   if FLAGS.pairs_only:

@@ -14,7 +14,8 @@ command resumes: finished generations and judgements are kept.
                   llm:openai@http://127.0.0.1:8000/v1#MODEL?principles=v0, curator:openai@URL#MODEL,
                   length (full format: rlaif_jax/evaluation/judges.py). Quote the value in a
                   shell: it may hold '#', '?' and '&'. Thresholds not given are calibrated on the
-                  labelled evaluation set.
+                  labelled evaluation set. Without a `length` entry the length baseline
+                  (`length`, calibrated) is added, so it is always shown beside the judges.
   --prompt_set    grpo_test (grpo_data/test.parquet), eval_queries (the evaluation set's
                   queries) or both; --max_prompts takes a seeded subset.
   --reliability   also score every judge against the human labels of the evaluation set
@@ -33,7 +34,9 @@ from rlaif_jax import storage
 from rlaif_jax.evaluation import harness, judges as judges_lib, report
 
 _CHECKPOINTS = flags.DEFINE_list("checkpoints", [], "NAME=PATH or PATH items (see docstring).")
-_JUDGES = flags.DEFINE_string("judges", None, "Judge spec (see docstring).", required=True)
+_JUDGES = flags.DEFINE_string(
+    "judges", None, "Judge spec (see docstring); a calibrated length baseline judge (`length`) is "
+    "added when the spec has no `length` entry.", required=True)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output folder.", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Greetings dataset (default: $RLAIF_DATA_DIR).")
 _PROMPT_SET = flags.DEFINE_enum("prompt_set", "grpo_test", list(harness.PROMPT_SETS),

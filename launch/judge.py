@@ -34,7 +34,8 @@ cli.define_job_flags()
 
 
 def main(argv: list[str]) -> int:
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.quiet_http_loggers()
   backend = cli.backend_from_flags()
   judge = PrincipleJudge(backend, load_principles(FLAGS.principles), template=FLAGS.template,

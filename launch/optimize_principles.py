@@ -47,7 +47,8 @@ cli.define_backend_flags()
 
 
 def main(argv: list[str]) -> int:
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.quiet_http_loggers()
   if not 1 <= FLAGS.max_rules <= MAX_RULES:
     raise app.UsageError(f"--max_rules must be in [1, {MAX_RULES}]")

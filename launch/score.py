@@ -16,7 +16,8 @@ _DEBIAS = flags.DEFINE_bool("debias", False, "Remove the fitted length trend fro
 
 
 def main(argv: list[str]) -> None:
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   from rlaif_jax.judging import batch_job

@@ -20,7 +20,8 @@ _DEBIAS = flags.DEFINE_bool("debias", True, "Also report length-debiased figures
 
 
 def main(argv: list[str]) -> None:
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   from rlaif_jax.data import greetings

@@ -7,7 +7,7 @@ Rerunning the same command resumes from the newest checkpoint in WORKDIR. Overri
 fields with `--config.loop.total_steps=100`, `--config.optim.lr=1e-4`, ... Writes
 WORKDIR/{metrics.jsonl, tensorboard/, checkpoints/, export/, samples.txt}.
 
-Several processes (multi-host; on TPU VMs the flags can be left out):
+Several processes (multi-host; on a TPU VM pod pass --auto_detect instead of the variables):
   JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 python -m launch.sft ...
 """
 from absl import app

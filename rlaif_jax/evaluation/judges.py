@@ -27,6 +27,10 @@ a shell (`#`, `?`, `&`). Example:
 
     rm:/runs/rm,qwen=llm:openai@http://127.0.0.1:8000/v1#Qwen2.5-72B?principles=v1,length
 
+`make_judges` appends the length baseline (`length`, calibrated) when the spec has no `length`
+entry and the labelled evaluation set is given, so every evaluation shows it beside the other
+judges; `make_judges(..., length_baseline=False)` leaves it out.
+
 Calibration: `rm` without `threshold` predicts 1 iff score >= the threshold that maximises
 accuracy on the labelled evaluation set; `length` without `threshold` predicts 1 iff
 len(response) >= the best such length (`agreement.best_length_threshold_baseline`). Both are
@@ -442,7 +446,7 @@ def _build(spec: JudgeSpec, labelled: Sequence[LabeledResponse] | None, mesh: An
 
 
 def make_judges(spec: str, labelled: Sequence[LabeledResponse] | None = None, *,
-                mesh: Any = None) -> list[EvalJudge]:
+                mesh: Any = None, length_baseline: bool = True) -> list[EvalJudge]:
   """Builds (and calibrates) the judges of a spec string (module docstring).
 
   Args:
@@ -450,10 +454,20 @@ def make_judges(spec: str, labelled: Sequence[LabeledResponse] | None = None, *,
     labelled: the human-labelled evaluation set; calibrates thresholds not given in the spec
       and is the curator's retrieval pool. Required when a threshold must be calibrated.
     mesh: device mesh for reward models (default: all devices on the fsdp axis).
+    length_baseline: when the spec has no `length` entry, append the length baseline judge
+      (threshold calibrated on `labelled`, named `length`, or `length_rule` if that name is
+      taken), so every evaluation shows it beside the other judges. Needs `labelled`; without
+      it nothing is appended (give `length?threshold=N` in the spec instead).
   Raises:
     JudgeSpecError: malformed spec, or calibration needed without `labelled`.
   """
   specs = parse_judge_specs(spec)
+  if length_baseline and labelled and not any(s.kind == "length" for s in specs):
+    taken = {s.name for s in specs}
+    name, k = "length", 1
+    while name in taken:
+      name, k = f"length_rule{'' if k == 1 else k}", k + 1
+    specs.append(JudgeSpec(name, "length", "", {}, f"the added length baseline {name!r}"))
   uncalibrated = [s for s in specs if s.kind in ("rm", "length") and "threshold" not in s.options]
   if uncalibrated and not labelled:
     raise JudgeSpecError(f"{uncalibrated[0].where}: needs ?threshold=... or the labelled "

@@ -280,7 +280,8 @@ class RLTrainer:
             f"is step {self.actor_ckpt.latest_step()} in {self.actor_ckpt.directory}")
       if step % cfg.log_every == 0 or step == cfg.total_steps:
         self.writer.write(step, row)
-      bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.4f}")
+      bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.4f}",
+                      tok_s=f"{row['tokens_per_sec']:.0f}")
       if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
         self.save(step)
     bar.close()
