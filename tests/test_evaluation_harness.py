@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import shutil
 import subprocess
@@ -298,6 +299,90 @@ def test_stale_outputs_are_refused(hf_dirs, tmp_path):
   for queries, cfg in ((QUERIES[1:3], gen), (QUERIES[:2], dataclasses.replace(gen, top_k=5))):
     with pytest.raises(storage.InputError, match="g.jsonl: record 1 .*other prompts or gen"):
       harness.generate_checkpoint(str(hf_dirs[0]), queries, tmp_path / "g.jsonl", cfg)
+
+
+def _retrain_in_place(run_dir: pathlib.Path, other_hf_dir: pathlib.Path) -> None:
+  """Replaces run_dir/export's weights with other ones, as a retraining in place would (a new
+  file, a later mtime)."""
+  weights = run_dir / "export" / "model.safetensors"
+  old_mtime = weights.stat().st_mtime_ns
+  shutil.copyfile(other_hf_dir / "model.safetensors", weights)
+  os.utime(weights, ns=(old_mtime + 10**9, old_mtime + 10**9))
+
+
+def test_checkpoint_identity_is_in_the_generation_fingerprint(hf_dirs, tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(hf_dirs[0], run / "export")
+  gen = harness.GenerationConfig(max_new_tokens=2, batch_size=2)
+  assert harness.checkpoint_dir(str(run)) == run / "export"
+  assert harness.checkpoint_dir(f"hf:{hf_dirs[0]}") == hf_dirs[0]
+  before = gen.fingerprint(str(run))
+  assert gen.fingerprint(str(run)) == before  # stable
+  identity = harness.checkpoint_identity(str(run))
+  assert "model.safetensors" in [f[0] for f in identity["files"]]
+  _retrain_in_place(run, hf_dirs[1])
+  assert gen.fingerprint(str(run)) != before
+  after = gen.fingerprint(str(run))
+  config = run / "export" / "config.json"
+  config.write_text(config.read_text().replace("}", ', "note": 1}', 1))
+  assert gen.fingerprint(str(run)) != after  # config.json is hashed
+  for changed in (dataclasses.replace(gen, system_prompt="你好"),
+                  dataclasses.replace(gen, use_chat_template=False),
+                  dataclasses.replace(gen, plain_template="Q: {prompt}\nA:")):
+    assert changed.fingerprint(str(run)) != gen.fingerprint(str(run))
+  assert dataclasses.replace(gen, plain_template="Q: {prompt}\nA:").format_config(
+      ).plain_template == "Q: {prompt}\nA:"
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    gen.fingerprint(str(tmp_path / "missing"))
+
+
+def test_a_checkpoint_retrained_in_place_is_generated_and_judged_again(hf_dirs, tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(hf_dirs[0], run / "export")
+  gen = harness.GenerationConfig(max_new_tokens=6, batch_size=2, seed=1)
+  out = tmp_path / "eval"
+  judges = [judges_lib.LengthJudge(4)]
+  kwargs = dict(queries=QUERIES[:2], generation=gen, progress=False)
+  harness.evaluate_checkpoints({"p": str(run)}, judges, out, **kwargs)
+  old_gens = read_jsonl(out / "generations" / "p.jsonl")
+  old_verdicts = read_jsonl(out / "judgements" / "p" / "length.jsonl")
+  _retrain_in_place(run, hf_dirs[1])
+  with pytest.raises(harness.StaleOutputError, match="p.jsonl: record 1 .*checkpoint weights"):
+    harness.evaluate_checkpoints({"p": str(run)}, judges, out, **kwargs)  # refuse by default
+  harness.evaluate_checkpoints({"p": str(run)}, judges, out, on_stale="restart", **kwargs)
+  gens = read_jsonl(out / "generations" / "p.jsonl")
+  assert [g["settings"] for g in gens] == [gen.fingerprint(str(run))] * 2
+  assert gens[0]["settings"] != old_gens[0]["settings"]
+  fresh = harness.generate_checkpoint(f"hf:{hf_dirs[1]}", QUERIES[:2], tmp_path / "direct.jsonl",
+                                      gen, progress=False)
+  assert [g["response"] for g in gens] == [g["response"] for g in fresh]  # the new weights'
+  assert [v["response"] for v in read_jsonl(out / "judgements" / "p" / "length.jsonl")] == [
+      g["response"] for g in gens]
+  stale = list((out / harness.STALE_DIR).iterdir())
+  assert len(stale) == 1  # the old generations and their judgements, kept aside
+  assert read_jsonl(stale[0] / "generations" / "p.jsonl") == old_gens
+  assert read_jsonl(stale[0] / "judgements" / "p" / "length.jsonl") == old_verdicts
+  # A judge with other settings: its verdicts alone are redone.
+  harness.evaluate_checkpoints({"p": str(run)}, [judges_lib.LengthJudge(5)], out,
+                               on_stale="restart", **kwargs)
+  assert read_jsonl(out / "generations" / "p.jsonl") == gens
+  assert {v["judge"] for v in read_jsonl(out / "judgements" / "p" / "length.jsonl")} == {
+      "length threshold=5"}
+  with pytest.raises(ValueError, match="on_stale"):
+    harness.evaluate_checkpoints({"p": str(run)}, judges, out, on_stale="ignore", **kwargs)
+
+
+def test_reliability_restarts_a_file_of_another_judge(tmp_path):
+  harness.judge_reliability([judges_lib.LengthJudge(8)], LABELLED, tmp_path, progress=False)
+  with pytest.raises(harness.StaleOutputError, match="other settings"):
+    harness.judge_reliability([judges_lib.LengthJudge(9)], LABELLED, tmp_path, progress=False)
+  rows = harness.judge_reliability([judges_lib.LengthJudge(9)], LABELLED, tmp_path,
+                                   on_stale="restart", progress=False)
+  assert rows[0]["threshold"] == 9
+  assert {r["judge"] for r in read_jsonl(tmp_path / "reliability" / "length.jsonl")} == {
+      "length threshold=9"}
+  [moved] = (tmp_path / harness.STALE_DIR).glob("*/reliability/length.jsonl")
+  assert {r["judge"] for r in read_jsonl(moved)} == {"length threshold=8"}
 
 
 def test_backend_failures_are_judged_again_on_resume_and_llm_signatures_track_settings(tmp_path):

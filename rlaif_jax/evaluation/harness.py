@@ -20,9 +20,11 @@ Prompts are formatted as in training: `GenerationConfig.prompt_template` (the GR
 (`rlaif_jax.data.formatting`). Both stages resume: generation batch k (prompts
 [k*batch_size, (k+1)*batch_size)) always uses seed + k and is written whole, so a resumed run
 writes what an uninterrupted one would; judgements are appended chunk by chunk and only
-missing ids are judged. A file written under other prompts or settings is refused, not mixed
-in (a checkpoint retrained in place under the same path is not detected: use a new output
-directory). Lengths are non-whitespace characters (`diversity.char_length`),
+missing ids are judged. A file written under other prompts, generation settings, checkpoint
+weights (`checkpoint_identity`: a checkpoint retrained in place counts as another one) or judge
+is never mixed in: it is refused (`StaleOutputError`), or with `on_stale="restart"` moved to
+OUTPUT_DIR/stale/<time>/ with a printed note (a checkpoint's judgements with its generations)
+and written afresh. Lengths are non-whitespace characters (`diversity.char_length`),
 except for the length judge, which thresholds len(response) as the paper's baseline does.
 """
 from __future__ import annotations
@@ -33,9 +35,11 @@ import json
 import os
 import pathlib
 import re
+import time
 from typing import Any, Sequence
 
 import numpy as np
+import tqdm
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -53,6 +57,45 @@ DIVERSITY_COLUMNS = ("checkpoint", "n", "distinct_1", "distinct_2", "self_bleu",
 RELIABILITY_COLUMNS = ("judge", "kind", "n", "n_invalid", "accuracy", "precision", "recall",
                        "f1", "cohen_kappa", "positive_rate_pred", "threshold")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+STALE_MODES = ("refuse", "restart")
+STALE_DIR = "stale"
+
+
+class StaleOutputError(storage.InputError):
+  """An output file written for other prompts, settings, checkpoint weights or judge.
+
+  `path` is the file, `reason` a short account of the mismatch."""
+
+  def __init__(self, message: str, path: pathlib.Path, reason: str):
+    super().__init__(message)
+    self.path, self.reason = pathlib.Path(path), reason
+
+
+def checkpoint_dir(checkpoint: str) -> pathlib.Path:
+  """The HF directory a checkpoint spec names (as `sampling.loading` resolves it): `hf:DIR` ->
+  DIR; a run directory W -> W/export when it holds export/config.json; else the path itself."""
+  if checkpoint.startswith("hf:"):
+    return pathlib.Path(checkpoint[3:]).expanduser()
+  w = pathlib.Path(checkpoint).expanduser()
+  return w / "export" if (w / "export" / "config.json").is_file() else w
+
+
+def checkpoint_identity(checkpoint: str) -> dict[str, Any]:
+  """What tells one set of weights from another under the same path: the sha256 of the HF
+  config.json, and the name, size and mtime_ns of every other (non-hidden) file beside it
+  (weights, tokenizer, ...). A checkpoint retrained or re-exported in place gets a new one."""
+  directory = checkpoint_dir(checkpoint)
+  config = directory / "config.json"
+  if not config.is_file():
+    raise FileNotFoundError(f"checkpoint {checkpoint!r}: no config.json in {directory} (expected "
+                            "a run directory with export/, an HF directory, or hf:DIR)")
+  files = []
+  for f in sorted(directory.iterdir()):
+    if f.name.startswith(".") or f.name == "config.json" or not f.is_file():
+      continue
+    st = f.stat()
+    files.append([f.name, st.st_size, st.st_mtime_ns])
+  return {"config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(), "files": files}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +113,7 @@ class GenerationConfig:
   add_bos: bool = False
   max_prompt_len: int = 256
   dtype: str = "float32"
+  plain_template: str = "{prompt}\n"
 
   def __post_init__(self):
     for field in ("max_new_tokens", "batch_size", "max_prompt_len"):
@@ -81,12 +125,14 @@ class GenerationConfig:
     return formatting.FormatConfig(
         max_prompt_len=self.max_prompt_len, use_chat_template=self.use_chat_template,
         prompt_template=self.prompt_template, system_prompt=self.system_prompt,
-        add_bos=self.add_bos)
+        add_bos=self.add_bos, plain_template=self.plain_template)
 
   def fingerprint(self, checkpoint: str) -> str:
-    """Short hash of these settings and the checkpoint path, stored with every generation so
-    that a resumed run never mixes samples drawn under different settings."""
-    text = json.dumps([checkpoint, dataclasses.asdict(self)], sort_keys=True, ensure_ascii=False)
+    """Short hash of these settings, the checkpoint path and the checkpoint's identity (its
+    config and weight files, `checkpoint_identity`), stored with every generation so that a
+    resumed run never mixes samples drawn under different settings or from other weights."""
+    text = json.dumps([checkpoint, checkpoint_identity(checkpoint), dataclasses.asdict(self)],
+                      sort_keys=True, ensure_ascii=False)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
   def sampling(self) -> Any:
@@ -157,10 +203,13 @@ def _recover_generations(path: pathlib.Path, queries: Sequence[str], batch_size:
     i = r.get("id")
     same_prompt = isinstance(i, int) and 0 <= i < len(queries) and r.get("query") == queries[i]
     if not same_prompt or r.get("settings") != fingerprint:
-      raise storage.InputError(
+      raise StaleOutputError(
           f"{path}: record {n} (id {i!r}, query {r.get('query')!r:.40}, settings "
-          f"{r.get('settings')!r}) was written for other prompts or generation settings (now "
-          f"{fingerprint!r}): delete the file or use another output directory")
+          f"{r.get('settings')!r}) was written for other prompts or generation settings, or by "
+          f"other checkpoint weights (now {fingerprint!r}): delete the file or use another "
+          "output directory", path,
+          "written for other prompts" if not same_prompt else
+          "written with other generation settings or checkpoint weights")
     done.setdefault(i, r)
   whole = {i: r for i, r in done.items()
            if all(j in done for j in range(i - i % batch_size,
@@ -181,9 +230,11 @@ def _load_sampler(path: str, dtype: str, mesh: Any) -> Any:
 
 
 def generate_checkpoint(path: str, queries: Sequence[str], out_path: str | os.PathLike,
-                        cfg: GenerationConfig, mesh: Any = None) -> list[dict[str, Any]]:
+                        cfg: GenerationConfig, mesh: Any = None, progress: bool = True
+                        ) -> list[dict[str, Any]]:
   """Generates one response per query with the checkpoint at `path` into `out_path` (JSONL,
-  resumed; the model is only loaded when something is missing). Returns the records by id."""
+  resumed; the model is only loaded when something is missing). Returns the records by id.
+  Raises StaleOutputError when `out_path` holds other prompts, settings or weights' samples."""
   out_path = pathlib.Path(out_path)
   fingerprint = cfg.fingerprint(path)
   appender, done = _recover_generations(out_path, queries, cfg.batch_size, fingerprint)
@@ -196,7 +247,9 @@ def generate_checkpoint(path: str, queries: Sequence[str], out_path: str | os.Pa
       mesh = mesh_lib.make_mesh((1, -1, 1))
     sampler = _load_sampler(path, cfg.dtype, mesh)
     fmt, sampling = cfg.format_config(), cfg.sampling()
-    with appender:
+    bar = tqdm.tqdm(total=sum(len(batches[k]) for k in pending), desc=f"generate {out_path.stem}",
+                    unit="prompt", dynamic_ncols=True, mininterval=1.0, disable=not progress)
+    with appender, bar:
       for k in pending:
         encoded = [formatting.encode_prompt(sampler.tokenizer, queries[i], fmt) for i in batches[k]]
         completions = sampler.generate_encoded([ids for ids, _ in encoded], cfg.max_new_tokens,
@@ -208,6 +261,7 @@ def generate_checkpoint(path: str, queries: Sequence[str], out_path: str | os.Pa
                      "completion_tokens": c.completion_tokens, "prompt_truncated": cut,
                      "seed": cfg.seed + k, "settings": fingerprint}
           appender.append(done[i])
+        bar.update(len(batches[k]))
   return [done[i] for i in range(len(queries))]
 
 
@@ -221,11 +275,12 @@ def _backend_failure(record: dict[str, Any]) -> bool:
 
 
 def judge_records(judge: EvalJudge, items: Sequence[dict[str, Any]], path: str | os.PathLike,
-                  chunk_size: int = 64) -> list[dict[str, Any]]:
+                  chunk_size: int = 64, progress: bool = True) -> list[dict[str, Any]]:
   """Judges items {id, query, response, [human_label]} into `path` (JSONL), `chunk_size` per
   judge call; ids already in the file are kept, except those a backend failure left invalid
   (an LLM server that was down), which are judged again. Returns one record per item, in
-  order."""
+  order. Raises StaleOutputError when the file holds verdicts on other responses or by another
+  judge."""
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
   appender = storage.JsonlAppender(str(path))
@@ -235,10 +290,12 @@ def judge_records(judge: EvalJudge, items: Sequence[dict[str, Any]], path: str |
   for n, r in enumerate(existing, start=1):
     item = by_id.get(r.get("id"))
     if item is None or r.get("response") != item["response"] or r.get("judge") != judge.signature:
-      raise storage.InputError(
+      raise StaleOutputError(
           f"{path}: record {n} (id {r.get('id')!r}) was judged on another response or with "
           f"other settings ({r.get('judge')!r}, now {judge.signature!r}); delete the file to "
-          "judge again")
+          "judge again", pathlib.Path(path),
+          "judged on other responses" if r.get("judge") == judge.signature else
+          f"judged with other settings ({r.get('judge')!r:.60}, now {judge.signature!r:.60})")
     if not _backend_failure(r):
       done[r["id"]] = r
   if len(done) < len(existing):
@@ -246,7 +303,10 @@ def judge_records(judge: EvalJudge, items: Sequence[dict[str, Any]], path: str |
     print(f"{path}: judging {len(existing) - len(done)} record(s) again that failed on a "
           "backend error", flush=True)
   pending = [it for it in items if it["id"] not in done]
-  with appender:
+  bar = tqdm.tqdm(total=len(pending), desc=f"judge {pathlib.Path(path).parent.name}/"
+                  f"{judge.name}", unit="item", dynamic_ncols=True, mininterval=1.0,
+                  disable=not progress or not pending)
+  with appender, bar:
     for start in range(0, len(pending), chunk_size):
       chunk = pending[start:start + chunk_size]
       result = judge.judge([c["query"] for c in chunk], [c["response"] for c in chunk])
@@ -260,7 +320,46 @@ def judge_records(judge: EvalJudge, items: Sequence[dict[str, Any]], path: str |
           record["human_label"] = c["human_label"]
         appender.append(record)
         done[c["id"]] = record
+      bar.update(len(chunk))
   return [done[it["id"]] for it in items]
+
+
+def _check_on_stale(on_stale: str) -> None:
+  if on_stale not in STALE_MODES:
+    raise ValueError(f"on_stale must be one of {STALE_MODES}, got {on_stale!r}")
+
+
+def set_aside(output_dir: pathlib.Path, paths: Sequence[pathlib.Path], reason: str) -> list[str]:
+  """Moves the existing `paths` (under output_dir) to output_dir/stale/<time>/<same relative
+  path>, printing a note; returns the new locations."""
+  root = output_dir / STALE_DIR / time.strftime("%Y%m%d-%H%M%S")
+  moved, names = [], []
+  for p in paths:
+    if not p.exists():
+      continue
+    dest, n = root / p.relative_to(output_dir), 1
+    while dest.exists():
+      dest, n = dest.with_name(f"{p.name}.{n}"), n + 1
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(p, dest)
+    moved.append(str(dest))
+    names.append(str(p.relative_to(output_dir)))
+  if moved:
+    print(f"note: {paths[0]} was {reason}; moved {' and '.join(names)} to {root}, starting "
+          "afresh", flush=True)
+  return moved
+
+
+def _fresh_if_stale(output_dir: pathlib.Path, on_stale: str, fn, also: Sequence = ()):
+  """fn(); on a StaleOutputError with on_stale="restart", sets its file (and `also`) aside and
+  calls fn() once more."""
+  try:
+    return fn()
+  except StaleOutputError as e:
+    if on_stale != "restart":
+      raise
+    set_aside(output_dir, [e.path, *also], e.reason)
+    return fn()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +433,8 @@ def evaluate_checkpoints(checkpoints: dict[str, str], judges: Sequence[EvalJudge
                          data_dir: str | os.PathLike | None = None,
                          prompt_set: str = "grpo_test", max_prompts: int | None = None,
                          generation: GenerationConfig = GenerationConfig(), mesh: Any = None,
-                         judge_chunk_size: int = 64) -> dict[str, list[dict[str, Any]]]:
+                         judge_chunk_size: int = 64, on_stale: str = "refuse",
+                         progress: bool = True) -> dict[str, list[dict[str, Any]]]:
   """Generates, judges and reports (module docstring) for every checkpoint.
 
   Args:
@@ -342,11 +442,15 @@ def evaluate_checkpoints(checkpoints: dict[str, str], judges: Sequence[EvalJudge
     judges: built with `judges.make_judges` (calibrated).
     queries: the evaluation requests; when None, `select_queries(data_dir, prompt_set,
       max_prompts, generation.seed)`.
+    on_stale: "refuse" raises StaleOutputError on a generations or judgements file written for
+      other prompts, settings, weights or judge; "restart" moves it aside (a checkpoint's
+      judgements go with its generations) and writes it afresh.
   Returns:
     {"excellence": rows, "diversity": rows} as written to the tables.
   """
   _check_names("checkpoint", list(checkpoints))
   _check_names("judge", [j.name for j in judges])
+  _check_on_stale(on_stale)
   source = prompt_set if queries is None else "given"
   if queries is None:
     if data_dir is None:
@@ -359,14 +463,17 @@ def evaluate_checkpoints(checkpoints: dict[str, str], judges: Sequence[EvalJudge
   out = pathlib.Path(output_dir)
   excellence, diversity_rows = [], []
   for name, path in checkpoints.items():
-    gens = generate_checkpoint(path, queries, out / "generations" / f"{name}.jsonl", generation,
-                               mesh)
+    gens = _fresh_if_stale(
+        out, on_stale, lambda: generate_checkpoint(
+            path, queries, out / "generations" / f"{name}.jsonl", generation, mesh, progress),
+        also=[out / "judgements" / name])
     diversity_rows.append(diversity_row(name, gens, generation.seed))
     plot_length_histogram([diversity.char_length(g["response"]) for g in gens],
                           f"Response length: {name}", out / "plots" / f"length_{name}.png")
     for judge in judges:
-      records = judge_records(judge, gens, out / "judgements" / name / f"{judge.name}.jsonl",
-                              judge_chunk_size)
+      j_path = out / "judgements" / name / f"{judge.name}.jsonl"
+      records = _fresh_if_stale(out, on_stale, lambda: judge_records(
+          judge, gens, j_path, judge_chunk_size, progress))
       excellence.append(excellence_row(name, judge.name, records))
   tables = {
       "Excellence rate (95% Wilson CI)": report.write_table(
@@ -383,23 +490,27 @@ def evaluate_checkpoints(checkpoints: dict[str, str], judges: Sequence[EvalJudge
 
 
 def judge_reliability(judges: Sequence[EvalJudge], labelled: Sequence[greetings.LabeledResponse],
-                      output_dir: str | os.PathLike, chunk_size: int = 64
-                      ) -> list[dict[str, Any]]:
+                      output_dir: str | os.PathLike, chunk_size: int = 64,
+                      on_stale: str = "refuse", progress: bool = True) -> list[dict[str, Any]]:
   """Agreement of every judge with the human labels (the paper's Table 1, extended).
 
   Per judge: accuracy, precision, recall, F1 and Cohen's kappa over its valid verdicts, and the
   invalid count; then the best length-threshold baseline fitted on the same records. Writes
-  reliability.{md,csv} and the verdicts to reliability/<judge>.jsonl (resumed).
+  reliability.{md,csv} and the verdicts to reliability/<judge>.jsonl (resumed; a file by another
+  judge is refused or, with on_stale="restart", moved aside and judged afresh).
   """
   if not labelled:
     raise ValueError("judge_reliability needs labelled records")
   _check_names("judge", [j.name for j in judges])
+  _check_on_stale(on_stale)
   out = pathlib.Path(output_dir)
   items = [{"id": i, "query": r.query, "response": r.response, "human_label": r.label}
            for i, r in enumerate(labelled)]
   rows = []
   for judge in judges:
-    records = judge_records(judge, items, out / "reliability" / f"{judge.name}.jsonl", chunk_size)
+    path = out / "reliability" / f"{judge.name}.jsonl"
+    records = _fresh_if_stale(out, on_stale, lambda: judge_records(judge, items, path, chunk_size,
+                                                                   progress))
     valid = [r for r in records if r["valid"]]
     row: dict[str, Any] = {"judge": judge.name, "kind": judge.kind, "n": 0,
                            "threshold": judge.threshold}

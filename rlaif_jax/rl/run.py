@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from rlaif_jax import storage
 from rlaif_jax.data import greetings
 from rlaif_jax.models.scalar_head import ScalarHeadModel
 from rlaif_jax.rl import losses, rollout as rollout_lib
@@ -179,8 +180,9 @@ def run_rl(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike
 
 def write_samples(workdir: pathlib.Path, samples: Sequence[tuple[str, str, float]]) -> str:
   """Writes WORKDIR/samples.txt from the last rollout's (query, completion, reward) and returns
-  its text. A rerun of a finished run rolls out nothing: it keeps the samples.txt of the run
-  that did the last step, or writes a line saying none were drawn."""
+  its text (atomically: a kill mid-write leaves the old file or none). A rerun of a finished run
+  rolls out nothing: it keeps the samples.txt of the run that did the last step, or writes a
+  line saying none were drawn."""
   path = workdir / "samples.txt"
   if not samples:
     if path.exists():
@@ -188,7 +190,7 @@ def write_samples(workdir: pathlib.Path, samples: Sequence[tuple[str, str, float
     text = "(no rollout in this invocation: the run had already reached rl.total_steps)"
   else:
     text = "\n".join(f"[{q}] ({r:.3f}) -> {c}" for q, c, r in samples)
-  path.write_text(text + "\n", encoding="utf-8")
+  storage.write_text(str(path), text + "\n")
   return text
 
 

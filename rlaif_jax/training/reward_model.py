@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
+from rlaif_jax import storage
 from rlaif_jax.data import formatting, greetings, paths
 from rlaif_jax.models import Decoder
 from rlaif_jax.models.config import ModelConfig
@@ -30,6 +32,7 @@ from rlaif_jax.training.reward_losses import bradley_terry_loss
 from rlaif_jax.training.reward_scoring import LengthDebiaser, RewardModelScorer
 
 DEBIASER_FILE = "length_debiaser.json"
+REPORT_FILE = "rm_report.json"  # written last (atomically): the run's done-marker
 PAIR_WEIGHT_KEY = "pair_weight"
 
 
@@ -142,7 +145,7 @@ def run_train_rm(config: Any, workdir: str | os.PathLike, data_dir: str | os.Pat
   """Trains (or resumes) the reward model in `workdir`; evaluates on the test pairs.
 
   Returns {"pair_accuracy", "length_baseline_accuracy", "spearman_score_length", ...} as also
-  written to WORKDIR/rm_report.json.
+  written to WORKDIR/rm_report.json (atomically, last: a run with that file is finished).
   """
   t0 = time.perf_counter()
   workdir, data_dir = pathlib.Path(workdir), pathlib.Path(data_dir)
@@ -175,34 +178,61 @@ def run_train_rm(config: Any, workdir: str | os.PathLike, data_dir: str | os.Pat
     trainer.close()
   model = state.model()
   scorer = RewardModelScorer(model, tok, fmt, batch_size=config.eval_batch_size, mesh=mesh)
-  debiaser = fit_debiaser(scorer, train_pairs, config.seed)
+  progress = jax.process_index() == 0
+  debiaser = fit_debiaser(scorer, train_pairs, config.seed, progress=progress)
   debiaser.save(workdir / DEBIASER_FILE)
-  report = evaluate_pairs(scorer, test_pairs, debiaser)
+  report = evaluate_pairs(scorer, test_pairs, debiaser, progress=progress)
   report.update(test_file=str(test_file), wall_s=time.perf_counter() - t0)
-  (workdir / "rm_report.json").write_text(json.dumps(report, indent=2))
+  storage.write_text(str(workdir / REPORT_FILE), json.dumps(report, indent=2))
   print(format_pair_report(report))
   return report
 
 
-def fit_debiaser(scorer: RewardModelScorer, pairs, seed: int, n: int = 400) -> LengthDebiaser:
+def raw_scores_with_progress(scorer: RewardModelScorer, jobs, desc: str, progress: bool = True
+                             ) -> list[np.ndarray]:
+  """[scorer.raw_scores(queries, responses) for (queries, responses) in jobs], with one progress
+  bar (sequences, ETA) over them all; each job is scored in the batches raw_scores would use."""
+  if not progress:
+    return [scorer.raw_scores(q, r) for q, r in jobs]
+  rows = scorer.batch_size
+  if scorer.mesh is not None:  # as raw_scores rounds it, so the batches are the same
+    n_data = scorer.mesh.shape["data"] * scorer.mesh.shape["fsdp"]
+    rows = -(-rows // n_data) * n_data
+  per_call = rows * (8 if getattr(scorer, "on_host", False) else 1)
+  results = []
+  with tqdm(total=sum(len(r) for _, r in jobs), desc=desc, unit="seq", dynamic_ncols=True,
+            mininterval=1.0) as bar:
+    for queries, responses in jobs:
+      out = [np.zeros(0, np.float32)]
+      for start in range(0, len(responses), per_call):
+        out.append(scorer.raw_scores(queries[start:start + per_call],
+                                     responses[start:start + per_call]))
+        bar.update(len(out[-1]))
+      results.append(np.concatenate(out))
+  return results
+
+
+def fit_debiaser(scorer: RewardModelScorer, pairs, seed: int, n: int = 400,
+                 progress: bool = False) -> LengthDebiaser:
   """The length trend of the RM's scores on (up to n) training pairs' responses."""
   rng = np.random.default_rng(seed)
   pick = rng.choice(len(pairs), size=min(n, len(pairs)), replace=False)
   queries = [pairs[i].prompt for i in pick] * 2
   responses = [pairs[i].chosen for i in pick] + [pairs[i].rejected for i in pick]
-  scores = scorer.raw_scores(queries, responses)
+  scores, = raw_scores_with_progress(scorer, [(queries, responses)], "RM report: debiaser fit",
+                                     progress)
   return LengthDebiaser.fit(scores, [len(r) for r in responses])
 
 
-def evaluate_pairs(scorer: RewardModelScorer, pairs, debiaser: LengthDebiaser | None = None
-                   ) -> dict[str, Any]:
+def evaluate_pairs(scorer: RewardModelScorer, pairs, debiaser: LengthDebiaser | None = None,
+                   progress: bool = False) -> dict[str, Any]:
   """Pair accuracy beside the "longer wins" baseline, the accuracy where the chosen response is
   not longer, and the score/length Spearman correlation; with a debiaser, the same after it."""
   from rlaif_jax.evaluation import length_bias, stats as stats_lib
   queries = [p.prompt for p in pairs]
   chosen_t, rejected_t = [p.chosen for p in pairs], [p.rejected for p in pairs]
-  c = scorer.raw_scores(queries, chosen_t)
-  r = scorer.raw_scores(queries, rejected_t)
+  c, r = raw_scores_with_progress(scorer, [(queries, chosen_t), (queries, rejected_t)],
+                                  "RM report: test pairs", progress)
   lengths = [len(t) for t in chosen_t + rejected_t]
 
   def summary(cs, rs):
