@@ -10,11 +10,23 @@ excluded. Prints a table, the tokens/s ratios, and as the last line
 `ratio_vs_transformers_b32=<x>` (nan when batch 32 was not run).
 
 On GPU it also prints the fraction of the memory-bandwidth roofline of the decode loop: bytes
-read per decode step (all parameters + the K/V cache slots our loop attends over, averaged over
-the steps since the cache grows by segments) x decode steps/s / (--hbm_gbps x 1e9). Decode
-steps/s comes from the total time minus a 1-token call (the prefill).
+read per decode step (`decode_bytes_per_step`: all parameters but the input embedding table of an
+untied model, of which a step gathers only `batch` rows, + the K/V cache slots our loop attends
+over, averaged over the steps since the cache grows by segments) x decode steps/s /
+(--hbm_gbps x 1e9). --hbm_gbps defaults to the device kind's figure (benchmarks/device_specs.py:
+H100 SXM 3350, H100 PCIe 2000, H200 4800); other GPUs need the flag. Decode steps/s comes from
+the total time minus a 1-token call (the prefill).
+
+Weights: a random transformers model built directly in the benchmark dtype on the benchmark
+device, saved in that dtype and loaded into ours (the same weights for both); with
+--skip_transformers ours is initialised on the device (`checkpoint_bridge.init_sharded`) and
+transformers is never imported. When transformers also runs on the GPU, JAX gets
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 (unless an XLA_PYTHON_CLIENT_* memory variable is set) so
+that torch has room beside it. Batch sizes run in the order given: put the one that matters
+first, a time limit then cuts the others.
 """
 import math
+import os
 import tempfile
 import time
 
@@ -22,20 +34,24 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from benchmarks import device_specs
 from rlaif_jax.models import checkpoint_bridge, config as config_lib
 from rlaif_jax.sampling import sampler as sampler_lib
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
 
 _PRESET = flags.DEFINE_string("preset", "cpu_small", "cpu_small or a rlaif_jax.models preset.")
-_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8", "32", "64"], "Batch sizes.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8", "32", "64"],
+                                  "Batch sizes, timed in this order (put the one that matters "
+                                  "first: a time limit then cuts the others).")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "Prompt tokens per row.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "New tokens per row.")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Timed runs per setting (the best is kept).")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
                            "Weights and compute dtype (default: bfloat16 on GPU, else float32).")
 _NUM_LAYERS = flags.DEFINE_integer("num_layers", None, "Override the preset's layer count.")
-_HBM_GBPS = flags.DEFINE_float("hbm_gbps", 3350.0, "Memory bandwidth (GB/s) for the roofline.")
+_HBM_GBPS = flags.DEFINE_float("hbm_gbps", None, "Memory bandwidth (GB/s) for the GPU roofline. "
+                                "Default: by device kind (benchmarks/device_specs.py).")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0,
                                       "torch.set_num_threads for transformers (0 = default).")
 _SKIP_HF = flags.DEFINE_bool("skip_transformers", False, "Time only our sampler.")
@@ -60,21 +76,34 @@ def cpu_small(**overrides) -> config_lib.ModelConfig:
   return config_lib.ModelConfig(**base)
 
 
-def build_models(cfg: config_lib.ModelConfig, dtype: str, device: str):
-  """A random HF model, saved and loaded into ours, so both hold the same weights."""
+def build_models(cfg: config_lib.ModelConfig, dtype: str, device: str, skip_hf: bool):
+  """(HF model or None, ours) holding the same random weights.
+
+  The HF model is built directly in `dtype` on `device` (as train_step._hf_models: no fp32
+  host copy, whose single-threaded init and 30 GB checkpoint took minutes at 7B), saved in that
+  dtype and loaded into ours. With `skip_hf`, ours alone, initialised on the device.
+  """
+  if skip_hf:
+    return None, checkpoint_bridge.init_sharded(
+        cfg.replace(param_dtype=dtype, dtype=dtype, scan_layers=_SCAN.value), seed=0)
   import torch
   import transformers
-  hf_cfg = config_lib.to_hf_config(cfg)
   cls_cfg, cls_model = ((transformers.Qwen2Config, transformers.Qwen2ForCausalLM)
                         if cfg.architecture == "qwen2"
                         else (transformers.LlamaConfig, transformers.LlamaForCausalLM))
+  hf_cfg = cls_cfg(**config_lib.to_hf_config(cfg, torch_dtype=dtype))
   torch.manual_seed(0)
-  hf = cls_model(cls_cfg(**hf_cfg)).eval()
+  default = torch.get_default_dtype()
+  torch.set_default_dtype(getattr(torch, dtype))
+  try:
+    with torch.device(device):
+      hf = cls_model(hf_cfg).eval()
+  finally:
+    torch.set_default_dtype(default)
   with tempfile.TemporaryDirectory() as d:
     hf.save_pretrained(d)
     ours = checkpoint_bridge.load_hf_checkpoint(d, param_dtype=dtype, dtype=dtype,
                                                 scan_layers=_SCAN.value)
-  hf = hf.to(device=device, dtype=getattr(torch, dtype))
   return hf, ours
 
 
@@ -157,8 +186,28 @@ def mean_cache_slots(prompt_len: int, new_tokens: int, grow_from: int | None,
 
 def decode_bytes_per_step(cfg: config_lib.ModelConfig, batch: int, cache_len: float,
                           itemsize: int) -> float:
+  """Bytes one decode step must read from device memory: every weight once, except the input
+  embedding table of an untied model (the step gathers only `batch` of its rows; a tied table
+  is read whole as the LM head), plus K and V of `cache_len` slots per row and layer.
+
+  >>> tied, untied = cpu_small(), cpu_small(tie_embeddings=False)
+  >>> decode_bytes_per_step(tied, 1, 0, 2) == 2 * tied.num_params
+  True
+  >>> decode_bytes_per_step(untied, 1, 0, 2) == 2 * (untied.num_params - 32000 * 512)
+  True
+  >>> kv = decode_bytes_per_step(tied, 4, 10, 2) - decode_bytes_per_step(tied, 4, 0, 2)
+  >>> kv == 2 * 8 * 4 * 10 * 2 * 64 * 2  # K and V x layers x rows x slots x kv heads x dim x 2 B
+  True
+
+  Qwen2.5-7B (untied): the input table is 7.2% of its parameters.
+
+  >>> q7 = config_lib.preset("qwen2_5_7b")
+  >>> round(1 - decode_bytes_per_step(q7, 1, 0, 2) / (2 * q7.num_params), 3)
+  0.072
+  """
   kv = 2 * cfg.num_layers * batch * cache_len * cfg.num_kv_heads * cfg.head_dim * itemsize
-  return cfg.num_params * itemsize + kv
+  weights = cfg.num_params - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size)
+  return float(weights * itemsize + kv)
 
 
 def _torch_threads() -> int:
@@ -169,7 +218,18 @@ def _torch_threads() -> int:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  batch_sizes = [int(x) for x in _BATCH_SIZES.value]
+  mem_env = [k for k in os.environ if k.startswith("XLA_PYTHON_CLIENT_")]
+  if not _SKIP_HF.value and not mem_env:  # before the backend starts; torch needs room beside
+    os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = "0.5"  # JAX's default 75% preallocation
   on_gpu = jax.default_backend() == "gpu"
+  kind = jax.devices()[0].device_kind
+  hbm_gbps, hbm_note = None, ""
+  if on_gpu:
+    try:
+      hbm_gbps, hbm_note = device_specs.resolve(_HBM_GBPS.value, "hbm_gbps", "gpu", kind)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from e
   dtype = _DTYPE.value or ("bfloat16" if on_gpu else "float32")
   overrides = {} if _NUM_LAYERS.value is None else {"num_layers": _NUM_LAYERS.value}
   cfg = (cpu_small(**overrides) if _PRESET.value == "cpu_small"
@@ -178,20 +238,28 @@ def main(argv: list[str]) -> None:
   if _TORCH_THREADS.value:
     import torch
     torch.set_num_threads(_TORCH_THREADS.value)
-  hf, ours = build_models(cfg, dtype, device)
+  t0 = time.perf_counter()
+  hf, ours = build_models(cfg, dtype, device, _SKIP_HF.value)
+  build_s = time.perf_counter() - t0
   sampler = Sampler(ours, unstack_layers=_UNSTACK.value, grow_cache_from=_GROW.value or None)
   p, n = _PROMPT_LEN.value, _NEW_TOKENS.value
   k = _ROW_TOKENS.value or n  # tokens each row generates
   if not 1 <= k <= n:
     raise app.UsageError(f"--row_tokens={k} must be in [1, --new_tokens={n}]")
   print(f"preset={_PRESET.value} params={cfg.num_params / 1e6:.1f}M dtype={dtype} "
-        f"backend={jax.default_backend()} ({jax.devices()[0].device_kind}) prompt_len={p} "
-        f"new_tokens={n} row_tokens={k} torch_threads={_torch_threads()} "
+        f"backend={jax.default_backend()} ({kind}) prompt_len={p} "
+        f"new_tokens={n} row_tokens={k} "
+        f"torch_threads={'-' if _SKIP_HF.value else _torch_threads()} "
         f"cache_spans={sampler_lib.cache_spans(n, sampler.grow_cache_from)}")
+  fraction = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "default")
+  print(f"models built in {build_s:.1f} s ("
+        + ("ours only, on-device init" if _SKIP_HF.value else "transformers -> ours") + ")"
+        + (f"; XLA_PYTHON_CLIENT_MEM_FRACTION={fraction}; hbm_gbps={hbm_gbps:g} ({hbm_note})"
+           if on_gpu else ""), flush=True)
   header = f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>9} {'ratio':>6} {'ours ms/step':>12}"
   print(header + (f" {'roofline':>8}" if on_gpu else ""))
   ratios = {}
-  for b in [int(x) for x in _BATCH_SIZES.value]:
+  for b in batch_sizes:
     tokens = np.random.RandomState(b).randint(0, cfg.vocab_size, (b, p)).astype(np.int32)
     total, prefill = time_ours(sampler, tokens, np.ones((b, p), bool), n, _REPEATS.value, k)
     ours_tps = b * k / total
@@ -204,10 +272,10 @@ def main(argv: list[str]) -> None:
       itemsize = np.dtype(jax.numpy.dtype(dtype)).itemsize
       moved = decode_bytes_per_step(
           cfg, b, mean_cache_slots(p, n, sampler.grow_cache_from, k), itemsize)
-      row += f" {moved / step_s / (_HBM_GBPS.value * 1e9):>8.1%}"
+      row += f" {moved / step_s / (hbm_gbps * 1e9):>8.1%}"
     print(row, flush=True)
   if _TRACE_TOP.value:
-    print_trace(sampler, cfg, max(int(x) for x in _BATCH_SIZES.value), p, n, _TRACE_TOP.value)
+    print_trace(sampler, cfg, max(batch_sizes), p, n, _TRACE_TOP.value)
   print("tokens/s ratio ours/transformers: " + ", ".join(f"b{b}={r:.2f}"
                                                          for b, r in ratios.items()))
   print(f"ratio_vs_transformers_b32={ratios.get(32, math.nan):.3f}")

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from benchmarks import train_step as tsb
+from benchmarks import device_specs, train_step as tsb
 from rlaif_jax.models import config as config_lib
 
 # Shared with benchmarks/train_step.py (importing it defines them): --presets (default here
@@ -36,7 +36,9 @@ from rlaif_jax.models import config as config_lib
 # --num_layers, --vocab_size, --mesh, --logits_chunk.
 _LAYOUTS = flags.DEFINE_list("layouts", ["scanned", "unrolled"],
                              "Layer layouts: scanned (ModelConfig.scan_layers) and/or unrolled.")
-_DEVICE_GIB = flags.DEFINE_float("device_gib", 80.0, "Device memory for the 'fits' column.")
+_DEVICE_GIB = flags.DEFINE_float("device_gib", None, "Device memory (GiB) for the 'fits' "
+                                  "column. Default: by device kind (benchmarks/device_specs.py: "
+                                  "H100 80, H200 141); on CPU 80 (an H100).")
 _ROLL_PROMPT = flags.DEFINE_integer("rollout_prompt_len", 256, "Task rollout: prompt tokens.")
 _ROLL_NEW = flags.DEFINE_integer("rollout_new_tokens", 512, "Task rollout: new tokens per row.")
 _ROLL_ROWS = flags.DEFINE_integer("rollout_rows", 128, "Task rollout: sequences sampled at once "
@@ -133,13 +135,19 @@ def main(argv: list[str]) -> None:
     if layout not in ("scanned", "unrolled"):
       raise app.UsageError(f"--layouts: {layout!r} is not scanned or unrolled")
   mesh_shape = [int(x) for x in tsb._MESH.value]
+  backend, kind = jax.default_backend(), jax.devices()[0].device_kind
+  try:
+    device_gib, gib_note = device_specs.resolve(_DEVICE_GIB.value, "device_gib", backend, kind,
+                                                cpu_default=80.0)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   seq_len, dtype = tsb._SEQ.value or 1024, tsb._DTYPE.value or "bfloat16"
-  print(f"backend={jax.default_backend()} devices={jax.device_count()} "
+  print(f"backend={backend} ({kind}) devices={jax.device_count()} "
         f"batch={tsb._BATCH.value} seq_len={seq_len} param_dtype={tsb._PARAM_DTYPE.value} "
         f"dtype={dtype} remat={tsb._REMAT.value}; GiB per device from "
-        "compiled.memory_analysis()")
+        f"compiled.memory_analysis(); device_gib={device_gib:g} ({gib_note})")
   print(f"{'preset':>14} {'task':>5} {'layout':>9} {'args':>7} {'temp':>7} {'out-alias':>9} "
-        f"{'peak':>7} {'+res':>6} {'fits ' + str(int(_DEVICE_GIB.value)):>8} {'compile s':>9}")
+        f"{'peak':>7} {'+res':>6} {'fits ' + f'{device_gib:g}':>8} {'compile s':>9}")
   lines = []
   for name in tsb._PRESETS.value or ["qwen2_5_0_5b"]:
     spec = {"preset": name, "num_layers": tsb._NUM_LAYERS.value, "vocab_size": tsb._VOCAB.value,
@@ -160,7 +168,7 @@ def main(argv: list[str]) -> None:
         total = r["peak"] / _GIB + ref
         print(f"{name:>14} {task:>5} {layout:>9} {r['args'] / _GIB:>7.2f} {r['temp'] / _GIB:>7.2f} "
               f"{(r['output'] - r['alias']) / _GIB:>9.2f} {r['peak'] / _GIB:>7.2f} {ref:>6.2f} "
-              f"{'yes' if total <= _DEVICE_GIB.value else 'no':>8} {r['compile_s']:>9.1f}",
+              f"{'yes' if total <= device_gib else 'no':>8} {r['compile_s']:>9.1f}",
               flush=True)
         lines.append(f"peak_gib_{task}_{name}_{layout}={total:.2f}")
   print("\n".join(lines))
