@@ -8,23 +8,28 @@ Strategy Optimizer).
 
 Writes OUTPUT_DIR/iter_{k}/{principles.json, strategy.json, update_log.jsonl, metrics.json}
 (metrics: held-out judge accuracy before/after the iteration) and
-OUTPUT_DIR/final_principles.json, usable as
-``python -m launch.judge --principles=OUTPUT_DIR/final_principles.json``.
+OUTPUT_DIR/final_principles.json (the set with the best held-out accuracy, the initial set
+included; OUTPUT_DIR/best.json says which, OUTPUT_DIR/last_principles.json is the last set),
+usable as ``python -m launch.judge --principles=OUTPUT_DIR/final_principles.json``.
+After each iteration OUTPUT_DIR/summary.tsv and OUTPUT_DIR/accuracy.png are rewritten.
 Re-running the same command skips finished iterations.
 """
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import logging
 import sys
+from typing import Any
 
 from absl import app, flags
 
 from rlaif_jax import storage
 from rlaif_jax.judging import cli
 from rlaif_jax.judging.adversarial import AdversarialGame, GameConfig
-from rlaif_jax.judging.adversarial_run import (check_run_config, load_labelled, load_queries,
-                                               run_optimization)
+from rlaif_jax.judging.adversarial_run import (check_run_config, count_distinct, load_labelled,
+                                               load_queries, run_optimization)
 from rlaif_jax.judging.backends import FatalBackendError, SamplingParams
 from rlaif_jax.judging.principles import MAX_RULES, load_principles
 
@@ -46,6 +51,45 @@ flags.DEFINE_integer("seed", 0, "Seed of the split and of the per-iteration samp
 cli.define_backend_flags()
 
 
+def _fmt(value: Any) -> str:
+  return "n/a" if value is None else f"{value:.4f}"
+
+
+def write_summary(output_dir: str, metrics: list[dict[str, Any]]) -> None:
+  """summary.tsv (one row per iteration) and accuracy.png (held-out accuracy per iteration)."""
+  rows = ["iteration\taccuracy_before\taccuracy_after\tn_errors_before\tn_errors_after\t"
+          "heldout\tnum_principles\tnum_bad_strategies"]
+  for m in metrics:
+    n_before = m.get("n_errors_before", (m.get("before") or {}).get("n_errors"))
+    n_after = m.get("n_errors_after", (m.get("after") or {}).get("n_errors"))
+    rows.append("\t".join("" if v is None else str(v) for v in (
+        m["iteration"], m["accuracy_before"], m["accuracy_after"], n_before, n_after,
+        m.get("heldout"), m.get("num_principles"), m.get("num_bad_strategies"))))
+  storage.write_text(storage.join(output_dir, "summary.tsv"), "\n".join(rows) + "\n")
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    logging.warning("matplotlib is not installed; no accuracy.png")
+    return
+  points = ([(0, metrics[0]["accuracy_before"])] if metrics else []) + [
+      (m["iteration"], m["accuracy_after"]) for m in metrics]
+  points = [(k, a) for k, a in points if a is not None]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  try:
+    ax.plot([k for k, _ in points], [a for _, a in points], marker="o")
+    ax.set_xlabel("iteration (0 = initial principles)")
+    ax.set_ylabel("held-out accuracy (failures count as wrong)")
+    ax.set_ylim(0.0, 1.05)
+    ax.grid(True, alpha=0.3)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+  finally:
+    plt.close(fig)
+  storage.write_bytes(storage.join(output_dir, "accuracy.png"), buffer.getvalue())
+
+
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -58,8 +102,10 @@ def main(argv: list[str]) -> int:
   except (storage.InputError, storage.StorageError, ValueError) as e:
     logging.error("bad input: %s", e)
     return 1
-  if not 0 < FLAGS.holdout_size < len(labelled):
-    raise app.UsageError(f"--holdout_size must be in (0, {len(labelled)}) for {FLAGS.labeled}")
+  distinct = count_distinct(labelled)
+  if not 0 < FLAGS.holdout_size < distinct:
+    raise app.UsageError(f"--holdout_size must be in (0, {distinct}) for {FLAGS.labeled} "
+                         "(distinct query/response pairs)")
   backend = cli.backend_from_flags()
   tokens = FLAGS.max_tokens
   game = AdversarialGame(backend, GameConfig(
@@ -85,7 +131,8 @@ def main(argv: list[str]) -> int:
       return await run_optimization(game, initial=initial, labelled=labelled, queries=queries,
                                     output_dir=FLAGS.output_dir, iterations=FLAGS.iterations,
                                     holdout_size=FLAGS.holdout_size, seed=FLAGS.seed,
-                                    run_config=run_config)
+                                    run_config=run_config,
+                                    on_iteration=lambda m: write_summary(FLAGS.output_dir, m))
     finally:
       await backend.aclose()
 
@@ -94,12 +141,19 @@ def main(argv: list[str]) -> int:
   except FatalBackendError as e:
     logging.error("stopped: %s (finished iterations are kept; re-run to resume)", e)
     return 2
-  print(f"{'iter':>4} {'acc before':>11} {'acc after':>10} {'|S_D|':>6} {'|S_G|':>6}")
+  print(f"{'iter':>4} {'acc before':>11} {'acc after':>10} {'err after':>9} {'|S_D|':>6} "
+        f"{'|S_G|':>6}")
   for m in metrics:
-    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
-    print(f"{m['iteration']:>4} {fmt(m['accuracy_before']):>11} {fmt(m['accuracy_after']):>10} "
-          f"{m['num_principles']:>6} {m['num_bad_strategies']:>6}")
-  print(f"final principles: {storage.join(FLAGS.output_dir, 'final_principles.json')}")
+    n_errors = m.get("n_errors_after", (m.get("after") or {}).get("n_errors"))
+    print(f"{m['iteration']:>4} {_fmt(m['accuracy_before']):>11} {_fmt(m['accuracy_after']):>10} "
+          f"{'n/a' if n_errors is None else n_errors:>9} {m['num_principles']:>6} "
+          f"{m['num_bad_strategies']:>6}")
+  best = json.loads(storage.read_text(storage.join(FLAGS.output_dir, "best.json")))
+  chosen = ("the initial set" if best["best_iteration"] == 0
+            else f"iteration {best['best_iteration']}")
+  print(f"final principles: {storage.join(FLAGS.output_dir, 'final_principles.json')} "
+        f"= {chosen} ({best['best_version']}, held-out accuracy {_fmt(best['best_accuracy'])}); "
+        f"last iteration's set: {storage.join(FLAGS.output_dir, 'last_principles.json')}")
   return 0
 
 

@@ -4,8 +4,9 @@ Local paths are the primary target. JSON Lines outputs are append-only and crash
 (``JsonlAppender``): each record is one ``write`` of a whole line followed by flush + fsync, and
 on reopen a trailing partial line (a write cut by a kill) is truncated away. GCS objects cannot
 be appended to, so a ``gs://`` output is staged in a local file and uploaded every
-``upload_every_s`` seconds and on close (``StagedGcsAppender``); on restart the longer of the
-staged file and the uploaded object is resumed from.
+``upload_every_s`` seconds and on close (``StagedGcsAppender``); on restart the staged file is
+resumed from if the object is unchanged since our last upload (recorded in a sidecar), else the
+object is.
 
 Functions take an optional ``client`` (anything with ``bucket(name).blob(path)`` and
 ``list_blobs(bucket, prefix=)``); by default a ``google.cloud.storage.Client()`` is made lazily.
@@ -106,15 +107,20 @@ def read_text(path: str, *, client: Any | None = None) -> str:
 
 def write_text(path: str, text: str, *, client: Any | None = None) -> None:
   """Writes a whole file; local writes are atomic (temp file + fsync + rename)."""
+  write_bytes(path, text.encode("utf-8"), client=client)
+
+
+def write_bytes(path: str, data: bytes, *, client: Any | None = None) -> None:
+  """Writes a whole binary file; local writes are atomic (temp file + fsync + rename)."""
   if is_gcs(path):
-    _blob(path, client).upload_from_string(text.encode("utf-8"))
+    _blob(path, client).upload_from_string(data)
     return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
   try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -239,24 +245,83 @@ class StagedGcsAppender(JsonlAppender):
     self._last_upload = time.monotonic()
     self._dirty = False
 
+  @property
+  def sidecar_path(self) -> str:
+    """Small JSON file next to the staging file: what our last upload(s) put in the object."""
+    return self.path + ".uploaded.json"
+
+  def _read_sidecar(self) -> dict[str, Any] | None:
+    try:
+      with open(self.sidecar_path, encoding="utf-8") as f:
+        state = json.load(f)
+    except (OSError, ValueError):
+      return None
+    return state if isinstance(state, dict) else None
+
+  def _write_sidecar(self, hashes: list[str], size: int, generation: Any) -> None:
+    write_text(self.sidecar_path, json.dumps(
+        {"gcs_path": self.gcs_path, "sha256": hashes, "size": size, "generation": generation}))
+
   def recover(self) -> list[dict[str, Any]]:
+    """Resumes from the staging file if the object is unchanged since our last upload.
+
+    The sidecar records the sha256 (and size, generation) of what we last uploaded (plus the
+    upload in flight, if a kill cut it). If the remote object still matches, the local staging
+    file is newer or equal and is kept, even when shorter (a ``rewrite`` that dropped lines);
+    otherwise the remote object wins (another writer, or the user deleted it to start over).
+    Without a sidecar (never uploaded from here) the longer copy is kept. Afterwards the object
+    is brought up to date with the recovered local content.
+    """
     blob = _blob(self.gcs_path, self._client)
-    remote = blob.download_as_bytes() if blob.exists() else b""
-    local_size = os.path.getsize(self.path) if os.path.exists(self.path) else -1
-    if len(remote) > local_size:
+    remote_exists = bool(blob.exists())
+    remote = blob.download_as_bytes() if remote_exists else b""
+    local = None
+    if os.path.exists(self.path):
+      with open(self.path, "rb") as f:
+        local = f.read()
+    sidecar = self._read_sidecar()
+    if sidecar is not None and sidecar.get("gcs_path", self.gcs_path) == self.gcs_path:
+      known = sidecar.get("sha256") or []
+      take_remote = not (remote_exists and hashlib.sha256(remote).hexdigest() in known)
+    else:
+      take_remote = len(remote) > (len(local) if local is not None else -1)
+    if take_remote and remote != local:
       os.makedirs(os.path.dirname(self.path), exist_ok=True)
       with open(self.path, "wb") as f:
         f.write(remote)
         f.flush()
         os.fsync(f.fileno())
-    return super().recover()
+    records = super().recover()
+    with open(self.path, "rb") as f:
+      local = f.read()
+    if take_remote and remote_exists:
+      self._write_sidecar([hashlib.sha256(remote).hexdigest()], len(remote),
+                          getattr(blob, "generation", None))
+    elif take_remote and os.path.exists(self.sidecar_path):
+      os.unlink(self.sidecar_path)  # nothing of ours is in the bucket any more
+    if local != remote:
+      # Lines recovered from the staging file that never reached the object (kill before the
+      # final upload): upload now, so the object is complete even if nothing new is appended.
+      self._dirty = True
+      self.upload()
+    return records
 
   def rewrite(self, records: list[dict[str, Any]]) -> None:
     super().rewrite(records)
     self._dirty = True
 
   def upload(self) -> None:
-    _blob(self.gcs_path, self._client).upload_from_filename(self.path)
+    with open(self.path, "rb") as f:
+      data = f.read()
+    digest = hashlib.sha256(data).hexdigest()
+    previous = self._read_sidecar() or {}
+    # Record the upload before it happens, so a kill mid-upload leaves both the old and the
+    # new content recognised as ours.
+    self._write_sidecar(list(previous.get("sha256") or [])[-1:] + [digest], len(data),
+                        previous.get("generation"))
+    blob = _blob(self.gcs_path, self._client)
+    blob.upload_from_string(data)
+    self._write_sidecar([digest], len(data), getattr(blob, "generation", None))
     self._last_upload = time.monotonic()
     self._dirty = False
 

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from fake_gcs import FakeGcsClient
+
 from rlaif_jax import storage
 from rlaif_jax.judging import batch_job
 from rlaif_jax.judging.batch_job import JobConfig
@@ -149,45 +151,8 @@ def test_process_chunk_must_return_one_result_per_record(tmp_path):
     batch_job.run_job(_cfg(tmp_path), short)
 
 
-class _FakeBlob:
-  def __init__(self, store, name):
-    self.store, self.name = store, name
-
-  def exists(self):
-    return self.name in self.store
-
-  def download_as_bytes(self):
-    return self.store[self.name]
-
-  def upload_from_string(self, data):
-    self.store[self.name] = data if isinstance(data, bytes) else data.encode()
-
-  def upload_from_filename(self, filename):
-    with open(filename, "rb") as f:
-      self.store[self.name] = f.read()
-
-
-class _FakeGcsClient:
-  """The subset of google.cloud.storage.Client that rlaif_jax.storage uses."""
-
-  def __init__(self):
-    self.buckets = {}
-
-  def bucket(self, name):
-    store = self.buckets.setdefault(name, {})
-
-    class _Bucket:
-      def blob(self, blob_name):
-        return _FakeBlob(store, blob_name)
-    return _Bucket()
-
-  def list_blobs(self, bucket, prefix=""):
-    return [_FakeBlob(self.buckets.get(bucket, {}), n) for n in sorted(self.buckets.get(bucket, {}))
-            if n.startswith(prefix)]
-
-
 def test_gcs_input_and_staged_output_resume(tmp_path):
-  client = _FakeGcsClient()
+  client = FakeGcsClient()
   lines = "".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(7))
   storage.write_text("gs://bkt/data/in.jsonl", lines, client=client)
   assert storage.glob("gs://bkt/data/*.jsonl", client=client) == ["gs://bkt/data/in.jsonl"]

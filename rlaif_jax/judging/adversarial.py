@@ -69,15 +69,21 @@ class AdversarialGame:
 
   async def evaluate(self, principles: PrincipleSet,
                      labelled: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Detector accuracy (and full agreement) vs human labels; failed items are excluded."""
+    """Detector accuracy vs human labels; a failed verdict counts as wrong.
+
+    ``accuracy`` is correct / all labelled items (None only when no item got a verdict);
+    ``agreement`` (confusion matrix etc.) covers the judged items only.
+    """
     if not labelled:
-      return {"accuracy": None, "n": 0, "n_errors": 0, "agreement": None}
+      return {"accuracy": None, "n": 0, "n_judged": 0, "n_errors": 0, "agreement": None}
     verdicts = await self.detector(principles).judge([r["query"] for r in labelled],
                                                      [r["response"] for r in labelled])
     pairs = [(r["label"], v.verdict) for r, v in zip(labelled, verdicts) if v.verdict is not None]
     agreement = binary_agreement([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
-    return {"accuracy": agreement["accuracy"] if agreement else None, "n": len(pairs),
-            "n_errors": len(labelled) - len(pairs), "agreement": agreement}
+    correct = sum(label == verdict for label, verdict in pairs)
+    return {"accuracy": correct / len(labelled) if pairs else None, "n": len(labelled),
+            "n_judged": len(pairs), "n_errors": len(labelled) - len(pairs),
+            "agreement": agreement}
 
   async def optimize(self, target: str, rules: Sequence[str],
                      feedback: Sequence[str]) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -177,6 +183,7 @@ class AdversarialGame:
     after = await self.evaluate(ps, heldout)
     metrics = {"iteration": iteration, "accuracy_before": before["accuracy"],
                "accuracy_after": after["accuracy"], "heldout": len(heldout),
+               "n_errors_before": before.get("n_errors"), "n_errors_after": after["n_errors"],
                "before": before, "after": after, "adversarial": adv_stats,
                "reflection": ref_stats, "num_principles": len(ps.principles),
                "num_bad_strategies": len(ps.bad_strategies)}

@@ -3,7 +3,9 @@
 ``output_dir/iter_{k}/`` (k = 1..K) holds ``principles.json`` (a full principle set, loadable
 with ``load_principles(path)``), ``strategy.json`` (S_G), ``update_log.jsonl`` (samples,
 reflections and every optimiser rewrite), ``metrics.json`` (held-out accuracy before/after)
-and finally ``DONE``. A finished iteration is never redone; an unfinished one is replayed from
+and finally ``DONE``. ``output_dir/final_principles.json`` is the set with the best held-out
+accuracy (the initial set included; ``best.json`` says which), ``last_principles.json`` the
+last iteration's set. A finished iteration is never redone; an unfinished one is replayed from
 the previous iteration's principles with the same seeded sampling.
 """
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from rlaif_jax import storage
 from rlaif_jax.judging import parsing
@@ -59,14 +61,28 @@ def load_queries(path: str) -> list[str]:
 
 def split_labelled(records: Sequence[dict[str, Any]], holdout_size: int,
                    seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-  """Seeded (train, held-out) split; the held-out part is never shown to the Reflector."""
-  if not 0 < holdout_size < len(records):
-    raise ValueError(f"holdout_size must be in (0, {len(records)}), got {holdout_size}")
-  order = list(range(len(records)))
-  random.Random(seed).shuffle(order)
-  heldout = [records[i] for i in sorted(order[:holdout_size])]
-  train = [records[i] for i in sorted(order[holdout_size:])]
-  return train, heldout
+  """Seeded (train, held-out) split; the held-out part is never shown to the Reflector.
+
+  The split is by unique (query, response): ``holdout_size`` distinct items are held out, and
+  every copy of a duplicated item lands on the same side (so the held-out split may hold a few
+  more than ``holdout_size`` records). Without duplicates this is a plain seeded shuffle.
+  """
+  groups: dict[tuple[str, str], list[int]] = {}
+  for i, record in enumerate(records):
+    groups.setdefault((record["query"], record["response"]), []).append(i)
+  keys = list(groups)
+  if not 0 < holdout_size < len(keys):
+    raise ValueError(f"holdout_size must be in (0, {len(keys)}) (distinct query/response "
+                     f"pairs), got {holdout_size}")
+  random.Random(seed).shuffle(keys)
+  held = sorted(i for key in keys[:holdout_size] for i in groups[key])
+  rest = sorted(i for key in keys[holdout_size:] for i in groups[key])
+  return [records[i] for i in rest], [records[i] for i in held]
+
+
+def count_distinct(records: Sequence[dict[str, Any]]) -> int:
+  """Distinct (query, response) pairs: the upper bound (exclusive) of ``holdout_size``."""
+  return len({(r["query"], r["response"]) for r in records})
 
 
 def check_run_config(output_dir: str, run_config: dict[str, Any]) -> None:
@@ -81,42 +97,73 @@ def check_run_config(output_dir: str, run_config: dict[str, Any]) -> None:
   storage.write_text(path, json.dumps(run_config, ensure_ascii=False, indent=2) + "\n")
 
 
+def _better(accuracy: float | None, best: float | None) -> bool:
+  """Whether ``accuracy`` is at least as good as ``best`` (ties go to the later set)."""
+  if accuracy is None:
+    return best is None
+  return best is None or accuracy >= best
+
+
 async def run_optimization(game: AdversarialGame, *, initial: PrincipleSet,
                            labelled: Sequence[dict[str, Any]], queries: Sequence[str],
                            output_dir: str, iterations: int, holdout_size: int, seed: int,
-                           run_config: dict[str, Any]) -> list[dict[str, Any]]:
-  """Plays ``iterations`` rounds (skipping finished ones); returns every iteration's metrics."""
+                           run_config: dict[str, Any],
+                           on_iteration: Callable[[list[dict[str, Any]]], None] | None = None
+                           ) -> list[dict[str, Any]]:
+  """Plays ``iterations`` rounds (skipping finished ones); returns every iteration's metrics.
+
+  ``final_principles.json`` is the set with the best held-out accuracy (the initial set, as
+  iteration 0, included; ties go to the later set), ``last_principles.json`` the last one, and
+  ``best.json`` says which was chosen. ``on_iteration(metrics so far)`` runs after each
+  iteration (finished ones included).
+  """
   storage.makedirs(output_dir)
   check_run_config(output_dir, run_config)
   train, heldout = split_labelled(labelled, holdout_size, seed)
   ps, before, all_metrics = initial, None, []
+  best: tuple[int, PrincipleSet, float | None] | None = None
   for k in range(1, iterations + 1):
     iter_dir = storage.join(output_dir, f"iter_{k}")
     if storage.exists(storage.join(iter_dir, "DONE")):
-      ps = load_principles(storage.join(iter_dir, "principles.json"))
+      next_ps = load_principles(storage.join(iter_dir, "principles.json"))
       metrics = json.loads(storage.read_text(storage.join(iter_dir, "metrics.json")))
-      before = metrics["after"]
-      all_metrics.append(metrics)
       logger.info("iteration %d already done (accuracy %s -> %s)", k,
                   metrics["accuracy_before"], metrics["accuracy_after"])
-      continue
-    result = await game.play_iteration(ps, iteration=k, queries=queries, train=train,
-                                       heldout=heldout, rng=random.Random(f"{seed}:{k}"),
-                                       before=before)
-    storage.makedirs(iter_dir)
-    storage.write_text(storage.join(iter_dir, "update_log.jsonl"),
-                       "".join(storage.dumps_line(e).decode("utf-8") for e in result.log))
-    save_principles(result.principles, storage.join(iter_dir, "principles.json"))
-    storage.write_text(storage.join(iter_dir, "strategy.json"), json.dumps(
-        {"version": result.principles.version,
-         "bad_strategies": list(result.principles.bad_strategies)},
-        ensure_ascii=False, indent=2) + "\n")
-    storage.write_text(storage.join(iter_dir, "metrics.json"),
-                       json.dumps(json_safe(result.metrics), ensure_ascii=False, indent=2) + "\n")
-    storage.write_text(storage.join(iter_dir, "DONE"), "")
-    ps, before = result.principles, result.metrics["after"]
-    all_metrics.append(result.metrics)
-    logger.info("iteration %d: held-out accuracy %s -> %s", k, result.metrics["accuracy_before"],
-                result.metrics["accuracy_after"])
-  save_principles(ps, storage.join(output_dir, "final_principles.json"))
+    else:
+      result = await game.play_iteration(ps, iteration=k, queries=queries, train=train,
+                                         heldout=heldout, rng=random.Random(f"{seed}:{k}"),
+                                         before=before)
+      next_ps, metrics = result.principles, result.metrics
+      storage.makedirs(iter_dir)
+      storage.write_text(storage.join(iter_dir, "update_log.jsonl"),
+                         "".join(storage.dumps_line(e).decode("utf-8") for e in result.log))
+      save_principles(next_ps, storage.join(iter_dir, "principles.json"))
+      storage.write_text(storage.join(iter_dir, "strategy.json"), json.dumps(
+          {"version": next_ps.version, "bad_strategies": list(next_ps.bad_strategies)},
+          ensure_ascii=False, indent=2) + "\n")
+      storage.write_text(storage.join(iter_dir, "metrics.json"),
+                         json.dumps(json_safe(metrics), ensure_ascii=False, indent=2) + "\n")
+      storage.write_text(storage.join(iter_dir, "DONE"), "")
+      logger.info("iteration %d: held-out accuracy %s -> %s", k, metrics["accuracy_before"],
+                  metrics["accuracy_after"])
+    if best is None:  # the set this run started from, measured before iteration 1
+      best = (k - 1, ps, metrics["accuracy_before"])
+    if _better(metrics["accuracy_after"], best[2]):
+      best = (k, next_ps, metrics["accuracy_after"])
+    ps, before = next_ps, metrics["after"]
+    all_metrics.append(metrics)
+    if on_iteration is not None:
+      on_iteration(list(all_metrics))
+  if best is None:
+    best = (0, ps, None)
+  best_iteration, best_ps, best_accuracy = best
+  save_principles(best_ps, storage.join(output_dir, "final_principles.json"))
+  save_principles(ps, storage.join(output_dir, "last_principles.json"))
+  storage.write_text(storage.join(output_dir, "best.json"), json.dumps(json_safe({
+      "best_iteration": best_iteration, "best_accuracy": best_accuracy,
+      "best_version": best_ps.version, "last_iteration": iterations,
+      "last_accuracy": all_metrics[-1]["accuracy_after"] if all_metrics else None,
+      "last_version": ps.version}), ensure_ascii=False, indent=2) + "\n")
+  logger.info("final principles: iteration %d (%s, held-out accuracy %s)", best_iteration,
+              best_ps.version, best_accuracy)
   return all_metrics

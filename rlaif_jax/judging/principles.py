@@ -19,7 +19,20 @@ from rlaif_jax import storage
 MAX_RULES = 10
 _PACKAGE = "rlaif_jax.judging"
 _FOLDER = "principles"
-_NUMBERING = re.compile(r"^\s*(?:[-*•·]+|\(?\d+[.)、．:：]|[（(]\d+[）)]|第\d+条[:：]?)\s*")
+# A leading bullet or list number. A number must not run on into another digit, so "3.8妇女节"
+# or "10:30" at the start of a rule are kept.
+_NUMBERING = re.compile(
+    r"^\s*(?:[-*•·]+|\(?\d+[.)、．:：](?!\d)|[（(]\d+[）)]|第\d+条[:：]?)\s*")
+
+
+def strip_numbering(rule: str) -> str:
+  """Removes leading bullets/list numbers (all of them, so cleaning twice changes nothing)."""
+  text = rule.strip()
+  while True:
+    stripped = _NUMBERING.sub("", text, count=1).strip()
+    if stripped == text:
+      return text
+    text = stripped
 
 
 class PrincipleError(ValueError):
@@ -33,7 +46,7 @@ def clean_rules(rules: Sequence[Any], *, where: str, max_rules: int = MAX_RULES,
   for i, rule in enumerate(rules):
     if not isinstance(rule, str):
       raise PrincipleError(f"{where}[{i}] must be a string, got {type(rule).__name__}")
-    text = _NUMBERING.sub("", rule.strip()).strip()
+    text = strip_numbering(rule)
     if text and text not in cleaned:
       cleaned.append(text)
   if not cleaned and not allow_empty:
