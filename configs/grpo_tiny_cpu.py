@@ -30,10 +30,12 @@ def get_config() -> ml_collections.ConfigDict:
       rm=ml_collections.ConfigDict(dict(workdir=config_dict.placeholder(str),
                                         config="rm_tiny_cpu", batch_size=32, debias=False,
                                         on_host=False)),
+      # fallback: placeholder reward of an item the judge / offline job failed to score; such
+      # items are masked out of the update (logged as reward_invalid_frac), never trained on.
       judge=ml_collections.ConfigDict(dict(base_url="http://127.0.0.1:8000/v1",
                                            model="judge", api_key_env="OPENAI_API_KEY",
-                                           concurrency=16, principles="v0")),
-      offline=ml_collections.ConfigDict(dict(timeout_s=3600.0))))
+                                           concurrency=16, principles="v0", fallback=0.0)),
+      offline=ml_collections.ConfigDict(dict(timeout_s=3600.0, fallback=0.0))))
   config.rl = ml_collections.ConfigDict(dict(
       algorithm="grpo", total_steps=60, prompts_per_step=8, n_samples=4, mini_batch_size=16,
       epochs=1, max_new_tokens=64, temperature=1.0, top_p=1.0, top_k=0, seed=0, log_every=1,

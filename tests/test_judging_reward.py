@@ -68,3 +68,35 @@ def test_score_works_when_called_from_inside_an_event_loop():
   np.testing.assert_array_equal(asyncio.run(trainer_step()), [1.0])
   np.testing.assert_array_equal(asyncio.run(reward.ascore(["q"], ["短"])), [0.0])
   reward.close()
+
+
+def test_failed_items_are_invalid_not_bad_and_weighted_sums_keep_the_mask():
+  """A judge that cannot answer an item gives it the configured fallback but marks it invalid,
+  unlike a Bad verdict; a WeightedSum around the judge keeps that mask."""
+  import json
+
+  from rlaif_jax.rl.reward_sources import CallableReward, WeightedSum, valid_mask
+
+  def generate(msgs, max_tokens, temperature):
+    out = []
+    for m in msgs:
+      text = m[-1]["content"]
+      if "坏掉" in text:
+        out.append("sorry, I cannot answer")  # unparseable on every attempt
+      else:
+        out.append(json.dumps({"verdict": "Good" if "很好" in text else "Bad",
+                               "evaluation_explanation": "x"}))
+    return out
+
+  judge = JudgeReward(LocalSamplerBackend(generate), "v0", fallback=-3.0, max_attempts=2)
+  prompts, completions = ["生日祝福"] * 3, ["很好的祝福", "差", "坏掉的祝福"]
+  try:
+    np.testing.assert_array_equal(judge.score(prompts, completions), [1.0, 0.0, -3.0])
+    assert judge.last_valid_mask.tolist() == [True, True, False]  # Bad is valid, failure not
+    assert judge.last_verdicts[2].verdict is None
+    total = WeightedSum([("judge", judge, 1.0),
+                         ("len", CallableReward(lambda p, c: [0.0] * len(c)), 0.5)])
+    np.testing.assert_array_equal(total.score(prompts, completions), [1.0, 0.0, -3.0])
+    assert valid_mask(total, 3).tolist() == [True, True, False]
+  finally:
+    judge.close()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rlaif_jax.rl.reward_sources import (CallableReward, OfflineFileReward, RewardError,
-                                         WeightedSum, checked_scores)
+                                         WeightedSum, checked_scores, valid_mask)
 
 
 def test_wrong_length_is_refused():
@@ -24,6 +24,33 @@ def test_weighted_sum():
   total = WeightedSum([("len", a, 0.5), ("good", b, 2.0)])
   np.testing.assert_allclose(total.score(["q", "q"], ["好好", "abc"]), [3.0, 1.5])
   assert set(total.last_components) == {"len", "good"}
+
+
+class Masked:
+  """A source that could not score some items: `last_valid_mask` marks them False."""
+
+  def __init__(self, valid, fallback=0.0):
+    self.valid, self.fallback = list(valid), fallback
+
+  def score(self, prompts, completions):
+    self.last_valid_mask = np.array(self.valid, dtype=bool)
+    return [1.0 if v else self.fallback for v in self.valid]
+
+
+def test_valid_mask_of_plain_and_weighted_sources():
+  plain = CallableReward(lambda p, c: [0.5] * len(c), name="plain")
+  plain.score(["q"] * 3, ["a"] * 3)
+  assert valid_mask(plain, 3).tolist() == [True, True, True]  # no mask: all scored
+  a, b = Masked([True, False, True, True], -7.0), Masked([True, True, False, True])
+  total = WeightedSum([("a", a, 1.0), ("plain", plain, 2.0), ("b", b, 0.5)])
+  np.testing.assert_allclose(total.score(["q"] * 4, ["x"] * 4), [2.5, -5.5, 2.0, 2.5])
+  # Valid only where every part with a mask is valid; parts without one count as valid.
+  assert total.last_valid_mask.tolist() == [True, False, False, True]
+  assert valid_mask(total, 4).tolist() == [True, False, False, True]
+  assert valid_mask(WeightedSum([("p", plain, 1.0)]), 0).shape == (0,)  # before any call
+  with pytest.raises(RewardError, match=r"last_valid_mask of shape \(4,\) after scoring a batch "
+                                        r"of 3"):
+    valid_mask(a, 3)
 
 
 def test_offline_exchange_waits_for_scorer(tmp_path):
@@ -46,6 +73,8 @@ def test_offline_exchange_waits_for_scorer(tmp_path):
   scores = src.score(["p1", "p2", "p3"], ["c1", "c2", "c3"])
   t.join()
   np.testing.assert_allclose(scores, [0.25, 1.0, -1.0])
+  assert src.last_valid_mask.tolist() == [True, True, False]  # the error line is not a score
+  assert valid_mask(src, 3).tolist() == [True, True, False]
   assert src.index == 1
 
 

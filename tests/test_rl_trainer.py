@@ -63,6 +63,7 @@ def test_reward_rises_to_0_8(algo, scan_layers, tmp_path):
               "t_score", "t_update", "reward_std"):
     assert key in rows[-1], key
   assert all(r["kl"] >= -1e-6 and r["kl"] < 20 for r in rows)
+  assert all(r["reward_invalid_frac"] == 0 for r in rows)  # a callable scores every item
   if algo == "ppo":
     assert "critic_vf_loss" in rows[-1]
 
@@ -210,3 +211,92 @@ def test_ppo_resumes_actor_and_critic_from_the_same_rl_step(tmp_path):
   shutil.rmtree(tmp_path / "run" / "critic_checkpoints")
   with pytest.raises(RuntimeError, match="share no step to resume from"):
     make_trainer("ppo", tmp_path, steps=2, checkpoint_every=1)
+
+
+def _masked_group_advantages_np(rewards, valid, group_size, normalize_std=True, eps=1e-6):
+  import numpy as np
+  out = np.zeros(len(rewards), np.float64)
+  for g in range(0, len(rewards), group_size):
+    idx = np.flatnonzero(valid[g:g + group_size]) + g
+    if len(idx) < 2:
+      continue
+    centered = rewards[idx] - rewards[idx].mean()
+    out[idx] = centered / (rewards[idx].std(ddof=1) + eps) if normalize_std else centered
+  return out
+
+
+@pytest.mark.parametrize("normalize_std", [True, False])
+def test_masked_group_advantages_match_numpy(normalize_std):
+  """Group mean/std over valid rows only; invalid rows and groups with < 2 valid rows get 0;
+  with every row valid it is the unmasked estimator."""
+  import numpy as np
+
+  from rlaif_jax.rl import algorithms
+  rng = np.random.default_rng(0)
+  rewards = rng.normal(size=40).astype(np.float32)
+  rewards[8:16] = 0.5  # a group with equal rewards: exactly 0
+  valid = rng.random(40) > 0.3
+  valid[0:8] = [True] + [False] * 7  # one valid row: 0
+  valid[16:24] = False  # none valid: 0
+  valid[24:32] = True
+  got = np.asarray(rollout_lib.masked_group_advantages(rewards, valid, 8,
+                                                       normalize_std=normalize_std))
+  want = _masked_group_advantages_np(rewards.astype(np.float64), valid, 8, normalize_std)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert np.all(got[~valid] == 0) and np.all(got[:24] == 0)
+  assert np.any(got[24:] != 0)
+  everyone = np.asarray(rollout_lib.masked_group_advantages(rewards, np.ones(40, bool), 8,
+                                                            normalize_std=normalize_std))
+  unmasked = np.asarray(algorithms.group_relative_advantages(rewards, 8,
+                                                             normalize_std=normalize_std))
+  np.testing.assert_allclose(everyone, unmasked, rtol=1e-6, atol=1e-7)
+
+
+def test_unscored_rows_are_masked_out_of_the_update_and_logged(tmp_path):
+  """Rows the reward source could not score (last_valid_mask False, e.g. a failed judge call)
+  get no response mask (no gradient, no token reward), no advantage, and no say in their
+  group's statistics; reward_mean/std cover scored rows and reward_invalid_frac is logged."""
+  import dataclasses
+
+  import jax
+  import numpy as np
+
+  valid = np.ones(32, bool)
+  valid[[1, 2, 3, 4, 5, 6, 7]] = False  # group 0: one valid row -> all zero advantages
+  valid[[8, 11]] = False
+  valid[[30]] = False
+
+  class FlakyJudge:
+    def score(self, prompts, completions):
+      self.last_valid_mask = valid.copy()
+      scores = np.asarray(lowercase_share(prompts, completions), np.float32)
+      return np.where(valid, scores, -5.0)  # the fallback must not leak anywhere
+
+  trainer = make_trainer("grpo", tmp_path, steps=1)
+  trainer.reward = FlakyJudge()
+  batches = []
+  finish = trainer.prepare.finish
+
+  def captured_finish(*args):
+    batches.append(finish(*args))
+    return batches[-1]
+  trainer.prepare = dataclasses.replace(trainer.prepare, finish=captured_finish)
+  try:
+    trainer.train()
+  finally:
+    trainer.close()
+  b = jax.device_get(batches[0])
+  mask = np.asarray(b.response_mask)
+  assert np.all(mask[~valid] == 0) and np.all(mask[valid].sum(-1) > 0)
+  assert np.all(np.asarray(b.token_rewards)[~valid] == 0)
+  adv = np.asarray(b.advantages)
+  seq_adv = adv.sum(-1) / np.maximum(mask.sum(-1), 1)
+  rewards = np.asarray(b.sequence_rewards, np.float64)
+  want = _masked_group_advantages_np(rewards, valid, 8)
+  np.testing.assert_allclose(seq_adv, want, rtol=1e-4, atol=1e-5)
+  assert np.all(adv[:8] == 0) and np.any(adv[8:] != 0)
+  rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["reward_invalid_frac"] == pytest.approx(10 / 32)
+  assert rows[-1]["reward_mean"] == pytest.approx(float(rewards[valid].mean()), rel=1e-6)
+  assert rows[-1]["reward_mean"] >= 0  # no -5.0 placeholder in it
+  assert np.isfinite(rows[-1]["loss"])

@@ -34,8 +34,11 @@ def query_from_prompt(prompt: str) -> str:
 class JudgeReward:
   """Binary judge verdicts as rewards: Good -> ``good_reward``, Bad -> ``bad_reward``.
 
-  Items whose judge call failed (backend error or unparseable after retries) get ``fallback``
-  and are marked False in ``last_valid_mask`` so a trainer can drop them from the loss.
+  Items whose judge call failed (backend error or unparseable after retries) are marked False
+  in ``last_valid_mask``: they are not scored. Their reward is the placeholder ``fallback`` (the
+  RL config's ``reward.judge.fallback``), which the RL trainer never trains on: it masks invalid
+  items out of the policy update and the GRPO group statistics and logs their share as
+  ``reward_invalid_frac``. A caller that ignores the mask would treat ``fallback`` as a score.
   ``score`` is synchronous and runs on a private background event loop that keeps HTTP
   connections alive across RL steps; ``ascore`` is the coroutine version.
   """
@@ -68,7 +71,7 @@ class JudgeReward:
     table = {1: self.good_reward, 0: self.bad_reward}
     rewards = np.array([table.get(v.verdict, self.fallback) for v in verdicts], dtype=np.float32)
     self.last_verdicts = verdicts
-    self.last_valid_mask = np.array([v.verdict is not None for v in verdicts], dtype=bool)
+    self.last_valid_mask = np.array([v.verdict in table for v in verdicts], dtype=bool)
     return rewards
 
   def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:

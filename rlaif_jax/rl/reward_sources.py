@@ -5,6 +5,11 @@ the LLM judge (`rlaif_jax.judging.reward.JudgeReward`), an offline batch job exc
 (`OfflineFileReward`), and plain Python callables (`CallableReward`, verifiable rewards). Every
 call goes through `checked_scores`, which refuses a wrong length or non-finite values (a silent
 broadcast here was a real TRL bug).
+
+Per-item validity: a source may set `last_valid_mask` (bool[batch]) in `score`; False marks an
+item it could not score (a judge call that failed, an offline `error` line). Such an item's
+reward is only a placeholder (`fallback`), not a verdict: the RL trainer reads the mask with
+`valid_mask` and masks invalid items out of the update and of the GRPO group statistics.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ class RewardError(RuntimeError):
 class RewardSource(Protocol):
 
   def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
-    """f32[batch] rewards for (prompt, completion) pairs."""
+    """f32[batch] rewards for (prompt, completion) pairs. Optionally sets `last_valid_mask`."""
 
 
 def checked_scores(name: str, scores, n: int) -> np.ndarray:
@@ -37,6 +42,23 @@ def checked_scores(name: str, scores, n: int) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(arr))[:5].tolist()
     raise RewardError(f"reward source {name!r} returned non-finite rewards at indices {bad}")
   return arr
+
+
+def valid_mask(source: RewardSource, n: int) -> np.ndarray:
+  """bool[n]: which items of `source`'s latest `score` call were really scored.
+
+  All True when the source keeps no `last_valid_mask` (or it is None); a mask of another length
+  (left from an earlier call) raises RewardError.
+  """
+  mask = getattr(source, "last_valid_mask", None)
+  if mask is None:
+    return np.ones(n, dtype=bool)
+  arr = np.asarray(mask)
+  if arr.shape != (n,):
+    name = getattr(source, "name", type(source).__name__)
+    raise RewardError(f"reward source {name!r} has last_valid_mask of shape {arr.shape} after "
+                      f"scoring a batch of {n}; it must mark each completion")
+  return arr.astype(bool)
 
 
 class CallableReward:
@@ -52,25 +74,33 @@ class CallableReward:
 
 
 class WeightedSum:
-  """sum_i w_i * source_i, each source's output checked; `last_components` keeps the parts."""
+  """sum_i w_i * source_i, each source's output checked; `last_components` keeps the parts.
+
+  `last_valid_mask`: an item is valid only if every part that keeps a mask marked it valid.
+  """
 
   def __init__(self, sources: Sequence[tuple[str, RewardSource, float]]):
     if not sources:
       raise ValueError("WeightedSum needs at least one (name, source, weight)")
     self.sources = list(sources)
     self.last_components: dict[str, np.ndarray] = {}
+    self.last_valid_mask = np.zeros((0,), dtype=bool)
 
   def set_step(self, step: int) -> None:
     for _, source, _ in self.sources:
       set_step(source, step)
 
   def score(self, prompts, completions) -> np.ndarray:
-    total = np.zeros(len(completions), np.float32)
+    n = len(completions)
+    total = np.zeros(n, np.float32)
+    valid = np.ones(n, dtype=bool)
     self.last_components = {}
     for name, source, weight in self.sources:
-      part = checked_scores(name, source.score(prompts, completions), len(completions))
+      part = checked_scores(name, source.score(prompts, completions), n)
+      valid &= valid_mask(source, n)
       self.last_components[name] = part
       total += np.float32(weight) * part
+    self.last_valid_mask = valid
     return total
 
 
@@ -80,7 +110,8 @@ class OfflineFileReward:
   Batch k writes `exchange_dir/rollout_{k:06d}.jsonl` (lines {"id", "query", "response"}),
   atomically, then waits for `rollout_{k:06d}.scored.jsonl` with one line per id carrying
   `reward` (float) or `verdict` (0/1, as `launch.judge` writes). Lines with an `error` field get
-  `fallback`. A scorer that has not produced every id within `timeout_s` raises RewardError
+  `fallback` and are marked False in `last_valid_mask` (the trainer masks them out, they are
+  not scored). A scorer that has not produced every id within `timeout_s` raises RewardError
   naming the file and how many ids are missing.
 
   k is the RL step when the trainer announces it (`set_step`, called by RLTrainer before every
@@ -96,6 +127,7 @@ class OfflineFileReward:
     self.dir.mkdir(parents=True, exist_ok=True)
     self.timeout_s, self.poll_s, self.fallback = timeout_s, poll_s, fallback
     self.index = start_index
+    self.last_valid_mask = np.zeros((0,), dtype=bool)
 
   def set_step(self, step: int) -> None:
     """The next call scores RL step `step`: its files are rollout_{step:06d}.*."""
@@ -133,8 +165,9 @@ class OfflineFileReward:
           f"different config, and its scores ({scored_path.name}) belong to other completions. "
           f"Move the old exchange files away (or use a new workdir) and rerun")
 
-  def _read(self, path: pathlib.Path, n: int) -> dict[int, float]:
-    got: dict[int, float] = {}
+  def _read(self, path: pathlib.Path, n: int) -> dict[int, float | None]:
+    """id -> reward, None for an `error` line."""
+    got: dict[int, float | None] = {}
     if not path.exists():
       return got
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -148,7 +181,7 @@ class OfflineFileReward:
       if not isinstance(rid, int) or not 0 <= rid < n:
         raise RewardError(f"{path}:{lineno}: id {rid!r} is not one of the rollout's ids 0..{n - 1}")
       if rec.get("error"):
-        got[rid] = self.fallback
+        got[rid] = None
       elif "reward" in rec:
         got[rid] = float(rec["reward"])
       elif "verdict" in rec:
@@ -175,7 +208,9 @@ class OfflineFileReward:
                           f"launch.judge --input={out_path} --output={scored_path} ...`")
       time.sleep(self.poll_s)
     self.index += 1
-    return checked_scores("offline", [got[i] for i in range(n)], n)
+    values = [got[i] for i in range(n)]
+    self.last_valid_mask = np.array([v is not None for v in values], dtype=bool)
+    return checked_scores("offline", [self.fallback if v is None else v for v in values], n)
 
 
 def set_step(source: RewardSource, step: int) -> None:

@@ -78,7 +78,12 @@ def _import_callable(path: str) -> Callable:
 def build_reward(rcfg: Any, workdir: pathlib.Path, sft_dir: pathlib.Path,
                  data_dir: pathlib.Path, mesh) -> RewardSource:
   """config.reward.sources: a comma list of kind[:weight] with kinds rm, judge, offline,
-  callable (config.reward.callable = 'pkg.mod:fn'); several are summed with their weights."""
+  callable (config.reward.callable = 'pkg.mod:fn'); several are summed with their weights.
+
+  reward.judge.fallback / reward.offline.fallback (default 0.0): the placeholder reward of an
+  item the judge or the offline job failed to score. Such items are marked invalid
+  (`last_valid_mask`) and masked out of the RL update, not scored with the fallback; it only
+  shows in the sources' raw outputs."""
   parts = []
   for item in str(rcfg.sources).split(","):
     kind, _, weight = item.strip().partition(":")
@@ -95,9 +100,10 @@ def build_reward(rcfg: Any, workdir: pathlib.Path, sft_dir: pathlib.Path,
       j = rcfg.judge
       backend = make_backend("openai", base_url=j.base_url, model=j.model,
                              api_key_env=j.api_key_env, concurrency=j.concurrency)
-      source = JudgeReward(backend, j.principles)
+      source = JudgeReward(backend, j.principles, fallback=float(j.get("fallback", 0.0)))
     elif kind == "offline":
-      source = OfflineFileReward(workdir / "exchange", timeout_s=rcfg.offline.timeout_s)
+      source = OfflineFileReward(workdir / "exchange", timeout_s=rcfg.offline.timeout_s,
+                                 fallback=float(rcfg.offline.get("fallback", 0.0)))
     elif kind == "callable":
       source = CallableReward(_import_callable(rcfg.callable))
     else:

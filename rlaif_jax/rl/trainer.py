@@ -25,7 +25,7 @@ from rlaif_jax.data import formatting
 from rlaif_jax.models.decoder import Decoder
 from rlaif_jax.models.scalar_head import ScalarHeadModel
 from rlaif_jax.rl import algorithms, losses, rollout as rollout_lib, rollout_buffer
-from rlaif_jax.rl.reward_sources import RewardSource, checked_scores, set_step
+from rlaif_jax.rl.reward_sources import RewardSource, checked_scores, set_step, valid_mask
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
 from rlaif_jax.sharding import mesh as mesh_lib
@@ -101,8 +101,8 @@ class RLTrainer:
     self.cfg, self.tok, self.reward, self.prompts, self.fmt = cfg, tokenizer, reward, prompts, fmt
     self.mesh, self.workdir = mesh, pathlib.Path(workdir)
     self.meta = dict(meta or {})
-    # (query, completion, reward) of the latest rollout; empty until a step runs (a rerun of a
-    # finished run runs none).
+    # (query, completion, reward) of the latest rollout, reward NaN for an item the source could
+    # not score; empty until a step runs (a rerun of a finished run runs none).
     self.last_texts: list[tuple[str, str, float]] = []
     self.actor_ckpt = checkpointing.Checkpointer(self.workdir / checkpointing.CHECKPOINT_DIR,
                                                  cfg.keep_checkpoints)
@@ -215,17 +215,25 @@ class RLTrainer:
     rep_queries = [q for q in queries for _ in range(cfg.n_samples)]
     set_step(self.reward, step)  # e.g. the offline exchange names its files by the step
     rewards = checked_scores("reward", self.reward.score(rep_queries, texts), len(texts))
+    # Items the source could not score (a failed judge call) carry a placeholder reward, not a
+    # verdict: they are masked out of the update and the group statistics, never trained on.
+    valid = valid_mask(self.reward, len(texts))
     t3 = time.perf_counter()
     critic_params = self.critic.params if self.critic is not None else None
+    row_sharding = mesh_lib.data_sharding(self.mesh, 1)
     with jax.set_mesh(self.mesh):
       batch = self.prepare.finish(old_lp, ref_lp, critic_params, seq,
-                                  jax.device_put(rewards, mesh_lib.data_sharding(self.mesh, 1)))
-    stats = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+                                  jax.device_put(rewards, row_sharding),
+                                  None if valid.all() else jax.device_put(valid, row_sharding))
+    scored = rewards[valid]
+    stats = {"reward_mean": float(scored.mean()) if scored.size else 0.0,
+             "reward_std": float(scored.std()) if scored.size else 0.0,
+             "reward_invalid_frac": float(1.0 - valid.mean()),
              "response_len": float(lengths.mean()),
              "response_chars": float(np.mean([len(t) for t in texts])),
              "truncated_frac": float(np.mean(~out.stopped)), "t_generate": t1 - t0,
              "t_score": t3 - t2}
-    self.last_texts = list(zip(rep_queries, texts, rewards.tolist()))
+    self.last_texts = list(zip(rep_queries, texts, np.where(valid, rewards, np.nan).tolist()))
     return batch, stats
 
   def update(self, batch: rollout_buffer.RolloutBatch, step: int) -> dict[str, float]:
@@ -281,6 +289,7 @@ class RLTrainer:
       if step % cfg.log_every == 0 or step == cfg.total_steps:
         self.writer.write(step, row)
       bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.4f}",
+                      invalid=f"{row['reward_invalid_frac']:.2f}",
                       tok_s=f"{row['tokens_per_sec']:.0f}")
       if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
         self.save(step)
