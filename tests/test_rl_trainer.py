@@ -300,3 +300,19 @@ def test_unscored_rows_are_masked_out_of_the_update_and_logged(tmp_path):
   assert rows[-1]["reward_mean"] == pytest.approx(float(rewards[valid].mean()), rel=1e-6)
   assert rows[-1]["reward_mean"] >= 0  # no -5.0 placeholder in it
   assert np.isfinite(rows[-1]["loss"])
+
+
+def test_non_finite_update_stops_with_the_last_good_checkpoint(tmp_path):
+  """The NaN guard raises NonFiniteLossError naming the last checkpoint (it used to crash on a
+  closed checkpointer), and it watches the critic's metrics too."""
+  from rlaif_jax.training.trainer import NonFiniteLossError
+  trainer = make_trainer("grpo", tmp_path, steps=2)
+  real_update = trainer.update
+
+  def nan_critic(batch, step):
+    return {**real_update(batch, step), "critic_grad_norm": float("nan")}
+  trainer.update = nan_critic
+  with pytest.raises(NonFiniteLossError, match=r"\['critic_grad_norm'\] not finite.*step None"):
+    trainer.train()
+  with pytest.raises(ValueError, match="group_size=8 must equal rl.n_samples=4"):
+    rl.RLConfig(n_samples=4, advantage=rollout_lib.AdvantageConfig(group_size=8))

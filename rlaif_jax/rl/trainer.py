@@ -79,6 +79,10 @@ class RLConfig:
       raise ValueError("GRPO uses a group estimator ('grpo' or 'dr_grpo'), not 'gae'")
     if self.algorithm == "ppo" and self.advantage.estimator != "gae":
       raise ValueError("PPO needs advantage.estimator='gae'")
+    if self.advantage.estimator != "gae" and self.advantage.group_size != self.n_samples:
+      # Groups are contiguous blocks of group_size rows; any other size mixes prompts.
+      raise ValueError(f"rl.advantage.group_size={self.advantage.group_size} must equal "
+                       f"rl.n_samples={self.n_samples} (one group per prompt)")
 
   @property
   def updates_per_step(self) -> int:
@@ -280,12 +284,16 @@ class RLTrainer:
              "kl": self._kl_to_ref(batch), "t_update": t_update}
       row["tokens_per_sec"] = float(np.asarray(batch.response_mask).sum()) / max(
           stats["t_generate"] + stats["t_score"] + t_update, 1e-9)
-      bad = [k for k in ("loss", "grad_norm", "kl") if not np.isfinite(row.get(k, 0.0))]
+      watched = ("loss", "grad_norm", "kl", "critic_loss", "critic_grad_norm",
+                 "critic_vf_loss")  # a diverged critic must not be saved either
+      bad = [k for k in watched if not np.isfinite(row.get(k, 0.0))]
       if bad:
+        self.actor_ckpt.wait()
+        last, where = self.actor_ckpt.latest_step(), self.actor_ckpt.directory
         self.close()
         raise trainer_lib.NonFiniteLossError(
             f"RL step {step}: {bad} not finite; stopped without saving; the last good checkpoint "
-            f"is step {self.actor_ckpt.latest_step()} in {self.actor_ckpt.directory}")
+            f"is step {last} in {where}")
       if step % cfg.log_every == 0 or step == cfg.total_steps:
         self.writer.write(step, row)
       bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.4f}",

@@ -23,8 +23,10 @@ DEFAULT_VOCAB_SIZE = 4000
 def greeting_corpus(data_dir: str | os.PathLike) -> Iterator[str]:
   """Yields the distinct texts of the training files, in file order: SFT prompts and responses,
   reward-model train prompts/chosen/rejected, random_query requests, and the GRPO train prompts
-  (which carry the paper's prefix "请只生成一条祝福语："). Test and evaluation files are left out
-  so held-out text never shapes the vocabulary."""
+  (which carry the paper's prefix "请只生成一条祝福语："). The test and evaluation files are left
+  out, but their text is not fully unseen: the SFT file is read whole (the SFT held-out split
+  included), and random_query.txt holds the evaluation-set queries (and 10 of the 791 GRPO test
+  queries). Only the vocabulary sees them; no model is trained on them through this corpus."""
   def texts() -> Iterator[str]:
     for ex in greetings.load_sft(data_dir):
       yield ex.prompt

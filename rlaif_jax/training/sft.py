@@ -144,7 +144,11 @@ def build_sft_data(tok: Tokenizer, examples: Sequence[greetings.SFTExample],
 
 def train_batches(data: SFTData, batch_size: int, seed: int
                   ) -> Callable[[int], Iterator[dict[str, np.ndarray]]]:
-  """start -> global batches for steps start, start + 1, ... (epochs repeat forever)."""
+  """start -> global batches for steps start, start + 1, ... (epochs repeat forever).
+
+  Each epoch is a fresh seeded permutation cut into len(train) // batch_size full batches: the
+  remainder (e.g. 24 of 3800 examples at batch 32) is left out of that epoch, a different one
+  each epoch, so no example is skipped for good over several epochs."""
   if len(data.train) < batch_size:
     raise ValueError(f"{len(data.train)} training examples cannot fill one batch of "
                      f"{batch_size}; lower batch_size or raise data.max_train_examples")
