@@ -20,6 +20,10 @@ command resumes: finished generations and judgements are kept.
                   queries) or both; --max_prompts takes a seeded subset.
   --reliability   also score every judge against the human labels of the evaluation set
                   (accuracy, precision, recall, F1, Cohen's kappa, beside the length baseline).
+                  A threshold calibrated on those labels (rm, length, the length baseline) is
+                  cross-fitted there: each item's verdict comes from the threshold refitted on
+                  the other --reliability_folds folds (out-of-fold figures; the table's notes
+                  column says so). The excellence rates use the threshold fitted on all of them.
 """
 from __future__ import annotations
 
@@ -51,6 +55,9 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens; 0 = of
 _SEED = flags.DEFINE_integer("seed", 0, "Seed; generation batch k uses seed + k.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Prompts per sampler call.")
 _JUDGE_CHUNK = flags.DEFINE_integer("judge_chunk_size", 64, "Items per judge call (resume unit).")
+_RELIABILITY_FOLDS = flags.DEFINE_integer(
+    "reliability_folds", harness.RELIABILITY_FOLDS, "Cross-fitting folds (>= 2) for the "
+    "reliability of judges whose threshold is fitted on the labels.")
 _PROMPT_TEMPLATE = flags.DEFINE_string("prompt_template", formatting.GRPO_PROMPT_TEMPLATE,
                                        "User message; must contain {query}.")
 _CHAT_TEMPLATE = flags.DEFINE_bool("chat_template", True, "Wrap prompts in the chat template.")
@@ -75,7 +82,8 @@ def main(argv: list[str]) -> int:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _CHECKPOINTS.value and not _RELIABILITY.value:
     raise app.UsageError("nothing to do: pass --checkpoints and/or --reliability")
-  for flag, low in ((_MAX_PROMPTS, 0), (_MAX_LABELLED, 0), (_JUDGE_CHUNK, 1)):
+  for flag, low in ((_MAX_PROMPTS, 0), (_MAX_LABELLED, 0), (_JUDGE_CHUNK, 1),
+                    (_RELIABILITY_FOLDS, 2)):
     if flag.value < low:
       raise app.UsageError(f"--{flag.name} must be >= {low}, got {flag.value}")
   try:
@@ -110,7 +118,8 @@ def _run(judges: list[judges_lib.EvalJudge], labelled: list[greetings.LabeledRes
          generation: harness.GenerationConfig, mesh: Any) -> None:
   """Writes the reliability table (--reliability) and the checkpoint evaluation."""
   if _RELIABILITY.value:
-    rows = harness.judge_reliability(judges, labelled, _OUTPUT_DIR.value, _JUDGE_CHUNK.value)
+    rows = harness.judge_reliability(judges, labelled, _OUTPUT_DIR.value, _JUDGE_CHUNK.value,
+                                     folds=_RELIABILITY_FOLDS.value)
     print("Judge reliability vs human labels\n" + report.markdown_table(
         rows, harness.RELIABILITY_COLUMNS))
   if checkpoints:

@@ -287,20 +287,46 @@ def run_pipeline(config: Any, workdir: str | os.PathLike, data_dir: str | os.Pat
 
 
 def _comparison_table(rows: dict[str, list[dict[str, Any]]]) -> str:
-  """One row per checkpoint: excellence under each judge (with CI), diversity, length."""
+  """One row per checkpoint: excellence under each judge (with CI), diversity (distinct-2,
+  self-BLEU over the non-empty responses, novelty-4 against the SFT responses, share of empty
+  responses), length."""
   judges = list(dict.fromkeys(r["judge"] for r in rows["excellence"]))
   rate = {(r["checkpoint"], r["judge"]): r for r in rows["excellence"]}
   head = ["checkpoint"] + [f"excellent ({j})" for j in judges] + [
-      "distinct-2", "self-BLEU", "mean chars"]
+      "distinct-2", "self-BLEU", "novelty-4", "empty", "mean chars"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for d in rows["diversity"]:
     cells = [d["checkpoint"]]
     for j in judges:
       r = rate[(d["checkpoint"], j)]
       cells.append(f"{r['rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
-    cells += [f"{d['distinct_2']:.3f}", f"{d['self_bleu']:.3f}", f"{d['mean_chars']:.1f}"]
+    cells += [_num(d.get("distinct_2")), _num(d.get("self_bleu")), _num(d.get("novelty_4")),
+              _num(d.get("empty_rate")), _num(d.get("mean_chars"), 1)]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+  """A table cell: `value` to `digits` decimals, "-" for a missing or NaN value."""
+  if value is None or value != value:
+    return "-"
+  return f"{value:.{digits}f}"
+
+
+def _reliability_note(reliability: list[dict[str, Any]]) -> str:
+  """How the reliability rows were computed: which thresholds were cross-fitted, in how many
+  folds."""
+  fitted = [r for r in reliability if r.get("folds")]
+  if not fitted:
+    return ""
+  ks = sorted({int(r["folds"]) for r in fitted})
+  names = ", ".join(f"`{r['judge']}`" for r in fitted)
+  k = " or ".join(str(x) for x in ks)
+  return (f"Rows {names}: threshold cross-fitted, {k} folds (stratified, seeded): each item's "
+          "verdict comes from the threshold fitted on the other folds, so these are held-out "
+          "figures (the notes column gives the in-sample accuracy beside them). The `threshold` "
+          "column, and the excellence rates above, use the threshold fitted on all labelled "
+          "items.")
 
 
 def _rl_summary(rl_dir: pathlib.Path, k: int = 5) -> str:
@@ -322,7 +348,8 @@ def _rl_summary(rl_dir: pathlib.Path, k: int = 5) -> str:
 def results_markdown(workdir: pathlib.Path, rows: dict[str, list[dict[str, Any]]],
                      reliability: list[dict[str, Any]], timings: dict[str, float],
                      pngs: list[str], prompt_set: str = "grpo_test") -> str:
-  rm_report = json.loads((workdir / "rm" / reward_model.REPORT_FILE).read_text())
+  rm_report = reward_model.complete_pair_report(
+      json.loads((workdir / "rm" / reward_model.REPORT_FILE).read_text()))
   rel = (workdir / "eval" / "reliability.md").read_text()
   n = rows["diversity"][0].get("n") if rows.get("diversity") else None
   prompts = f"{prompt_set} ({PROMPT_SET_FILES.get(prompt_set, prompt_set)})" + (
@@ -332,10 +359,17 @@ def results_markdown(workdir: pathlib.Path, rows: dict[str, list[dict[str, Any]]
       f"## Policies (evaluation prompts: {prompts})", "",
       _comparison_table(rows), "",
       "Excellence = share of generations a judge calls excellent; `length` is the baseline "
-      "judge (response length >= a threshold fitted on the human labels). 95% Wilson intervals.",
+      "judge (response length >= a threshold), `rm` the reward model's score >= a threshold; "
+      "thresholds not given are fitted on all labelled items of the evaluation set. 95% Wilson "
+      "intervals. self-BLEU is over the non-empty responses, `empty` the share of empty ones; "
+      "novelty-4 = share of the generated character 4-grams that never occur in the SFT data's "
+      "responses (sft/sft_data.json).",
       "", "## Reward model on reward_data_test.json", "",
       reward_model.format_pair_report(rm_report), "",
+      "Lengths are non-whitespace characters. Chosen not longer = chosen strictly shorter + "
+      "equal length; the baseline gets an equal-length pair half right.", "",
       "## Judges against the human labels (evaluation set)", "", rel.strip(), "",
+      _reliability_note(reliability), "",
       "## GRPO", "", _rl_summary(workdir / "grpo"), "",
       "## Stage wall times (this invocation)", "",
       "\n".join(f"- {k}: {v:.0f}s" for k, v in timings.items()) or "- all stages were done", "",

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from rlaif_jax.evaluation.agreement import (best_length_threshold_baseline, binary_agreement,
-                                            cohen_kappa, confusion_counts)
+                                            cohen_kappa, confusion_counts, cross_fit_threshold,
+                                            stratified_folds)
 
 
 def test_binary_agreement_hand_computed():
@@ -90,3 +91,56 @@ def test_length_baseline_separable_and_degenerate():
   assert all_bad["threshold"] == 31 and all_bad["accuracy"] == 1.0  # Predict all 0.
   with pytest.raises(ValueError, match="must match"):
     best_length_threshold_baseline([1, 2], [1])
+
+
+# ---- cross-fitting ----------------------------------------------------------------------------
+
+
+def _length_fit(scores, labels):
+  return best_length_threshold_baseline(scores.astype(int), labels)["threshold"]
+
+
+def test_stratified_folds_are_balanced_seeded_and_checked():
+  labels = np.array([1] * 7 + [0] * 13)
+  folds = stratified_folds(labels, 4, seed=3)
+  assert np.array_equal(folds, stratified_folds(labels, 4, seed=3))
+  assert not np.array_equal(folds, stratified_folds(labels, 4, seed=4))
+  assert sorted(np.bincount(folds).tolist()) == [5, 5, 5, 5]
+  assert all(1 <= labels[folds == f].sum() <= 2 for f in range(4))  # positives spread out
+  for k in (1, 21):
+    with pytest.raises(ValueError, match="2 <= k <= n"):
+      stratified_folds(labels, k)
+
+
+def test_cross_fit_leave_one_out_by_hand():
+  # Lengths 1..4, labels 0 1 0 1. Fitted on all four, t = 2 (0 1 1 1): accuracy 3/4 in sample.
+  # Leave-one-out (k = n, so the shuffle does not matter): without item 0 t = 2 -> 0 (right);
+  # without item 1 (len 2) the rest say t = 4 -> 0 (wrong); without item 2 (len 3) t = 2 -> 1
+  # (wrong); without item 3 t = 2 -> 1 (right). Out of fold: 2/4.
+  lengths, labels = np.array([1, 2, 3, 4]), np.array([0, 1, 0, 1])
+  assert best_length_threshold_baseline(lengths, labels)["accuracy"] == 0.75
+  got = cross_fit_threshold(lengths, labels, _length_fit, k=4, seed=7)
+  assert got["k"] == 4 and sorted(got["folds"].tolist()) == [0, 1, 2, 3]
+  assert got["predictions"].tolist() == [0, 0, 1, 1]
+  assert [got["thresholds"][f] for f in got["folds"]] == [2, 4, 2, 2]  # per item's fold
+  assert binary_agreement(labels, got["predictions"])["accuracy"] == 0.5
+
+
+def test_cross_fit_never_fits_on_the_held_out_fold():
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(1, 80, size=50)
+  labels = (lengths + rng.normal(0, 20, size=50) > 40).astype(int)
+  seen = []
+
+  def fit(scores, y):
+    seen.append(scores.copy())
+    return _length_fit(scores, y)
+
+  got = cross_fit_threshold(lengths, labels, fit, k=5, seed=1)
+  for f, train in enumerate(seen):
+    held_out = got["folds"] == f
+    assert train.size == (~held_out).sum()
+    np.testing.assert_array_equal(train, lengths[~held_out])
+    assert got["thresholds"][f] == _length_fit(lengths[~held_out], labels[~held_out])
+    np.testing.assert_array_equal(got["predictions"][held_out],
+                                  lengths[held_out] >= got["thresholds"][f])

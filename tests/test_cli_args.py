@@ -116,4 +116,4 @@ def test_rl_progress_bar_shows_tokens_per_second(monkeypatch):
   row = t.train()
   assert row["tokens_per_sec"] == pytest.approx(50.0)  # 100 tokens / (1.5 + 0.5 + 0) s
   assert saved == [2]
-  assert postfixes == [{"reward": "0.500", "kl": "0.0100", "tok_s": "50"}] * 2
+  assert postfixes == [{"reward": "0.500", "kl": "0.0100", "invalid": "0.00", "tok_s": "50"}] * 2

@@ -1,7 +1,9 @@
-"""Evaluation metrics, reports and plots against hand-computed values."""
+"""Evaluation metrics, reports and plots against hand-computed values; tables and plots are
+written atomically."""
 import csv
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -102,6 +104,47 @@ def test_self_bleu_sampling_is_reproducible_and_needs_two_texts():
     diversity.self_bleu(["只有一个"])
 
 
+def test_self_bleu_leaves_empty_responses_out():
+  # Ten identical greetings are not diverse; ten empty responses beside them must not make them
+  # look diverse (they used to score 0 each, halving self-BLEU), nor count as references.
+  same = ["新年快乐万事如意"] * 10
+  assert diversity.self_bleu(same + [""] * 10) == pytest.approx(1.0)
+  assert diversity.self_bleu(same + [" \n"] * 3) == pytest.approx(1.0)  # whitespace only
+  assert diversity.self_bleu(["abcd", "", "abce"]) == diversity.self_bleu(["abcd", "abce"])
+  # Fewer than two non-empty texts: undefined.
+  assert math.isnan(diversity.self_bleu(["新年快乐", "", ""]))
+  assert math.isnan(diversity.self_bleu(["", ""]))
+  # Sampling draws from the non-empty texts.
+  assert diversity.self_bleu(same[:3] + [""] * 50, max_texts=2) == pytest.approx(1.0)
+
+
+def test_empty_rate_in_the_diversity_report():
+  assert diversity.empty_rate(["a", "", " \n", "b"]) == 0.5
+  assert math.isnan(diversity.empty_rate([]))
+  report_ = diversity.diversity_report(["", "", ""])
+  assert report_["empty_rate"] == 1.0 and math.isnan(report_["self_bleu"])
+  assert math.isnan(report_["novelty_4"])  # no reference given
+  report_ = diversity.diversity_report(["春节快乐", "", "春节快乐", ""])
+  assert report_["empty_rate"] == 0.5 and report_["self_bleu"] == pytest.approx(1.0)
+
+
+def test_novelty_4_by_hand():
+  reference = ["新年快乐万事如意"]  # 4-grams 新年快乐 年快乐万 快乐万事 乐万事如 万事如意
+  assert diversity.char_ngram_set(reference, 4) == {"新年快乐", "年快乐万", "快乐万事", "乐万事如",
+                                                    "万事如意"}
+  # "新年快乐！": 新年快乐 (seen), 年快乐！ (novel); "万事 如意" -> 万事如意 (seen, whitespace
+  # dropped); "恭喜" has no 4-gram; nothing spans two texts (快乐！万 is not counted).
+  assert diversity.novelty_n(["新年快乐！", "万事 如意", "恭喜"], reference, 4) == pytest.approx(1 / 3)
+  # Occurrences count: a copied 4-gram written twice weighs twice.
+  assert diversity.novelty_n(["新年快乐", "新年快乐", "恭喜发财"], reference) == pytest.approx(1 / 3)
+  assert diversity.novelty_n(["恭喜发财", "恭喜发财"], reference) == 1.0
+  assert diversity.novelty_n(["新年快乐万事如意"], reference) == 0.0
+  assert math.isnan(diversity.novelty_n(["新年", ""], reference))  # no 4-gram generated
+  known = diversity.char_ngram_set(reference, 4)
+  got = diversity.diversity_report(["新年快乐！", "万事 如意", "恭喜"], novelty_reference=known)
+  assert got["novelty_4"] == pytest.approx(1 / 3)
+
+
 def test_length_stats_and_report():
   got = diversity.length_stats(["ab", "abcd", "a b c"])
   assert got["mean_chars"] == 3.0 and got["median_chars"] == 3.0 and got["n"] == 3
@@ -128,10 +171,18 @@ def test_longer_wins_and_accuracy_where_chosen_not_longer():
   chosen = ["aaaa", "a", "aa"]
   rejected = ["a", "aaaa", "b b"]
   wins = length_bias.longer_wins_accuracy(chosen, rejected)
-  assert wins == {"accuracy": pytest.approx(0.5), "ties": pytest.approx(1 / 3), "n": 3}
+  # Pair 0 chosen longer (1), pair 1 chosen shorter (0), pair 2 equal length (0.5): on the two
+  # pairs whose chosen text is not longer the baseline gets 0.25, not "0 by construction".
+  assert wins == {"accuracy": pytest.approx(0.5), "ties": pytest.approx(1 / 3), "n": 3,
+                  "accuracy_chosen_not_longer": 0.25, "n_chosen_not_longer": 2,
+                  "accuracy_chosen_shorter": 0.0, "n_chosen_shorter": 1,
+                  "accuracy_equal_length": 0.5, "n_equal_length": 1}
   got = length_bias.accuracy_where_chosen_not_longer(
       [1.0, 2.0, 0.0], [0.0, 1.0, 1.0], chosen, rejected)
-  assert got == {"accuracy": 0.5, "n": 2, "accuracy_all": pytest.approx(2 / 3), "n_all": 3}
+  assert got == {"accuracy": 0.5, "n": 2, "accuracy_all": pytest.approx(2 / 3), "n_all": 3,
+                 "accuracy_shorter": 1.0, "n_shorter": 1, "accuracy_ties": 0.0, "n_ties": 1}
+  none = length_bias.longer_wins_accuracy(["aa"], ["a"])
+  assert none["n_chosen_not_longer"] == 0 and math.isnan(none["accuracy_chosen_not_longer"])
   with pytest.raises(ValueError, match="must match"):
     length_bias.accuracy_where_chosen_not_longer([1.0], [0.0, 1.0], chosen, rejected)
 
@@ -158,6 +209,23 @@ def test_write_table_markdown_and_csv(tmp_path):
     parsed = list(csv.DictReader(f))
   assert parsed[0] == {"checkpoint": "sft", "judge": "a|b", "rate": "0.123456", "n": "100"}
   assert parsed[1]["judge"] == "" and parsed[1]["n"] == ""
+
+
+def test_tables_are_written_atomically(tmp_path, monkeypatch):
+  md, csv_path = tmp_path / "t.md", tmp_path / "t.csv"
+  report.write_table([{"a": 1}], ["a"], md, csv_path)
+  before = {p: p.read_bytes() for p in (md, csv_path)}
+
+  def killed(src, dst):
+    raise KeyboardInterrupt  # a kill between writing the temporary file and the rename
+
+  monkeypatch.setattr(os, "replace", killed)
+  for path in (md, csv_path):
+    with pytest.raises(KeyboardInterrupt):
+      report.write_table([{"a": 2}], ["a"], path if path == md else tmp_path / "x.md",
+                         csv_path if path == csv_path else tmp_path / "x.csv")
+  assert {p: p.read_bytes() for p in (md, csv_path)} == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.md"]  # no partial files
 
 
 # --------------------------------------------------------------------------- plots.
@@ -212,6 +280,38 @@ def test_plot_bars_with_confidence_intervals(tmp_path):
   _assert_pngs([path])
   with pytest.raises(ValueError, match="no rows"):
     plots.plot_bars([], tmp_path / "empty.png")
+
+
+def test_a_plot_killed_while_rendering_leaves_the_previous_png(tmp_path, monkeypatch):
+  from matplotlib.backends import backend_agg
+  rows = [{"checkpoint": "a", "judge": "rm", "rate": .5, "ci_low": .4, "ci_high": .6}]
+  path = tmp_path / "excellence.png"
+  plots.plot_bars(rows, path)
+  metrics = tmp_path / "run" / "metrics.jsonl"
+  _write_metrics(metrics)
+  [loss] = [p for p in plots.plot_metrics(metrics, tmp_path / "curves") if p.endswith("loss.png")]
+  before = {p: pathlib.Path(p).read_bytes() for p in (str(path), loss)}
+
+  def killed(self, filename_or_obj, *args, **kwargs):
+    del self, args, kwargs
+    f = filename_or_obj
+    if isinstance(f, (str, os.PathLike)):
+      f = open(f, "wb")  # pylint: disable=consider-using-with
+    f.write(PNG_MAGIC + b"partial")
+    f.flush()
+    raise KeyboardInterrupt("killed mid-write")
+
+  monkeypatch.setattr(backend_agg.FigureCanvasAgg, "print_png", killed)
+  with pytest.raises(KeyboardInterrupt):
+    plots.plot_bars(rows, path)
+  with pytest.raises(KeyboardInterrupt):
+    plots.plot_metrics(metrics, tmp_path / "curves")
+  from rlaif_jax.evaluation import harness
+  with pytest.raises(KeyboardInterrupt):
+    harness.plot_length_histogram([1, 2, 3], "t", tmp_path / "excellence.png")
+  assert {p: pathlib.Path(p).read_bytes() for p in before} == before
+  leftovers = [p for p in tmp_path.rglob(".tmp-*")]
+  assert not leftovers
 
 
 def test_launch_plot_finds_root_and_sub_runs(tmp_path):

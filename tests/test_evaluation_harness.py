@@ -200,10 +200,8 @@ def test_judge_reliability_matches_hand_computed_numbers(tmp_path):
   expected = {  # (n, n_invalid, accuracy, precision, recall, f1, kappa, threshold)
       "llm_m": (7, 1, 5 / 7, 3 / 4, 3 / 4, 3 / 4, 5 / 12, None),
       "curator_m": (7, 1, 4 / 7, 3 / 5, 3 / 4, 2 / 3, 2 / 23, None),
-      "length": (8, 0, 7 / 8, 5 / 6, 1.0, 10 / 11, 5 / 7, 8),
-      "length_baseline": (8, 0, 7 / 8, 5 / 6, 1.0, 10 / 11, 5 / 7, 8),
   }
-  assert list(rows) == list(expected)
+  assert list(rows) == ["llm_m", "curator_m", "length", "length_baseline"]
   table = {r["judge"]: r for r in read_csv(tmp_path / "reliability.csv")}
   for name, (n, n_invalid, acc, prec, rec, f1, kappa, threshold) in expected.items():
     got = rows[name]
@@ -211,16 +209,99 @@ def test_judge_reliability_matches_hand_computed_numbers(tmp_path):
     np.testing.assert_allclose([got[k] for k in ("accuracy", "precision", "recall", "f1",
                                                  "cohen_kappa")], [acc, prec, rec, f1, kappa])
     assert float(table[name]["cohen_kappa"]) == pytest.approx(kappa)
+    assert got["notes"] == "no fitted parameters"
   assert "| llm_m | llm | 7 | 1 | 0.7143 |" in (tmp_path / "reliability.md").read_text()
+  # The calibrated length judge and the length baseline (threshold 8 on all items, 7/8 right
+  # in sample) are scored out of fold, recomputed here from their saved cross-fit verdicts.
+  for name in ("length", "length_baseline"):
+    _check_cross_fit(tmp_path, rows[name], LABELLED, lambda r: len(r.response), 5)
+    assert rows[name]["threshold"] == 8 and rows[name]["n_invalid"] == 0
+    assert "in-sample accuracy 0.8750" in rows[name]["notes"]
+    assert table[name]["notes"] == rows[name]["notes"]
   verdicts = read_jsonl(tmp_path / "reliability" / "curator_m.jsonl")
   assert [v["label"] for v in verdicts] == [0, 0, 1, 1, 1, 1, None, 1]
   assert verdicts[6]["error"].startswith("positive agent") and verdicts[6]["valid"] is False
 
 
+def _check_cross_fit(out: pathlib.Path, row: dict, labelled, score_of, k: int) -> None:
+  """The reliability row of a fitted-threshold judge holds the agreement of out-of-fold verdicts:
+  every fold's threshold refitted without that fold's items, by the judge's rule."""
+  from rlaif_jax.evaluation import agreement
+  lines = read_jsonl(out / "reliability" / "crossfit" / f"{row['judge']}.jsonl")
+  assert [x["id"] for x in lines] == list(range(len(labelled)))
+  folds = np.array([x["fold"] for x in lines])
+  scores = np.array([score_of(r) for r in labelled], np.float64)
+  human = np.array([r.label for r in labelled])
+  assert sorted(set(folds.tolist())) == list(range(k))
+  for f in range(k):
+    train = folds != f
+    if row["kind"] == "rm":
+      want = judges_lib.best_score_threshold(scores[train], human[train])
+    else:
+      want = agreement.best_length_threshold_baseline(scores[train].astype(int),
+                                                      human[train])["threshold"]
+    for x in (x for x, g in zip(lines, folds) if g == f):
+      assert x["threshold"] == want
+      assert x["label"] == int(scores[x["id"]] >= want)
+      assert x["human_label"] == labelled[x["id"]].label
+  got = agreement.binary_agreement(human, [x["label"] for x in lines])
+  for key in ("n", "accuracy", "precision", "recall", "f1", "cohen_kappa"):
+    assert row[key] == pytest.approx(got[key], nan_ok=True), key
+  assert row["folds"] == k
+  assert row["notes"].startswith(f"threshold cross-fitted, {k} folds")
+
+
+class TableScorer:
+  """Reward = a fixed score per response."""
+
+  def __init__(self, table):
+    self.table = table
+
+  def score(self, queries, responses):
+    return np.array([self.table[r] for r in responses], np.float32)
+
+
+def test_reliability_of_fitted_thresholds_is_cross_fitted_by_hand(tmp_path):
+  # Scores (= lengths) 1..4 with labels 0 1 0 1. A threshold fitted on all four items gets 3/4
+  # of them right (rm: 1.5, length: 2), which the table used to report. Left out one at a time
+  # (4 folds, so the shuffle does not matter) the refitted thresholds are 2, 3.5, 1.5, 1.5 (rm)
+  # and 2, 4, 2, 2 (length): verdicts 0 0 1 1, half right: tp = fp = fn = tn = 1.
+  labelled = [LabeledResponse("q", "一" * n, y) for n, y in [(1, 0), (2, 1), (3, 0), (4, 1)]]
+  rm = judges_lib.RewardModelJudge(TableScorer({r.response: len(r.response) for r in labelled}),
+                                   name="rm")
+  judges = [rm, judges_lib.LengthJudge(), judges_lib.LengthJudge(2, name="given")]
+  for j in judges[:2]:
+    j.calibrate([r.query for r in labelled], [r.response for r in labelled],
+                [r.label for r in labelled])
+  assert (rm.threshold, judges[1].threshold) == (1.5, 2)
+  assert rm.threshold_fitted and judges[1].threshold_fitted and not judges[2].threshold_fitted
+  rows = {r["judge"]: r for r in harness.judge_reliability(judges, labelled, tmp_path, folds=4,
+                                                           progress=False)}
+  for name in ("rm", "length", "length_baseline"):
+    row = rows[name]
+    assert (row["accuracy"], row["precision"], row["recall"], row["cohen_kappa"]) == (
+        0.5, 0.5, 0.5, 0.0), name
+    assert "in-sample accuracy 0.7500" in row["notes"]
+    _check_cross_fit(tmp_path, row, labelled, lambda r: len(r.response), 4)
+  thresholds = [x["threshold"] for x in read_jsonl(tmp_path / "reliability" / "crossfit" /
+                                                   "rm.jsonl")]
+  assert thresholds == [2.0, 3.5, 1.5, 1.5]
+  assert (rows["rm"]["threshold"], rows["length"]["threshold"],
+          rows["length_baseline"]["threshold"]) == (1.5, 2, 2)
+  # A threshold given in the spec was not fitted on these labels: scored as is.
+  assert rows["given"]["accuracy"] == 0.75 and rows["given"]["notes"].startswith(
+      "threshold given")
+  md = (tmp_path / "reliability.md").read_text(encoding="utf-8")
+  assert "| rm | rm | 4 | 0 | 0.5000 |" in md and "threshold cross-fitted, 4 folds" in md
+  with pytest.raises(ValueError, match="folds must be >= 2"):
+    harness.judge_reliability(judges, labelled, tmp_path, folds=1)
+
+
 # ---- generate -> judge -> report --------------------------------------------------------------
 
 
-def _check_tables_against_records(out: pathlib.Path, names, thresholds: dict) -> None:
+def _check_tables_against_records(out: pathlib.Path, names, thresholds: dict,
+                                  novelty_reference=None) -> None:
   """Recomputes every table cell from the saved generations and judgements; `thresholds`:
   judge -> the length rule its verdicts follow (the fake LLM judge's min_len)."""
   excellence = read_csv(out / "excellence.csv")
@@ -245,6 +326,10 @@ def _check_tables_against_records(out: pathlib.Path, names, thresholds: dict) ->
   for row in read_csv(out / "diversity.csv"):
     texts = [g["response"] for g in read_jsonl(out / "generations" / f"{row['checkpoint']}.jsonl")]
     assert float(row["distinct_1"]) == pytest.approx(diversity.distinct_n(texts, 1))
+    assert float(row["empty_rate"]) == pytest.approx(diversity.empty_rate(texts))
+    if novelty_reference is not None:
+      assert float(row["novelty_4"]) == pytest.approx(
+          diversity.novelty_n(texts, novelty_reference, 4))
     assert float(row["mean_chars"]) == pytest.approx(
         np.mean([diversity.char_length(t) for t in texts]))
   for png in ["excellence.png"] + [f"length_{c}.png" for c in names]:
@@ -441,6 +526,10 @@ def write_mini_dataset(root: pathlib.Path) -> pathlib.Path:
   (root / "evaluation_set" / "evaluate_data.json").write_text("".join(
       json.dumps({"query": r.query, "response": r.response, "label": r.label},
                  ensure_ascii=False) + "\n" for r in LABELLED), encoding="utf-8")
+  (root / "sft").mkdir()
+  (root / "sft" / "sft_data.json").write_text(json.dumps(
+      [{"instruction": r.query, "input": "", "output": r.response} for r in LABELLED],
+      ensure_ascii=False), encoding="utf-8")
   return root
 
 
@@ -458,14 +547,17 @@ def test_launch_evaluate_end_to_end(hf_dirs, tmp_path):
     proc = run_evaluate(f"--checkpoints=tiny=hf:{hf_dirs[0]}", f"--judges={judges}",
                         f"--output_dir={out}", f"--data_dir={data}", "--prompt_set=both",
                         "--max_prompts=6", "--max_new_tokens=4", "--batch_size=8",
-                        "--reliability")
+                        "--reliability", "--reliability_folds=3")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "judge length: length threshold=8" in proc.stdout
   reliability = {r["judge"]: r for r in read_csv(out / "reliability.csv")}
-  assert float(reliability["length"]["accuracy"]) == 7 / 8
+  assert reliability["length"]["notes"].startswith("threshold cross-fitted, 3 folds")
+  assert "in-sample accuracy 0.8750" in reliability["length"]["notes"]
   assert float(reliability["llm_m"]["accuracy"]) == pytest.approx(5 / 7)
   assert len(read_jsonl(out / "generations" / "tiny.jsonl")) == 6
-  _check_tables_against_records(out, ["tiny"], {"length": 8, "llm_m": 10})
+  sft = [r.response for r in greetings.load_sft(data)]
+  _check_tables_against_records(out, ["tiny"], {"length": 8, "llm_m": 10},
+                                diversity.char_ngram_set(sft, 4))
   summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
   assert summary["settings"]["n_prompts"] == 6 and summary["settings"]["prompt_set"] == "both"
 

@@ -1,7 +1,7 @@
 """The pipeline's bookkeeping, without training: up-front config validation, per-stage config
 records (a finished stage under another config is refused, naming stage and keys), the
-evaluation prompt format taken from the GRPO config, the results heading, atomic writes of the
-done-markers, and the RM report's progress-bar scoring."""
+evaluation prompt format taken from the GRPO config, the results heading and tables, atomic
+writes of the done-markers, the RM report's progress-bar scoring and its figures by hand."""
 import json
 import pathlib
 
@@ -11,7 +11,9 @@ import pytest
 from configs import tiny_cpu
 from rlaif_jax import pipeline, storage
 from rlaif_jax.rl import run as rl_run
+from rlaif_jax.evaluation import stats
 from rlaif_jax.training import reward_model
+from rlaif_jax.training.reward_scoring import LengthDebiaser
 
 RM_REPORT = {"pair_accuracy": 0.6, "accuracy_chosen_not_longer": 0.5, "n_chosen_not_longer": 10,
              "spearman_score_length": 0.2, "length_baseline_accuracy": 0.55}
@@ -161,11 +163,16 @@ def test_evaluation_prompts_use_the_whole_grpo_prompt_format():
     assert getattr(evaluated, key) == getattr(trained, key), key
 
 
-def test_results_heading_names_the_configured_prompt_set(tmp_path):
+def _results_workdir(tmp_path):
+  """A workdir holding what results_markdown reads besides its arguments."""
   (tmp_path / "rm").mkdir()
   (tmp_path / "rm" / "rm_report.json").write_text(json.dumps(RM_REPORT))
   (tmp_path / "eval").mkdir()
   (tmp_path / "eval" / "reliability.md").write_text("| judge |\n|---|\n| rm |\n")
+
+
+def test_results_heading_names_the_configured_prompt_set(tmp_path):
+  _results_workdir(tmp_path)
   rows = {"excellence": [{"checkpoint": "sft", "judge": "rm", "rate": 0.5, "ci_low": 0.2,
                           "ci_high": 0.8}],
           "diversity": [{"checkpoint": "sft", "n": 12, "distinct_2": 0.5, "self_bleu": 0.1,
@@ -175,6 +182,22 @@ def test_results_heading_names_the_configured_prompt_set(tmp_path):
          "prompts)" in text
   assert "grpo_data/test.parquet" not in text
   assert "| sft | 0.500 [0.200, 0.800] |" in text
+
+
+def test_results_show_novelty_empty_rate_and_how_reliability_was_computed(tmp_path):
+  _results_workdir(tmp_path)
+  rows = {"excellence": [{"checkpoint": "sft", "judge": "rm", "rate": 0.5, "ci_low": 0.2,
+                          "ci_high": 0.8}],
+          "diversity": [{"checkpoint": "sft", "n": 12, "distinct_2": 0.5, "self_bleu": 0.1,
+                         "novelty_4": 0.25, "empty_rate": 0.125, "mean_chars": 20.0}]}
+  reliability = [{"judge": "rm", "folds": 5}, {"judge": "llm_m", "folds": None},
+                 {"judge": "length_baseline", "folds": 5}]
+  text = pipeline.results_markdown(tmp_path, rows, reliability, {}, [])
+  assert "| checkpoint | excellent (rm) | distinct-2 | self-BLEU | novelty-4 | empty | mean " \
+         "chars |" in text
+  assert "| sft | 0.500 [0.200, 0.800] | 0.500 | 0.100 | 0.250 | 0.125 | 20.0 |" in text
+  assert "Rows `rm`, `length_baseline`: threshold cross-fitted, 5 folds" in text
+  assert "0 by construction" not in text
 
 
 # ---- atomic done-markers and progress ---------------------------------------------------------
@@ -219,3 +242,71 @@ def test_rm_report_scoring_with_progress_scores_the_same_batches():
   assert [len(x) for x in reward_model.raw_scores_with_progress(
       scorer, [([], [])], "t")] == [0]
 
+
+
+# ---- the reward model's report ----------------------------------------------------------------
+
+# chosen, rejected, chosen score, rejected score. Lengths are non-whitespace characters: pair 2
+# is an equal-length pair ("b b" has 2), pair 3's chosen is longer (3 vs 2).
+PAIRS = [("aaaa", "a", 1.0, 0.0),   # chosen longer, RM right
+         ("a", "aaaa", 2.0, 1.0),   # chosen shorter, RM right
+         ("aa", "b b", 0.0, 1.0),   # equal length, RM wrong
+         ("a a a", "bb", 0.5, 0.0)]  # chosen longer, RM right
+
+
+def _pair_report(debiaser=None):
+  chosen, rejected, c, r = (list(x) for x in zip(*PAIRS))
+  return reward_model.pair_report_from_scores(np.array(c), np.array(r), chosen, rejected,
+                                              debiaser)
+
+
+def test_rm_report_splits_ties_from_shorter_pairs_and_scores_the_baseline_on_them():
+  report = _pair_report()
+  assert report["pair_accuracy"] == 0.75
+  assert (report["accuracy_chosen_not_longer"], report["n_chosen_not_longer"]) == (0.5, 2)
+  assert (report["accuracy_chosen_shorter"], report["n_chosen_shorter"]) == (1.0, 1)
+  assert (report["accuracy_equal_length"], report["n_equal_length"]) == (0.0, 1)
+  # Baseline: 2 wins + half of the tie over 4 pairs; on the not-longer pairs the tie gives it
+  # 0.5 / 2 = 0.25 (it used to read "0 by construction").
+  assert report["length_baseline_accuracy"] == 0.625
+  base = report["length_baseline"]
+  assert (base["accuracy_chosen_not_longer"], base["n_chosen_not_longer"]) == (0.25, 2)
+  assert (base["accuracy_chosen_shorter"], base["accuracy_equal_length"]) == (0.0, 0.5)
+  table = reward_model.format_pair_report(report)
+  assert "| reward model | 0.7500 | 0.5000 (2) | 1.0000 (1) | 0.0000 (1) |" in table
+  assert ("| longer response wins (baseline) | 0.6250 | "
+          "0.2500 (2) | 0.0000 (1) | 0.5000 (1) | 1 |") in table
+  assert "by construction" not in table
+
+
+def test_rm_report_uses_non_whitespace_lengths_throughout():
+  report = _pair_report()
+  scores = [1.0, 2.0, 0.0, 0.5, 0.0, 1.0, 1.0, 0.0]
+  chars = [4, 1, 2, 3, 1, 4, 2, 2]  # chosen then rejected, whitespace dropped
+  raw = [4, 1, 2, 5, 1, 4, 3, 2]    # len(): what the Spearman column used to use
+  assert report["spearman_score_length"] == pytest.approx(stats.spearman(scores, chars))
+  assert stats.spearman(scores, chars) != pytest.approx(stats.spearman(scores, raw))
+  # The debiased row applies the debiaser as RewardModelScorer.score does (len(response)):
+  # c - len: -3, 1, -2, -4.5 vs r - len: -1, -3, -2, -2 -> only pair 1 right.
+  debiased = _pair_report(LengthDebiaser(slope=1.0, mean_chars=0.0))["debiased"]
+  assert debiased["pair_accuracy"] == 0.25
+  assert (debiased["accuracy_chosen_shorter"], debiased["accuracy_equal_length"]) == (1.0, 0.0)
+
+
+def test_an_old_rm_report_is_completed_from_its_scores_and_test_file(tmp_path):
+  test_file = tmp_path / "reward_data_test.json"
+  test_file.write_text(json.dumps([
+      {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": c},
+       "rejected": {"from": "gpt", "value": r}} for c, r, _, _ in PAIRS]))
+  old = {**RM_REPORT, "n_pairs": 4, "test_file": str(test_file),
+         "chosen_scores": [p[2] for p in PAIRS], "rejected_scores": [p[3] for p in PAIRS],
+         "debiaser_slope_per_char": 1.0, "debiased": dict(RM_REPORT)}
+  got = reward_model.complete_pair_report(old)
+  want = _pair_report(LengthDebiaser(slope=1.0, mean_chars=37.0))  # the mean cancels
+  for key in ("pair_accuracy", "n_equal_length", "accuracy_chosen_shorter",
+              "spearman_score_length", "length_baseline"):
+    assert got[key] == want[key], key
+  assert got["debiased"] == want["debiased"]
+  assert reward_model.complete_pair_report(got) is got  # current: left alone
+  gone = {**old, "test_file": str(tmp_path / "gone")}
+  assert reward_model.complete_pair_report(gone) == gone

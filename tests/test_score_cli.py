@@ -1,6 +1,7 @@
 """Scoring CLIs: a malformed pair file fails naming the file and the record before any model
 work; a trained reward model's scores through launch.score_pairs / launch.score agree with the
-in-process scorer."""
+in-process scorer; launch.score refuses to resume a file scored by another model or debias
+setting."""
 import json
 import os
 import subprocess
@@ -87,5 +88,62 @@ def test_score_records_resumable(rm_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(l) for l in out.read_text().splitlines()]
   assert [r["id"] for r in rows] == ["r0", "r1"]
+  assert rows[0]["scored_with"] == rows[1]["scored_with"]
   np.testing.assert_allclose([r["score"] for r in rows],
                              [report["chosen_scores"][0], report["rejected_scores"][0]], atol=1e-5)
+
+
+def test_score_refuses_a_resume_under_another_model_or_debias_setting(rm_run, tmp_path):
+  workdir, _, _ = rm_run
+  inp = tmp_path / "in.jsonl"
+  inp.write_text("".join(json.dumps({"id": i, "query": "祝福0", "response": r},
+                                    ensure_ascii=False) + "\n"
+                         for i, r in enumerate(["新年快乐，万事如意！", "新年好", "恭喜发财"])))
+  out = tmp_path / "out.jsonl"
+  proc = run("launch.score", f"--workdir={workdir}", f"--input={inp}", f"--output={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [json.loads(l) for l in out.read_text().splitlines()]
+  fingerprint = lines[0]["scored_with"]
+  assert all(r["scored_with"] == fingerprint for r in lines)
+  assert fingerprint["debias"] is False and fingerprint["debiaser_sha256"] is None
+  assert fingerprint["rm_checkpoint"].startswith("step 2, files ")
+  # Keep the first line only, as a killed run would, then resume with --debias: refused.
+  first = out.read_text().splitlines(True)[0]
+  out.write_text(first)
+  proc = run("launch.score", f"--workdir={workdir}", f"--input={inp}", f"--output={out}",
+             "--debias")
+  assert proc.returncode == 1
+  assert str(out) in proc.stderr and "debias False (now True)" in proc.stderr
+  assert out.read_text() == first  # nothing was appended
+  # The model retrained in place (its checkpoint files rewritten): refused, naming it.
+  ckpt_file = next(p for p in (workdir / "checkpoints").rglob("*") if p.is_file())
+  st = ckpt_file.stat()
+  os.utime(ckpt_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  try:
+    proc = run("launch.score", f"--workdir={workdir}", f"--input={inp}", f"--output={out}")
+  finally:
+    os.utime(ckpt_file, ns=(st.st_atime_ns, st.st_mtime_ns))
+  assert proc.returncode == 1 and str(out) in proc.stderr
+  assert "rm_checkpoint" in proc.stderr and "debias False" not in proc.stderr
+  # A refitted debiaser under --debias: refused, naming the debiaser.
+  out_d = tmp_path / "out_debiased.jsonl"
+  proc = run("launch.score", f"--workdir={workdir}", f"--input={inp}", f"--output={out_d}",
+             "--debias")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  debiased = [json.loads(l) for l in out_d.read_text().splitlines()]
+  assert debiased[0]["scored_with"]["debias"] is True
+  assert debiased[0]["scored_with"]["debiaser_sha256"]
+  out_d.write_text(out_d.read_text().splitlines(True)[0])
+  debiaser = workdir / "length_debiaser.json"
+  saved = debiaser.read_text()
+  debiaser.write_text(json.dumps({**json.loads(saved), "slope": 123.0}))
+  try:
+    proc = run("launch.score", f"--workdir={workdir}", f"--input={inp}", f"--output={out_d}",
+               "--debias")
+  finally:
+    debiaser.write_text(saved)
+  assert proc.returncode == 1 and str(out_d) in proc.stderr and "debiaser_sha256" in proc.stderr
+  # A file from before fingerprints: refused too.
+  out.write_text(json.dumps({"id": 0, "query": "祝福0", "response": "x", "score": 1.0}) + "\n")
+  proc = run("launch.score", f"--workdir={workdir}", f"--input={inp}", f"--output={out}")
+  assert proc.returncode == 1 and "without a scoring fingerprint" in proc.stderr

@@ -7,7 +7,7 @@ undefined (both raters constant and equal: expected agreement 1).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -107,3 +107,53 @@ def best_length_threshold_baseline(lengths: Any, labels: Any) -> dict[str, float
   out = binary_agreement(y, (lengths_arr >= threshold).astype(np.int64))
   out["threshold"] = threshold
   return out
+
+
+def stratified_folds(labels: Any, k: int, seed: int = 0) -> np.ndarray:
+  """int64[n] fold ids in [0, k): each class shuffled with `seed` and dealt round-robin, so every
+  fold holds about n / k items and both classes in proportion.
+
+  Args:
+    labels: int[n] 0/1 labels; k: number of folds, 2 <= k <= n.
+  """
+  y = _binary_array(labels, "labels")
+  if not 2 <= k <= y.size:
+    raise ValueError(f"stratified_folds needs 2 <= k <= n, got k={k}, n={y.size}")
+  rng = np.random.default_rng(seed)
+  folds = np.empty(y.size, np.int64)
+  dealt = 0
+  for cls in (0, 1):
+    idx = rng.permutation(np.flatnonzero(y == cls))
+    folds[idx] = (dealt + np.arange(idx.size)) % k
+    dealt += idx.size
+  return folds
+
+
+def cross_fit_threshold(scores: Any, labels: Any, fit: Callable[[np.ndarray, np.ndarray], float],
+                        k: int = 5, seed: int = 0) -> dict[str, Any]:
+  """Out-of-fold verdicts of the rule "1 iff score >= t", t fitted by `fit` on the other folds.
+
+  Items are split into k stratified folds (`stratified_folds`); for each fold, t_f =
+  fit(scores of the other folds, their labels), and the fold's items get score >= t_f. No item's
+  verdict depends on its own label, so agreement metrics of these verdicts are honest
+  (held-out) estimates of how the fitted rule does on new items.
+
+  Args:
+    scores: f[n] finite scores; labels: int[n] 0/1 labels; fit: (scores, labels) -> threshold;
+    k: number of folds (2 <= k <= n); seed: shuffles the folds.
+  Returns:
+    {"predictions": int64[n], "folds": int64[n], "thresholds": [t_0, ..., t_{k-1}], "k": k}.
+  """
+  s = np.asarray(scores, dtype=np.float64).reshape(-1)
+  y = _binary_array(labels, "labels")
+  if s.shape != y.shape:
+    raise ValueError(f"cross_fit_threshold: {s.size} scores but {y.size} labels")
+  folds = stratified_folds(y, k, seed)
+  predictions = np.zeros(y.size, np.int64)
+  thresholds = []
+  for f in range(k):
+    held_out = folds == f
+    t = fit(s[~held_out], y[~held_out])
+    thresholds.append(t)
+    predictions[held_out] = (s[held_out] >= t).astype(np.int64)
+  return {"predictions": predictions, "folds": folds, "thresholds": thresholds, "k": k}

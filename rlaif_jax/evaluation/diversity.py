@@ -1,13 +1,17 @@
-"""Character-level diversity of generated texts: distinct-n, self-BLEU, length statistics.
+"""Character-level diversity of generated texts: distinct-n, self-BLEU, novelty against the
+SFT data, the share of empty responses, length statistics.
 
 Chinese greetings have no word boundaries, so every metric here works on characters. Whitespace
-(line breaks between the lines of a greeting) is dropped first: it carries no content.
+(line breaks between the lines of a greeting) is dropped first: it carries no content. A text
+with no non-whitespace character is *empty*: it counts in `empty_rate` and in the length
+statistics, and is left out of self-BLEU (as hypothesis and as reference), so a policy that
+emits empty responses cannot look diverse by it.
 """
 from __future__ import annotations
 
 import collections
 import math
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -96,18 +100,25 @@ def self_bleu(
   mean with uniform weights, times the brevity penalty against the closest reference length.
   Higher = less diverse; identical texts give 1.
 
+  Empty texts (no non-whitespace character) are left out first, as hypotheses and as
+  references: an empty response has no n-gram to be precise about, and scoring it 0 would make
+  a policy that emits empties look diverse (report them with `empty_rate`).
+
   Args:
     texts: at least two texts.
     max_n: highest n-gram order.
-    max_texts: evaluate at most this many texts, sampled with `seed` (cost is linear in total
-      n-grams plus O(N^2) integers for reference lengths); None = all.
+    max_texts: evaluate at most this many non-empty texts, sampled with `seed` (cost is linear
+      in total n-grams plus O(N^2) integers for reference lengths); None = all.
     epsilon: smoothing numerator for orders without any match.
   Returns:
-    self-BLEU in [0, 1].
+    self-BLEU in [0, 1]; NaN when fewer than two non-empty texts remain.
   """
-  sample = _sample(texts, max_texts, seed)
-  if len(sample) < 2:
-    raise ValueError(f"self-BLEU needs at least two texts, got {len(sample)}.")
+  if len(texts) < 2:
+    raise ValueError(f"self-BLEU needs at least two texts, got {len(texts)}.")
+  non_empty = [t for t in texts if char_tokens(t)]
+  if len(non_empty) < 2:
+    return math.nan
+  sample = _sample(non_empty, max_texts, seed)
   tokens = [char_tokens(t) for t in sample]
   lengths = np.array([len(t) for t in tokens])
   clip_by_order = []
@@ -118,9 +129,6 @@ def self_bleu(
     clip_by_order.append(_max_counts_excluding_self(counts))
   scores = []
   for i, hyp in enumerate(tokens):
-    if not hyp:
-      scores.append(0.0)
-      continue
     log_precision, no_unigram_match = 0.0, False
     for n in range(max_n):
       counts = counts_by_order[n][i]
@@ -157,13 +165,60 @@ def length_stats(texts: Sequence[str]) -> dict[str, float]:
   }
 
 
+def empty_rate(texts: Sequence[str]) -> float:
+  """Share of texts with no non-whitespace character; NaN when there are no texts."""
+  if not texts:
+    return math.nan
+  return sum(1 for t in texts if not char_tokens(t)) / len(texts)
+
+
+def char_ngram_set(texts: Iterable[str], n: int = 4) -> set[str]:
+  """Every character n-gram (whitespace dropped, within one text) of `texts`, as strings."""
+  grams: set[str] = set()
+  for text in texts:
+    chars = "".join(char_tokens(text))
+    grams.update(chars[i:i + n] for i in range(len(chars) - n + 1))
+  return grams
+
+
+def novelty_n(texts: Sequence[str], reference: set[str] | Iterable[str], n: int = 4) -> float:
+  """Share of the character n-grams of `texts` that never occur in the reference texts.
+
+  Occurrences are counted (a novel n-gram generated twice counts twice), over non-whitespace
+  characters within each text, as `distinct_n` counts them. `novelty_n(generations,
+  sft_responses, 4)` is the evaluation's novelty-4: how much of what a policy writes is not
+  copied 4-gram by 4-gram from the SFT data.
+
+  Args:
+    texts: generated texts.
+    reference: the reference texts, or their `char_ngram_set(..., n)` (reused across calls).
+    n: n-gram order.
+  Returns:
+    value in [0, 1]; NaN when the texts hold no n-gram at all.
+  """
+  known = reference if isinstance(reference, set) else char_ngram_set(reference, n)
+  total = novel = 0
+  for text in texts:
+    chars = "".join(char_tokens(text))
+    for i in range(len(chars) - n + 1):
+      total += 1
+      novel += chars[i:i + n] not in known
+  return novel / total if total else math.nan
+
+
 def diversity_report(
-    texts: Sequence[str], max_texts: int | None = 500, seed: int = 0
+    texts: Sequence[str], max_texts: int | None = 500, seed: int = 0,
+    novelty_reference: set[str] | None = None
 ) -> dict[str, float]:
-  """distinct-1, distinct-2, self-BLEU-4 and length statistics of one set of generations."""
+  """distinct-1, distinct-2, self-BLEU-4 (over the non-empty texts), the empty-response rate,
+  novelty-4 against `novelty_reference` (a `char_ngram_set(..., 4)` of the SFT responses; NaN
+  without one) and length statistics of one set of generations."""
   return {
       "distinct_1": distinct_n(texts, 1),
       "distinct_2": distinct_n(texts, 2),
       "self_bleu": self_bleu(texts, max_texts=max_texts, seed=seed) if len(texts) > 1 else math.nan,
+      "empty_rate": empty_rate(texts),
+      "novelty_4": (novelty_n(texts, novelty_reference, 4) if novelty_reference is not None
+                    else math.nan),
       **length_stats(texts),
   }

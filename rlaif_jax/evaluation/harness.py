@@ -11,9 +11,16 @@ reliability of the judges themselves against the human labels.
   excellence.{md,csv}                  per checkpoint x judge: rate with 95% Wilson CI over the
                                          valid verdicts, n, n_invalid, mean score, Spearman of
                                          score vs length
-  diversity.{md,csv}                   per checkpoint: distinct-1/2, self-BLEU-4 (characters),
-                                         length statistics, share ended by EOS
+  diversity.{md,csv}                   per checkpoint: distinct-1/2, self-BLEU-4 (characters,
+                                         over the non-empty responses), empty-response rate,
+                                         novelty-4 (share of generated character 4-grams never
+                                         in the SFT data's responses), length statistics, share
+                                         ended by EOS
   plots/excellence.png, plots/length_<checkpoint>.png, report.md, summary.json
+
+Tables, plots, report.md and summary.json are written atomically (temporary file + rename).
+`judge_reliability` adds reliability.{md,csv} and reliability/ (see there): a judge whose
+threshold was fitted on the labelled items is scored there cross-fitted (out of fold).
 
 Prompts are formatted as in training: `GenerationConfig.prompt_template` (the GRPO template
 "请只生成一条祝福语：{query}" by default) inside the tokenizer's chat template
@@ -52,10 +59,13 @@ from rlaif_jax.judging.judge_report import json_safe
 PROMPT_SETS = ("grpo_test", "eval_queries", "both")
 EXCELLENCE_COLUMNS = ("checkpoint", "judge", "rate", "ci_low", "ci_high", "n", "n_invalid",
                       "mean_score", "spearman_score_length")
-DIVERSITY_COLUMNS = ("checkpoint", "n", "distinct_1", "distinct_2", "self_bleu", "mean_chars",
-                     "median_chars", "std_chars", "min_chars", "max_chars", "eos_rate")
+DIVERSITY_COLUMNS = ("checkpoint", "n", "distinct_1", "distinct_2", "self_bleu", "novelty_4",
+                     "empty_rate", "mean_chars", "median_chars", "std_chars", "min_chars",
+                     "max_chars", "eos_rate")
 RELIABILITY_COLUMNS = ("judge", "kind", "n", "n_invalid", "accuracy", "precision", "recall",
-                       "f1", "cohen_kappa", "positive_rate_pred", "threshold")
+                       "f1", "cohen_kappa", "positive_rate_pred", "threshold", "notes")
+RELIABILITY_FOLDS = 5  # cross-fitting folds of a fitted threshold in the reliability table
+CROSSFIT_DIR = "crossfit"  # reliability/crossfit/<judge>.jsonl: the out-of-fold verdicts
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 STALE_MODES = ("refuse", "restart")
 STALE_DIR = "stale"
@@ -380,13 +390,21 @@ def excellence_row(checkpoint: str, judge: str, records: Sequence[dict[str, Any]
           "spearman_score_length": stats.spearman(scores, lengths)}
 
 
-def diversity_row(checkpoint: str, generations: Sequence[dict[str, Any]], seed: int = 0
-                  ) -> dict[str, Any]:
-  """Diversity and length statistics of one checkpoint's responses."""
+def diversity_row(checkpoint: str, generations: Sequence[dict[str, Any]], seed: int = 0,
+                  novelty_reference: set[str] | None = None) -> dict[str, Any]:
+  """Diversity and length statistics of one checkpoint's responses; novelty-4 against
+  `novelty_reference` (`sft_ngrams`; NaN without one)."""
   texts = [g["response"] for g in generations]
   eos = np.mean([g["finish_reason"] == "stop" for g in generations]) if generations else np.nan
-  return {"checkpoint": checkpoint, **diversity.diversity_report(texts, seed=seed),
+  return {"checkpoint": checkpoint,
+          **diversity.diversity_report(texts, seed=seed, novelty_reference=novelty_reference),
           "eos_rate": float(eos)}
+
+
+def sft_ngrams(data_dir: str | os.PathLike, n: int = 4) -> set[str]:
+  """The character n-grams of every response of the SFT data (sft/sft_data.json, all
+  examples: the SFT run's small held-out split included), the reference of novelty-n."""
+  return diversity.char_ngram_set((e.response for e in greetings.load_sft(data_dir)), n)
 
 
 def plot_length_histogram(lengths: Sequence[int], title: str, path: str | os.PathLike) -> str:
@@ -404,10 +422,7 @@ def plot_length_histogram(lengths: Sequence[int], title: str, path: str | os.Pat
   ax.set_xlabel("response length (non-whitespace characters)")
   ax.set_ylabel("responses")
   fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=100)
-  return str(path)
+  return report.save_figure(fig, path, dpi=100)
 
 
 def _check_names(kind: str, names: Sequence[str]) -> None:
@@ -423,9 +438,9 @@ def _write_summary(out: pathlib.Path, settings: dict[str, Any], tables: dict[str
   text = "# Evaluation\n\n" + "\n".join(f"- {k}: {v}" for k, v in settings.items()) + "\n"
   for title, table in tables.items():
     text += f"\n## {title}\n\n{table}"
-  (out / "report.md").write_text(text, encoding="utf-8")
+  storage.write_text(str(out / "report.md"), text)
   summary = json.dumps(json_safe({"settings": settings, **rows}), ensure_ascii=False, indent=2)
-  (out / "summary.json").write_text(summary + "\n", encoding="utf-8")
+  storage.write_text(str(out / "summary.json"), summary + "\n")
 
 
 def evaluate_checkpoints(checkpoints: dict[str, str], judges: Sequence[EvalJudge],
@@ -434,7 +449,8 @@ def evaluate_checkpoints(checkpoints: dict[str, str], judges: Sequence[EvalJudge
                          prompt_set: str = "grpo_test", max_prompts: int | None = None,
                          generation: GenerationConfig = GenerationConfig(), mesh: Any = None,
                          judge_chunk_size: int = 64, on_stale: str = "refuse",
-                         progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+                         progress: bool = True, novelty_reference: set[str] | None = None
+                         ) -> dict[str, list[dict[str, Any]]]:
   """Generates, judges and reports (module docstring) for every checkpoint.
 
   Args:
@@ -445,6 +461,8 @@ def evaluate_checkpoints(checkpoints: dict[str, str], judges: Sequence[EvalJudge
     on_stale: "refuse" raises StaleOutputError on a generations or judgements file written for
       other prompts, settings, weights or judge; "restart" moves it aside (a checkpoint's
       judgements go with its generations) and writes it afresh.
+    novelty_reference: the character 4-grams novelty-4 is measured against; when None,
+      `sft_ngrams(data_dir)` if data_dir holds the SFT data, else novelty-4 is NaN.
   Returns:
     {"excellence": rows, "diversity": rows} as written to the tables.
   """
@@ -461,13 +479,18 @@ def evaluate_checkpoints(checkpoints: dict[str, str], judges: Sequence[EvalJudge
   if not queries:
     raise ValueError("evaluate_checkpoints: no evaluation prompts")
   out = pathlib.Path(output_dir)
+  if novelty_reference is None and data_dir is not None:
+    try:
+      novelty_reference = sft_ngrams(data_dir)
+    except FileNotFoundError as e:
+      print(f"note: novelty-4 is left out (NaN): no SFT data to compare with ({e})", flush=True)
   excellence, diversity_rows = [], []
   for name, path in checkpoints.items():
     gens = _fresh_if_stale(
         out, on_stale, lambda: generate_checkpoint(
             path, queries, out / "generations" / f"{name}.jsonl", generation, mesh, progress),
         also=[out / "judgements" / name])
-    diversity_rows.append(diversity_row(name, gens, generation.seed))
+    diversity_rows.append(diversity_row(name, gens, generation.seed, novelty_reference))
     plot_length_histogram([diversity.char_length(g["response"]) for g in gens],
                           f"Response length: {name}", out / "plots" / f"length_{name}.png")
     for judge in judges:
@@ -483,24 +506,69 @@ def evaluate_checkpoints(checkpoints: dict[str, str], judges: Sequence[EvalJudge
   plots.plot_bars(excellence, out / "plots" / "excellence.png")
   settings = {"checkpoints": dict(checkpoints), "judges": [j.signature for j in judges],
               "n_prompts": len(queries), "prompt_set": source,
-              "generation": dataclasses.asdict(generation)}
+              "generation": dataclasses.asdict(generation),
+              "novelty_reference": (None if novelty_reference is None else
+                                    f"{len(novelty_reference)} distinct character 4-grams")}
   rows = {"excellence": excellence, "diversity": diversity_rows}
   _write_summary(out, settings, tables, rows)
   return rows
 
 
+def _crossfit_row(name: str, kind: str, ids: Sequence[Any], scores: np.ndarray,
+                  human: np.ndarray, fit, threshold: Any, in_sample: np.ndarray,
+                  folds: int, fold_seed: int, out: pathlib.Path) -> dict[str, Any]:
+  """Agreement of out-of-fold verdicts "score >= t", t refitted by `fit` without the item's
+  fold (`agreement.cross_fit_threshold`); the verdicts go to reliability/crossfit/<name>.jsonl.
+  `threshold` (fitted on all items) and the in-sample accuracy of `in_sample` verdicts are only
+  reported beside them."""
+  row: dict[str, Any] = {"judge": name, "kind": kind, "n": int(human.size),
+                         "threshold": threshold, "folds": None}
+  k = min(folds, int(human.size))
+  if k < 2:
+    row["notes"] = (f"threshold fitted on all {human.size} labelled item(s) and scored on them "
+                    "(too few valid items to cross-fit; in-sample)")
+    if human.size:
+      row.update(agreement.binary_agreement(human, in_sample))
+    return row
+  cv = agreement.cross_fit_threshold(scores, human, fit, k=k, seed=fold_seed)
+  row.update(agreement.binary_agreement(human, cv["predictions"]))
+  row["folds"] = k
+  fold_t = [float(t) for t in cv["thresholds"]]
+  row["notes"] = (
+      f"threshold cross-fitted, {k} folds (stratified, seed {fold_seed}): out-of-fold "
+      f"verdicts; fold thresholds {min(fold_t):.4g}..{max(fold_t):.4g}; in-sample accuracy "
+      f"{np.mean(in_sample == human):.4f} with the threshold column's threshold, fitted on all "
+      f"{human.size} labelled items (used for the excellence rates)")
+  lines = [{"id": i, "fold": int(f), "threshold": fold_t[int(f)], "score": float(s),
+            "label": int(p), "human_label": int(y)}
+           for i, f, s, p, y in zip(ids, cv["folds"], scores, cv["predictions"], human)]
+  storage.write_text(str(out / "reliability" / CROSSFIT_DIR / f"{name}.jsonl"),
+                     "".join(storage.dumps_line(json_safe(r)).decode("utf-8") for r in lines))
+  return row
+
+
 def judge_reliability(judges: Sequence[EvalJudge], labelled: Sequence[greetings.LabeledResponse],
                       output_dir: str | os.PathLike, chunk_size: int = 64,
-                      on_stale: str = "refuse", progress: bool = True) -> list[dict[str, Any]]:
+                      on_stale: str = "refuse", progress: bool = True,
+                      folds: int = RELIABILITY_FOLDS, fold_seed: int = 0
+                      ) -> list[dict[str, Any]]:
   """Agreement of every judge with the human labels (the paper's Table 1, extended).
 
   Per judge: accuracy, precision, recall, F1 and Cohen's kappa over its valid verdicts, and the
-  invalid count; then the best length-threshold baseline fitted on the same records. Writes
-  reliability.{md,csv} and the verdicts to reliability/<judge>.jsonl (resumed; a file by another
-  judge is refused or, with on_stale="restart", moved aside and judged afresh).
+  invalid count; then the best length-threshold baseline. A judge whose threshold was fitted on
+  labelled items (`rm`, `length` without ?threshold=), and the length baseline, are not scored
+  on the items their threshold was fitted on: their rows are cross-fitted (`folds` stratified
+  folds shuffled with `fold_seed`; each item's verdict comes from the threshold refitted on the
+  other folds), so they are honest held-out figures. The `threshold` column is still the one
+  fitted on all labelled items (what the excellence rates use), and `notes` says how each row
+  was computed. Writes reliability.{md,csv}, the judges' verdicts to reliability/<judge>.jsonl
+  (resumed; a file by another judge is refused or, with on_stale="restart", moved aside and
+  judged afresh) and the out-of-fold verdicts to reliability/crossfit/<judge>.jsonl.
   """
   if not labelled:
     raise ValueError("judge_reliability needs labelled records")
+  if folds < 2:
+    raise ValueError(f"judge_reliability: folds must be >= 2, got {folds}")
   _check_names("judge", [j.name for j in judges])
   _check_on_stale(on_stale)
   out = pathlib.Path(output_dir)
@@ -512,16 +580,29 @@ def judge_reliability(judges: Sequence[EvalJudge], labelled: Sequence[greetings.
     records = _fresh_if_stale(out, on_stale, lambda: judge_records(judge, items, path, chunk_size,
                                                                    progress))
     valid = [r for r in records if r["valid"]]
-    row: dict[str, Any] = {"judge": judge.name, "kind": judge.kind, "n": 0,
-                           "threshold": judge.threshold}
-    if valid:
-      row.update(agreement.binary_agreement([r["human_label"] for r in valid],
-                                            [r["label"] for r in valid]))
+    human = np.array([r["human_label"] for r in valid], dtype=np.int64)
+    if judge.threshold_fitted:
+      row = _crossfit_row(judge.name, judge.kind, [r["id"] for r in valid],
+                          np.array([r["score"] for r in valid], dtype=np.float64), human,
+                          judge.fit_threshold, judge.threshold,
+                          np.array([r["label"] for r in valid], dtype=np.int64), folds,
+                          fold_seed, out)
+    else:
+      row = {"judge": judge.name, "kind": judge.kind, "n": 0, "threshold": judge.threshold,
+             "notes": ("no fitted parameters" if judge.threshold is None else
+                       "threshold given, not fitted on these labels")}
+      if valid:
+        row.update(agreement.binary_agreement(human, [r["label"] for r in valid]))
     row["n_invalid"] = len(records) - len(valid)
     rows.append(row)
-  baseline = agreement.best_length_threshold_baseline([len(r.response) for r in labelled],
-                                                      [r.label for r in labelled])
-  rows.append({"judge": "length_baseline", "kind": "baseline (fitted here)", "n_invalid": 0,
-               **baseline})
+  lengths = np.array([len(r.response) for r in labelled], dtype=np.float64)
+  human = np.array([r.label for r in labelled], dtype=np.int64)
+  fit_length = lambda s, y: int(agreement.best_length_threshold_baseline(
+      s.astype(np.int64), y)["threshold"])
+  threshold = fit_length(lengths, human)
+  row = _crossfit_row("length_baseline", "baseline", list(range(len(labelled))), lengths, human,
+                      fit_length, threshold, (lengths >= threshold).astype(np.int64), folds,
+                      fold_seed, out)
+  rows.append({**row, "n_invalid": 0})
   report.write_table(rows, RELIABILITY_COLUMNS, out / "reliability.md", out / "reliability.csv")
   return rows

@@ -33,9 +33,11 @@ judges; `make_judges(..., length_baseline=False)` leaves it out.
 
 Calibration: `rm` without `threshold` predicts 1 iff score >= the threshold that maximises
 accuracy on the labelled evaluation set; `length` without `threshold` predicts 1 iff
-len(response) >= the best such length (`agreement.best_length_threshold_baseline`). Both are
-fitted on the same set the reliability table scores them on, so their reliability figures are
-optimistic, as the paper's length baseline is.
+len(response) >= the best such length (`agreement.best_length_threshold_baseline`). That
+threshold, fitted on all labelled items, decides the excellence rates. The reliability table
+(`harness.judge_reliability`) does not score a fitted threshold on the items it was fitted on: it
+cross-fits (`fit_threshold` on the other folds, verdicts on the held-out fold), so its figures
+are out-of-fold.
 """
 from __future__ import annotations
 
@@ -111,10 +113,20 @@ class EvalJudge(abc.ABC):
     """The decision threshold of a thresholded judge, None for the others."""
     return None
 
+  @property
+  def threshold_fitted(self) -> bool:
+    """True when the threshold was fitted on labelled items by `calibrate` (not given)."""
+    return False
+
   def calibrate(self, queries: Sequence[str], responses: Sequence[str],
                 labels: Sequence[int]) -> None:
     """Fits the judge's free parameters on labelled items (no-op for LLM judges)."""
     del queries, responses, labels
+
+  def fit_threshold(self, scores: Sequence[float], labels: Sequence[int]) -> float:
+    """The threshold `calibrate` would fit from these judge scores (`Judgement.scores`) and
+    human labels, without changing the judge: what cross-fitting refits on each fold."""
+    raise NotImplementedError(f"judge {self.name!r} ({self.kind}) has no threshold to fit")
 
   @property
   def signature(self) -> str:
@@ -174,6 +186,7 @@ class RewardModelJudge(EvalJudge):
 
   def __init__(self, scorer: Scorer, threshold: float | None = None, name: str = "rm"):
     self.scorer, self.name, self._threshold = scorer, name, threshold
+    self._fitted = False
 
   @property
   def needs_calibration(self) -> bool:
@@ -182,6 +195,13 @@ class RewardModelJudge(EvalJudge):
   @property
   def threshold(self) -> float | None:
     return self._threshold
+
+  @property
+  def threshold_fitted(self) -> bool:
+    return self._fitted
+
+  def fit_threshold(self, scores: Sequence[float], labels: Sequence[int]) -> float:
+    return best_score_threshold(scores, labels)
 
   def scores(self, queries: Sequence[str], responses: Sequence[str]) -> np.ndarray:
     """f64[n] reward-model scores; raises when the scorer returns the wrong shape."""
@@ -196,7 +216,8 @@ class RewardModelJudge(EvalJudge):
                 labels: Sequence[int]) -> None:
     scores = self.scores(queries, responses)
     keep = np.isfinite(scores)
-    self._threshold = best_score_threshold(scores[keep], np.asarray(labels)[keep])
+    self._threshold = self.fit_threshold(scores[keep], np.asarray(labels)[keep])
+    self._fitted = True
 
   def judge(self, queries: Sequence[str], responses: Sequence[str]) -> Judgement:
     if self._threshold is None:
@@ -211,6 +232,7 @@ class LengthJudge(EvalJudge):
 
   def __init__(self, threshold: int | None = None, name: str = "length"):
     self.name, self._threshold = name, threshold
+    self._fitted = False
 
   @property
   def needs_calibration(self) -> bool:
@@ -220,11 +242,19 @@ class LengthJudge(EvalJudge):
   def threshold(self) -> float | None:
     return self._threshold
 
+  @property
+  def threshold_fitted(self) -> bool:
+    return self._fitted
+
+  def fit_threshold(self, scores: Sequence[float], labels: Sequence[int]) -> int:
+    return int(agreement.best_length_threshold_baseline(
+        np.asarray(scores, np.float64).astype(np.int64), labels)["threshold"])
+
   def calibrate(self, queries: Sequence[str], responses: Sequence[str],
                 labels: Sequence[int]) -> None:
     _check_pairs(self.name, queries, responses)
-    fit = agreement.best_length_threshold_baseline([len(r) for r in responses], labels)
-    self._threshold = int(fit["threshold"])
+    self._threshold = self.fit_threshold([len(r) for r in responses], labels)
+    self._fitted = True
 
   def judge(self, queries: Sequence[str], responses: Sequence[str]) -> Judgement:
     _check_pairs(self.name, queries, responses)

@@ -64,17 +64,30 @@ def longer_wins_accuracy(
 ) -> dict[str, float]:
   """Accuracy of the baseline "the longer text is the chosen one" on preference pairs.
 
+  An equal-length pair is a coin flip for this baseline: credited 0.5.
+
   Returns:
     {"accuracy": (pairs with chosen strictly longer + 0.5 * equal-length pairs) / N,
-     "ties": share of equal-length pairs, "n": N}; NaN accuracy for N = 0.
+     "ties": share of equal-length pairs, "n": N,
+     "accuracy_chosen_not_longer": its accuracy on the pairs whose chosen text is not longer
+       (0.5 * ties / that subset's size), "n_chosen_not_longer",
+     "accuracy_chosen_shorter": 0 on the pairs whose chosen text is strictly shorter,
+       "n_chosen_shorter", "accuracy_equal_length": 0.5 on the equal-length pairs,
+       "n_equal_length"}; NaN accuracies on empty subsets.
   """
   chosen, rejected = _pair_lengths(chosen_texts, rejected_texts)
   n = int(chosen.size)
+  n_ties, n_shorter = int((chosen == rejected).sum()), int((chosen < rejected).sum())
+  split = {
+      "accuracy_chosen_not_longer": (0.5 * n_ties / (n_ties + n_shorter) if n_ties + n_shorter
+                                     else math.nan),
+      "n_chosen_not_longer": n_ties + n_shorter,
+      "accuracy_chosen_shorter": 0.0 if n_shorter else math.nan, "n_chosen_shorter": n_shorter,
+      "accuracy_equal_length": 0.5 if n_ties else math.nan, "n_equal_length": n_ties}
   if n == 0:
-    return {"accuracy": math.nan, "ties": math.nan, "n": 0}
+    return {"accuracy": math.nan, "ties": math.nan, "n": 0, **split}
   wins = float((chosen > rejected).sum())
-  ties = float((chosen == rejected).sum())
-  return {"accuracy": (wins + 0.5 * ties) / n, "ties": ties / n, "n": n}
+  return {"accuracy": (wins + 0.5 * n_ties) / n, "ties": n_ties / n, "n": n, **split}
 
 
 def accuracy_where_chosen_not_longer(
@@ -84,14 +97,16 @@ def accuracy_where_chosen_not_longer(
     rejected_texts: Sequence[str],
 ) -> dict[str, float]:
   """Pair accuracy (chosen scored strictly higher) restricted to pairs whose chosen text is not
-  longer than the rejected one, where a length-driven scorer gets no help.
+  longer than the rejected one, where a length-driven scorer gets no help; also split into the
+  pairs whose chosen text is strictly shorter and the equal-length pairs.
 
   Args:
     chosen_scores, rejected_scores: f[N] scorer outputs per pair.
     chosen_texts, rejected_texts: the N pairs' texts.
   Returns:
     {"accuracy": on the subset (NaN if empty), "n": subset size, "accuracy_all": on all pairs,
-     "n_all": N}.
+     "n_all": N, "accuracy_shorter", "n_shorter": on the chosen-strictly-shorter pairs,
+     "accuracy_ties", "n_ties": on the equal-length pairs}.
   """
   c_scores = np.asarray(chosen_scores, dtype=np.float64).reshape(-1)
   r_scores = np.asarray(rejected_scores, dtype=np.float64).reshape(-1)
@@ -100,11 +115,19 @@ def accuracy_where_chosen_not_longer(
     raise ValueError(f"got {c_scores.size} chosen scores, {r_scores.size} rejected scores and "
                      f"{c_len.size} text pairs; they must match.")
   correct = c_scores > r_scores
-  subset = c_len <= r_len
-  n = int(subset.sum())
+
+  def on(subset: np.ndarray) -> tuple[float, int]:
+    n = int(subset.sum())
+    return (float(correct[subset].mean()) if n else math.nan), n
+
+  accuracy, n = on(c_len <= r_len)
+  accuracy_shorter, n_shorter = on(c_len < r_len)
+  accuracy_ties, n_ties = on(c_len == r_len)
   return {
-      "accuracy": float(correct[subset].mean()) if n else math.nan,
+      "accuracy": accuracy,
       "n": n,
       "accuracy_all": float(correct.mean()) if correct.size else math.nan,
       "n_all": int(correct.size),
+      "accuracy_shorter": accuracy_shorter, "n_shorter": n_shorter,
+      "accuracy_ties": accuracy_ties, "n_ties": n_ties,
   }

@@ -1,7 +1,8 @@
 """PNG plots of training curves (a run's metrics.jsonl) and of excellence rates per checkpoint.
 
 Uses matplotlib's object-oriented API with the Agg canvas, so no display and no global backend
-switch are needed.
+switch are needed. PNGs are written atomically (`report.save_figure`): a run killed while
+rendering leaves the previous PNG whole.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from rlaif_jax.evaluation import report
 
 
 class MetricGroup(NamedTuple):
@@ -109,7 +112,7 @@ def _plot_group(
                       alpha=0.2, label=f"{key} ± {std_key}")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  report.save_figure(fig, path, dpi=100)
 
 
 def plot_metrics(metrics_jsonl_path: str | pathlib.Path, out_dir: str | pathlib.Path) -> list[str]:
@@ -197,7 +200,4 @@ def plot_bars(
   ax.grid(False, axis="x")
   ax.legend(title=series_key)
   fig.tight_layout()
-  path = pathlib.Path(out_path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=100)
-  return str(path)
+  return report.save_figure(fig, out_path, dpi=100)

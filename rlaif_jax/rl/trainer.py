@@ -297,7 +297,7 @@ class RLTrainer:
       if step % cfg.log_every == 0 or step == cfg.total_steps:
         self.writer.write(step, row)
       bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.4f}",
-                      invalid=f"{row['reward_invalid_frac']:.2f}",
+                      invalid=f"{row.get('reward_invalid_frac', 0.0):.2f}",
                       tok_s=f"{row['tokens_per_sec']:.0f}")
       if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
         self.save(step)

@@ -227,24 +227,52 @@ def fit_debiaser(scorer: RewardModelScorer, pairs, seed: int, n: int = 400,
 def evaluate_pairs(scorer: RewardModelScorer, pairs, debiaser: LengthDebiaser | None = None,
                    progress: bool = False) -> dict[str, Any]:
   """Pair accuracy beside the "longer wins" baseline, the accuracy where the chosen response is
-  not longer, and the score/length Spearman correlation; with a debiaser, the same after it."""
-  from rlaif_jax.evaluation import length_bias, stats as stats_lib
+  not longer (split into chosen strictly shorter and equal length), and the score/length
+  Spearman correlation; with a debiaser, the same after it (`pair_report_from_scores`)."""
   queries = [p.prompt for p in pairs]
   chosen_t, rejected_t = [p.chosen for p in pairs], [p.rejected for p in pairs]
   c, r = raw_scores_with_progress(scorer, [(queries, chosen_t), (queries, rejected_t)],
                                   "RM report: test pairs", progress)
-  lengths = [len(t) for t in chosen_t + rejected_t]
+  return pair_report_from_scores(c, r, chosen_t, rejected_t, debiaser)
+
+
+PAIR_REPORT_VERSION = 2  # 2: non-whitespace lengths throughout, ties split from shorter pairs
+
+
+def pair_report_from_scores(c: np.ndarray, r: np.ndarray, chosen_t: list[str],
+                            rejected_t: list[str], debiaser: LengthDebiaser | None = None
+                            ) -> dict[str, Any]:
+  """The RM report's figures from the scores of the chosen (c) and rejected (r) responses.
+
+  Every length in it is the non-whitespace character count (`diversity.char_length`), the one
+  the "longer wins" baseline and the chosen-not-longer split use. The debiaser is applied as the
+  scorer applies it (`RewardModelScorer.score`), so the debiased row is what `--debias` scoring
+  gives.
+  """
+  from rlaif_jax.evaluation import diversity, length_bias, stats as stats_lib
+  c, r = np.asarray(c), np.asarray(r)
+  lengths = [diversity.char_length(t) for t in chosen_t + rejected_t]
 
   def summary(cs, rs):
     hard = length_bias.accuracy_where_chosen_not_longer(cs, rs, chosen_t, rejected_t)
     return {"pair_accuracy": float(np.mean(cs > rs)),
             "accuracy_chosen_not_longer": hard["accuracy"], "n_chosen_not_longer": hard["n"],
+            "accuracy_chosen_shorter": hard["accuracy_shorter"],
+            "n_chosen_shorter": hard["n_shorter"],
+            "accuracy_equal_length": hard["accuracy_ties"], "n_equal_length": hard["n_ties"],
             "spearman_score_length": stats_lib.spearman(np.concatenate([cs, rs]), lengths)}
 
-  out = {"n_pairs": len(pairs), **summary(c, r),
-         "length_baseline_accuracy": length_bias.longer_wins_accuracy(chosen_t,
-                                                                      rejected_t)["accuracy"]}
+  baseline = length_bias.longer_wins_accuracy(chosen_t, rejected_t)
+  out = {"n_pairs": len(chosen_t), "pair_report_version": PAIR_REPORT_VERSION, **summary(c, r),
+         "length_baseline_accuracy": baseline["accuracy"],
+         "length_baseline": {"pair_accuracy": baseline["accuracy"],
+                             **{k: baseline[k] for k in (
+                                 "accuracy_chosen_not_longer", "n_chosen_not_longer",
+                                 "accuracy_chosen_shorter", "n_chosen_shorter",
+                                 "accuracy_equal_length", "n_equal_length")},
+                             "spearman_score_length": 1.0}}
   if debiaser is not None:
+    # As RewardModelScorer.score applies it (the debiaser's own length unit, len(response)).
     dc = debiaser.apply(c, [len(t) for t in chosen_t])
     dr = debiaser.apply(r, [len(t) for t in rejected_t])
     out["debiased"] = summary(dc, dr)
@@ -253,16 +281,55 @@ def evaluate_pairs(scorer: RewardModelScorer, pairs, debiaser: LengthDebiaser | 
   return out
 
 
+def complete_pair_report(report: dict[str, Any]) -> dict[str, Any]:
+  """A report written before `PAIR_REPORT_VERSION` 2, recomputed from its stored scores and the
+  texts of its `test_file` (the debiased row from `debiaser_slope_per_char`: the debiaser's mean
+  length cancels in every pair comparison and rank); returned unchanged when it is current, or
+  when the test file is gone or no longer matches the stored scores."""
+  if report.get("pair_report_version", 1) >= PAIR_REPORT_VERSION:
+    return report
+  c, r = report.get("chosen_scores"), report.get("rejected_scores")
+  try:
+    pairs = greetings.read_pair_file(report["test_file"])
+  except (KeyError, OSError, ValueError):
+    return report
+  if c is None or r is None or not len(pairs) == len(c) == len(r):
+    return report
+  slope = report.get("debiaser_slope_per_char")
+  debiaser = None if slope is None else LengthDebiaser(slope=float(slope), mean_chars=0.0)
+  out = pair_report_from_scores(np.asarray(c, np.float32), np.asarray(r, np.float32),
+                                [p.chosen for p in pairs], [p.rejected for p in pairs], debiaser)
+  return {**report, **out}
+
+
+def _split_cells(r: dict[str, Any]) -> str:
+  def cell(acc_key: str, n_key: str) -> str:
+    if n_key not in r:
+      return "-"
+    acc = r[acc_key]
+    return f"{'-' if acc is None or acc != acc else f'{acc:.4f}'} ({r[n_key]})"
+  return " | ".join(cell(a, n) for a, n in (
+      ("accuracy_chosen_not_longer", "n_chosen_not_longer"),
+      ("accuracy_chosen_shorter", "n_chosen_shorter"),
+      ("accuracy_equal_length", "n_equal_length")))
+
+
 def format_pair_report(report: dict[str, Any]) -> str:
+  """The RM report as a markdown table: pair accuracy, then accuracy where the chosen response
+  is not longer, split into chosen strictly shorter and equal length (n of each), and
+  Spearman(score, length); lengths are non-whitespace characters. The "longer wins" baseline
+  credits an equal-length pair 0.5, so it is 0 on the shorter pairs and 0.5 on the ties."""
   rows = [("reward model", report), ("reward model, length-debiased", report.get("debiased"))]
   lines = ["| scorer | pair accuracy | accuracy where chosen is not longer (n) | "
-           "Spearman(score, length) |", "|---|---|---|---|"]
+           "chosen shorter (n) | equal length (n) | Spearman(score, length) |",
+           "|---|---|---|---|---|---|"]
   for name, r in rows:
     if r:
-      lines.append(f"| {name} | {r['pair_accuracy']:.4f} | {r['accuracy_chosen_not_longer']:.4f} "
-                   f"({r['n_chosen_not_longer']}) | {r['spearman_score_length']:.3f} |")
-  lines.append(f"| longer response wins (baseline) | {report['length_baseline_accuracy']:.4f} | "
-               "0 by construction | 1 |")
+      lines.append(f"| {name} | {r['pair_accuracy']:.4f} | {_split_cells(r)} | "
+                   f"{r['spearman_score_length']:.3f} |")
+  baseline = report.get("length_baseline") or {}
+  lines.append(f"| longer response wins (baseline) | "
+               f"{report['length_baseline_accuracy']:.4f} | {_split_cells(baseline)} | 1 |")
   return "\n".join(lines)
 
 
