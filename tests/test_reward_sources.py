@@ -133,3 +133,18 @@ def test_offline_refuses_a_stale_rollout_file_with_other_completions(tmp_path):
     again.score(["p", "q"], ["a", "other"])
   with pytest.raises(RewardError, match=r"rollout_000004\.jsonl exists but holds a different"):
     again.score(["p", "q", "r"], ["a", "b", "c"])
+
+
+def test_cut_responses_are_flagged_when_the_rm_would_score_them_as_finished():
+  import types
+  from rlaif_jax.rl import run
+  from rlaif_jax.rl.reward_sources import WeightedSum
+  rm = types.SimpleNamespace(fmt=types.SimpleNamespace(max_response_len=128),
+                             score=lambda p, c: [0.0] * len(c))
+  [note] = run.cut_responses_notes(rm, 64)
+  assert "rl.max_new_tokens=64" in note and "127" in note
+  assert run.cut_responses_notes(rm, 127) == []
+  judge_like = types.SimpleNamespace(score=lambda p, c: [0.0] * len(c))
+  assert len(run.cut_responses_notes(WeightedSum([("rm", rm, 1.0), ("j", judge_like, 1.0)]),
+                                     64)) == 1
+  assert run.cut_responses_notes(judge_like, 64) == []

@@ -113,6 +113,22 @@ def build_reward(rcfg: Any, workdir: pathlib.Path, sft_dir: pathlib.Path,
   return parts[0][1] if len(parts) == 1 and parts[0][2] == 1.0 else WeightedSum(parts)
 
 
+def cut_responses_notes(reward: RewardSource, max_new_tokens: int) -> list[str]:
+  """Known limit, said aloud: a reward model encodes every completion as a finished turn (its
+  end-of-turn id appended) unless the text exceeds its max_response_len - 1 tokens, so a
+  completion cut at rl.max_new_tokens below that is scored as if it had ended there."""
+  parts = [s for _, s, _ in reward.sources] if isinstance(reward, WeightedSum) else [reward]
+  notes = []
+  for source in parts:
+    fmt = getattr(source, "fmt", None)
+    if fmt is not None and max_new_tokens < fmt.max_response_len - 1:
+      notes.append(f"rl.max_new_tokens={max_new_tokens} is below the reward model's "
+                   f"max_response_len - 1 = {fmt.max_response_len - 1}: a completion cut at the "
+                   "token limit is scored as a finished greeting (the rollout's truncated_frac "
+                   "says how often)")
+  return notes
+
+
 def prompt_schedule(queries: Sequence[str], per_step: int, seed: int
                     ) -> Callable[[int], list[str]]:
   """step (1-based) -> its prompts: epoch-wise permutations drawn from (seed, epoch), so the
@@ -152,6 +168,8 @@ def run_rl(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike
   policy = checkpointing.load_model_from_workdir(sft_dir, mesh, **options)
   reward = build_reward(config.reward, workdir, sft_dir, data_dir, mesh)
   cfg = rl_config(config)
+  for note in cut_responses_notes(reward, cfg.max_new_tokens):
+    print(f"note: {note}", flush=True)
   fmt = sft.format_config(config.format)
   queries = [p.query for p in greetings.load_rl_prompts(data_dir, "train")]
   if config.data.get("max_prompts"):
