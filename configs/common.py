@@ -42,7 +42,9 @@ def model_config(preset: str = "tiny", hf_checkpoint: str | None = None,
                  param_dtype: str = "float32", dtype: str = "float32",
                  remat: bool = False, scan_layers: bool = False, remat_policy: str = "full",
                  attention_impl: str = "einsum") -> ml_collections.ConfigDict:
-  """A preset (vocab from the tokenizer) or a HF checkpoint directory (hf_checkpoint wins).
+  """A preset (vocab from the tokenizer) or a HF checkpoint (hf_checkpoint wins): a local
+  directory or a hub id such as `Qwen/Qwen2.5-7B-Instruct` (rlaif_jax.hub; HF_HUB_OFFLINE=1 uses
+  the local hub cache only).
 
   `scan_layers` picks the stacked-layer layout (`ModelConfig.scan_layers`); it is saved with the
   SFT checkpoint, and the reward model and RL runs started from that checkpoint inherit it.

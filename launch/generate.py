@@ -21,7 +21,8 @@ from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
 from rlaif_jax.sharding import mesh as mesh_lib
 
-_HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory.")
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory, or a hub id "
+                               "(owner/name[@revision], fetched to the hub cache).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trainer work directory (uses W/export).")
 _PROMPTS = flags.DEFINE_string("prompts", None, "Input JSONL of {id, prompt}.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Output JSONL (appended; resumable).",

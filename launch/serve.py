@@ -19,7 +19,8 @@ from rlaif_jax.sampling.sampler import Sampler
 from rlaif_jax.sampling.server import ServerConfig, make_app
 from rlaif_jax.sharding import mesh as mesh_lib
 
-_HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory.")
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory, or a hub id "
+                               "(owner/name[@revision], fetched to the hub cache).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trainer work directory (uses W/export).")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind.")
 _PORT = flags.DEFINE_integer("port", 8000, "Port to bind.")

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from rlaif_jax import hub
 from rlaif_jax.models import config as config_lib
 from rlaif_jax.models import hf_params, safetensors_io
 from rlaif_jax.models.decoder import Decoder
@@ -91,7 +92,7 @@ def load_hf_checkpoint(directory: str | os.PathLike, mesh: Mesh | None = None,
   `config_overrides` (e.g. param_dtype="bfloat16", dtype="bfloat16", remat=True) adjust the
   ModelConfig built from `config.json`.
   """
-  directory = pathlib.Path(directory)
+  directory = hub.resolve_model_dir(directory)
   if not (directory / "config.json").exists():
     raise FileNotFoundError(f"{directory}: no config.json (is this a Hugging Face model directory?)")
   cfg = config_lib.from_hf_config(directory, **config_overrides)

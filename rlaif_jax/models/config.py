@@ -6,6 +6,8 @@ import json
 import pathlib
 from typing import Any
 
+from rlaif_jax import hub
+
 SUPPORTED_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "LlamaForCausalLM": "llama",
@@ -202,7 +204,7 @@ def from_hf_config(hf: dict[str, Any] | str | pathlib.Path, **overrides: Any) ->
   """Builds a ModelConfig from a HF `config.json` (a dict, the file, or its directory)."""
   path = "<dict>"
   if not isinstance(hf, dict):
-    p = pathlib.Path(hf)
+    p = hub.resolve_model_dir(hf)
     if p.is_dir():
       p = p / "config.json"
     path = str(p)

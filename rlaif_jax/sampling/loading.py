@@ -28,6 +28,7 @@ from typing import Any
 
 from jax.sharding import Mesh
 
+from rlaif_jax import hub
 from rlaif_jax.models import checkpoint_bridge
 from rlaif_jax.models.decoder import Decoder
 from rlaif_jax.tokenizers import load_tokenizer
@@ -78,7 +79,7 @@ def load_policy(hf_dir: str | os.PathLike | None = None,
   if (hf_dir is None) == (checkpoint is None):
     raise ValueError("load_policy: pass exactly one of hf_dir= or checkpoint= "
                      f"(got hf_dir={hf_dir!r}, checkpoint={checkpoint!r})")
-  directory = (pathlib.Path(hf_dir).expanduser() if hf_dir is not None
+  directory = (hub.resolve_model_dir(hf_dir) if hf_dir is not None
                else resolve_checkpoint(checkpoint))
   tokenizer = load_tokenizer(tokenizer_path(directory))
   model = checkpoint_bridge.load_hf_checkpoint(directory, mesh, **config_overrides)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pathlib
 
+from rlaif_jax import hub
 from rlaif_jax.tokenizers.base import Tokenizer
 
 
@@ -13,7 +14,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   Raises:
     FileNotFoundError: `path` is neither (the message says what was expected).
   """
-  path = pathlib.Path(path).expanduser()
+  path = hub.resolve_model_dir(path) if hub.looks_like_hub_id(path) else pathlib.Path(path).expanduser()
   if path.is_dir() and (path / "tokenizer.json").is_file():
     from rlaif_jax.tokenizers.hf import HFTokenizer
     return HFTokenizer(path)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rlaif_jax import hub
 from rlaif_jax.data import formatting, greetings
 from rlaif_jax.models import checkpoint_bridge, chunked_head, config as config_lib
 from rlaif_jax.sharding import mesh as mesh_lib
@@ -185,7 +186,8 @@ def prepare_tokenizer(config: Any, workdir: pathlib.Path, data_dir: pathlib.Path
   from rlaif_jax.tokenizers import train as tok_train  # Local: sentencepiece only if needed.
   path = config.tokenizer.get("path") or config.model.get("hf_checkpoint")
   if path:
-    return load_tokenizer(path), pathlib.Path(path)
+    path = hub.resolve_model_dir(path)  # a hub id becomes its cached snapshot
+    return load_tokenizer(path), path
   if config.tokenizer.vocab_size <= 0:
     raise ValueError("no tokenizer: set config.model.hf_checkpoint (a HF model directory with its "
                      "tokenizer) or config.tokenizer.path, or config.tokenizer.vocab_size > 0 to "
