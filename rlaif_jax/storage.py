@@ -19,6 +19,7 @@ import glob as glob_lib
 import hashlib
 import json
 import os
+import pathlib
 import tempfile
 import time
 from typing import Any, Iterator
@@ -63,6 +64,18 @@ def _blob(path: str, client: Any | None) -> Any:
   if not name:
     raise StorageError(f"gs:// path without object name: {path!r}")
   return (client or _default_gcs_client()).bucket(bucket).blob(name)
+
+
+def as_path(path: str | os.PathLike) -> Any:
+  """A path object for a local path or a ``gs://`` URL, never mangled: ``gs://b/x`` becomes an
+  ``etils.epath.Path`` (what orbax uses; needs ``gcsfs``, the ``[gcs]`` extra), anything else a
+  ``pathlib.Path``. Both support ``/``, ``exists``, ``mkdir``, ``open``, ``read_text`` and
+  ``write_text``; ``pathlib.Path("gs://b/x").absolute()`` would give ``$PWD/gs:/b/x``."""
+  text = os.fspath(path)
+  if is_gcs(text):
+    from etils import epath  # pylint: disable=import-outside-toplevel
+    return epath.Path(text)
+  return pathlib.Path(text)
 
 
 def join(base: str, *parts: str) -> str:

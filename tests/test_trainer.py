@@ -136,7 +136,8 @@ def test_train_step_with_microbatches_matches_single_step():
     assert int(state.step) == 1 and float(out["lr"]) == pytest.approx(float(sched(0)))
     finals.append(ts.host_params(state))
   for k in finals[0]:
-    np.testing.assert_allclose(finals[1][k], finals[0][k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # One Adam step: g / sqrt(v) amplifies the summation-order rounding of small gradients.
+    np.testing.assert_allclose(finals[1][k], finals[0][k], rtol=1e-5, atol=3e-6, err_msg=k)
 
 
 class _Linear(nnx.Module):

@@ -30,6 +30,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from rlaif_jax import storage
 from rlaif_jax.models import checkpoint_bridge
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.decoder import Decoder
@@ -96,7 +97,9 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3,
                async_save: bool = True):
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = storage.as_path(directory)
+    if isinstance(self.directory, pathlib.Path):
+      self.directory = self.directory.absolute()
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
@@ -174,7 +177,7 @@ def restore_module(workdir: str | os.PathLike,
   Decoder or a ScalarHeadModel); cfg is the saved ModelConfig with `config_overrides` applied
   (e.g. dtype="bfloat16", remat=True; a changed param_dtype casts the stored weights).
   """
-  ckpt = Checkpointer(pathlib.Path(workdir) / CHECKPOINT_DIR, async_save=False)
+  ckpt = Checkpointer(storage.as_path(workdir) / CHECKPOINT_DIR, async_save=False)
   try:
     meta = ckpt.restore_meta(step)
     if "model_config" not in meta:

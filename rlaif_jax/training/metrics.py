@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from rlaif_jax import storage
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -32,7 +34,7 @@ def to_python_scalars(metrics: Mapping[str, Any]) -> dict[str, float | int]:
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
   """All rows of WORKDIR/metrics.jsonl (empty when it does not exist)."""
-  path = pathlib.Path(workdir) / METRICS_FILE
+  path = storage.as_path(workdir) / METRICS_FILE
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -44,14 +46,14 @@ class MetricWriter:
   def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True,
                enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.path = pathlib.Path(workdir) / METRICS_FILE
+    self.path = storage.as_path(workdir) / METRICS_FILE
     self._tb = None
     if not self.enabled:
       return
     self.path.parent.mkdir(parents=True, exist_ok=True)
     if tensorboard:
       from tensorboardX import SummaryWriter  # Local: only process 0 needs it.
-      self._tb = SummaryWriter(logdir=str(pathlib.Path(workdir) / TENSORBOARD_DIR))
+      self._tb = SummaryWriter(logdir=str(storage.as_path(workdir) / TENSORBOARD_DIR))
 
   def truncate_after(self, step: int) -> None:
     """Drops rows with step > `step` (logged by a run killed after its last checkpoint), so a
@@ -59,8 +61,12 @@ class MetricWriter:
     if not self.enabled or not self.path.exists():
       return
     keep = [row for row in read_metrics(self.path.parent) if row.get("step", 0) <= step]
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep)
+    if not isinstance(self.path, pathlib.Path):  # gs://: an object write is atomic
+      self.path.write_text(text)
+      return
     tmp = self.path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep))
+    tmp.write_text(text)
     os.replace(tmp, self.path)
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> dict[str, float | int]:
@@ -69,8 +75,12 @@ class MetricWriter:
     row = {"step": int(step), **to_python_scalars(scalars)}
     if not self.enabled:
       return row
-    with self.path.open("a") as f:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    line = json.dumps(row, ensure_ascii=False) + "\n"
+    if isinstance(self.path, pathlib.Path):
+      with self.path.open("a") as f:
+        f.write(line)
+    else:  # gs:// objects cannot be appended to: rewrite it (a few KB per thousand steps)
+      self.path.write_text((self.path.read_text() if self.path.exists() else "") + line)
     if self._tb is not None:
       for key, value in row.items():
         if key != "step" and math.isfinite(value):

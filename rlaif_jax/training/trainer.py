@@ -30,6 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from rlaif_jax import storage
 from rlaif_jax.sharding import mesh as mesh_lib
 from rlaif_jax.training import checkpointing, metrics as metrics_lib, optim
 from rlaif_jax.training import train_state as ts
@@ -183,7 +184,7 @@ class Trainer:
                tokens_in: Callable[[Batch], int] = count_tokens):
     self.loss_fn, self.eval_loss_fn = loss_fn, eval_loss_fn or loss_fn
     self.optimizer, self.schedule, self.mesh, self.loop = optimizer, schedule, mesh, loop
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = storage.as_path(workdir)  # gs:// kept as it is (etils.epath)
     self.seed, self.meta, self.tokens_in = seed, dict(meta or {}), tokens_in
     self.checkpointer = checkpointing.Checkpointer(
         self.workdir / checkpointing.CHECKPOINT_DIR, loop.keep_checkpoints,
