@@ -1,11 +1,14 @@
 r"""python -m launch.curate --input=candidates.jsonl --output_dir=/tmp/curated \
-  --examples=$RLAIF_DATA_DIR/evaluation_set/evaluate_data.json --backend=openai \
+  --examples=splits --data_dir=$RLAIF_DATA_DIR --backend=openai \
   --base_url=http://127.0.0.1:8000/v1 --model=Qwen2.5-72B-Instruct --concurrency=32
 
 Labels candidate greetings with the multi-agent curator and builds reward-model pairs.
 
-Input: JSON Lines {id?, query, response}. Stages: Retrieval (BM25 over character n-grams of
-the --examples pool) -> Positive + Negative agents -> Judge agent -> Reflect agent.
+Input: JSON Lines {id?, query, response}. Stages: Retrieval (of the --examples pool: sentence
+embeddings + faiss with the [retrieval] extra, else BM25 over character n-grams; --retriever)
+-> Positive + Negative agents -> Judge agent -> Reflect agent. --examples=splits is the
+leak-free SFT corpus of `rlaif_jax.judging.splits.make_splits(--data_dir, --split_seed)`
+(written to OUTPUT_DIR/splits/; no query of the evaluation set is in it).
 Writes OUTPUT_DIR/labeled.jsonl (one line per id: every agent's output, final ``label``,
 ``overturned`` = Reflect changed the Judge's label, ``error`` if a stage failed) and
 OUTPUT_DIR/pairs.json (the paper's RM pair format: chosen = approved, rejected = rejected
@@ -21,16 +24,26 @@ import sys
 from absl import app, flags
 
 from rlaif_jax import storage
+from rlaif_jax.data.paths import resolve_data_dir
 from rlaif_jax.judging import batch_job, cli
 from rlaif_jax.judging.adversarial_run import load_labelled
 from rlaif_jax.judging.curator import MultiAgentCurator, build_preference_pairs
-from rlaif_jax.judging.retrieval import ExampleRetriever
+from rlaif_jax.judging.retrieval import BACKENDS, DEFAULT_EMBEDDING_MODEL, ExampleRetriever
+from rlaif_jax.judging.splits import make_splits
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "Candidate records, JSON Lines {id?, query, response}.")
 flags.DEFINE_string("output_dir", None, "Output folder (local or gs://).", required=True)
-flags.DEFINE_string("examples", None, "Labelled pool {query, response, label} for retrieval "
-                    "(e.g. the evaluation set); none = no few-shot examples.")
+flags.DEFINE_string("examples", None, "'splits' (the SFT retrieval corpus of --data_dir) or a "
+                    "labelled pool file {query, response, label[, click_num]}; none = no "
+                    "few-shot examples.")
+flags.DEFINE_string("data_dir", None, "Greetings dataset (else env RLAIF_DATA_DIR) for "
+                    "--examples=splits.")
+flags.DEFINE_integer("split_seed", 0, "Seed of the leak-free splits (rlaif_jax.judging.splits).")
+flags.DEFINE_enum("retriever", "auto", list(BACKENDS), "auto: embeddings if sentence-transformers "
+                  "and faiss are installed, else BM25.")
+flags.DEFINE_string("retrieval_model", None, "Embedding model, hub id or local directory "
+                    f"(default {DEFAULT_EMBEDDING_MODEL}).")
 flags.DEFINE_integer("num_examples", 3, "Few-shot examples retrieved per candidate.")
 flags.DEFINE_integer("max_pairs_per_query", 0, "Cap of RM pairs per query (0 = all combos).")
 flags.DEFINE_integer("pairs_seed", 0, "Seed of the pair subsampling.")
@@ -51,6 +64,20 @@ def write_pairs(output_dir: str) -> int:
   return len(pairs)
 
 
+def _retriever() -> ExampleRetriever | None:
+  """The Retrieval agent over --examples (none without it)."""
+  if not FLAGS.examples:
+    if FLAGS.retrieval_model:
+      raise ValueError("--retrieval_model is given but --examples is not")
+    return None
+  if FLAGS.examples == "splits":
+    pool = make_splits(resolve_data_dir(FLAGS.data_dir), FLAGS.split_seed,
+                       output_dir=FLAGS.output_dir).retrieval_corpus
+  else:
+    pool = load_labelled(FLAGS.examples)
+  return ExampleRetriever(pool, backend=FLAGS.retriever, model=FLAGS.retrieval_model)
+
+
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -65,8 +92,8 @@ def main(argv: list[str]) -> int:
   try:
     records = batch_job.load_records(FLAGS.input)
     batch_job.require_fields(records, ("query", "response"), FLAGS.input)
-    retriever = ExampleRetriever(load_labelled(FLAGS.examples)) if FLAGS.examples else None
-  except (storage.InputError, storage.StorageError) as e:
+    retriever = _retriever()
+  except (storage.InputError, storage.StorageError, OSError, ValueError, ImportError) as e:
     logging.error("bad input: %s", e)
     return 1
   backend = cli.backend_from_flags()

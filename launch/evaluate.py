@@ -36,6 +36,7 @@ from absl import app, flags
 from rlaif_jax.data import formatting, greetings, paths
 from rlaif_jax import storage
 from rlaif_jax.evaluation import harness, judges as judges_lib, report
+from rlaif_jax.judging.splits import make_splits
 
 _CHECKPOINTS = flags.DEFINE_list("checkpoints", [], "NAME=PATH or PATH items (see docstring).")
 _JUDGES = flags.DEFINE_string(
@@ -46,6 +47,13 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Greetings dataset (default: $
 _PROMPT_SET = flags.DEFINE_enum("prompt_set", "grpo_test", list(harness.PROMPT_SETS),
                                 "Which requests to generate for.")
 _MAX_PROMPTS = flags.DEFINE_integer("max_prompts", 0, "Seeded subset of prompts; 0 = all.")
+_LABELLED_SPLIT = flags.DEFINE_enum(
+    "labelled_split", "reliability", ["reliability", "all"],
+    "Human-labelled records for calibration and --reliability: the reliability_examples split "
+    "of rlaif_jax.judging.splits (disjoint from the principle-optimisation examples and from "
+    "the curator's retrieval corpus, which the curator judge then uses; written to "
+    "OUTPUT_DIR/splits/), or all of evaluate_data.json (curator retrieves from it: leaks).")
+_SPLIT_SEED = flags.DEFINE_integer("split_seed", 0, "Seed of the leak-free splits.")
 _MAX_LABELLED = flags.DEFINE_integer("max_labelled", 0, "Use the first N labelled records for "
                                      "calibration and reliability; 0 = all.")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "New tokens per response.")
@@ -93,13 +101,20 @@ def main(argv: list[str]) -> int:
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   data_dir = paths.resolve_data_dir(_DATA_DIR.value)
-  labelled = greetings.load_evaluation_set(data_dir)
+  retrieval_examples = None
+  if _LABELLED_SPLIT.value == "reliability":
+    splits = make_splits(data_dir, _SPLIT_SEED.value, output_dir=_OUTPUT_DIR.value)
+    labelled, retrieval_examples = (splits.labelled("reliability_examples"),
+                                    splits.retrieval_corpus)
+  else:
+    labelled = greetings.load_evaluation_set(data_dir)
   if _MAX_LABELLED.value > 0:
     labelled = labelled[:_MAX_LABELLED.value]
   from rlaif_jax.sharding import mesh as mesh_lib  # Local: JAX after the flags are checked.
   mesh = mesh_lib.make_mesh([int(s) for s in _MESH.value])
   try:
-    judges = judges_lib.make_judges(_JUDGES.value, labelled, mesh=mesh)
+    judges = judges_lib.make_judges(_JUDGES.value, labelled, mesh=mesh,
+                                    retrieval_examples=retrieval_examples)
   except judges_lib.JudgeSpecError as e:
     raise app.UsageError(str(e)) from e
   for j in judges:

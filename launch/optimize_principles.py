@@ -1,10 +1,14 @@
-r"""python -m launch.optimize_principles \
-  --labeled=$RLAIF_DATA_DIR/evaluation_set/evaluate_data.json \
+r"""python -m launch.optimize_principles --data_dir=$RLAIF_DATA_DIR \
   --queries=$RLAIF_DATA_DIR/random_query.txt --iterations=5 --output_dir=/tmp/principles_run \
   --backend=openai --base_url=http://127.0.0.1:8000/v1 --model=Qwen2.5-72B-Instruct
 
 Refines the judge's principles with the adversarial game (Generator, Detector, Reflector,
 Strategy Optimizer).
+
+Labelled examples: --labeled=FILE, or (default) the ``principle_examples`` split of
+`rlaif_jax.judging.splits.make_splits(--data_dir, --split_seed)`, written to
+OUTPUT_DIR/splits/ and disjoint from the curator's retrieval corpus and from the judge
+reliability examples (launch.evaluate --reliability uses the same --split_seed).
 
 Writes OUTPUT_DIR/iter_{k}/{principles.json, strategy.json, update_log.jsonl, metrics.json}
 (metrics: held-out judge accuracy before/after the iteration) and
@@ -26,16 +30,21 @@ from typing import Any
 from absl import app, flags
 
 from rlaif_jax import storage
+from rlaif_jax.data.paths import resolve_data_dir
 from rlaif_jax.judging import cli
 from rlaif_jax.judging.adversarial import AdversarialGame, GameConfig
 from rlaif_jax.judging.adversarial_run import (check_run_config, count_distinct, load_labelled,
                                                load_queries, run_optimization)
 from rlaif_jax.judging.backends import FatalBackendError, SamplingParams
 from rlaif_jax.judging.principles import MAX_RULES, load_principles
+from rlaif_jax.judging.splits import make_splits
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("labeled", None, "Human-labelled JSON Lines {query, response, label}.",
-                    required=True)
+flags.DEFINE_string("labeled", None, "Human-labelled JSON Lines {query, response, label}; "
+                    "default: the principle_examples split of --data_dir.")
+flags.DEFINE_string("data_dir", None, "Greetings dataset (else env RLAIF_DATA_DIR) for the "
+                    "default splits.")
+flags.DEFINE_integer("split_seed", 0, "Seed of the leak-free splits (rlaif_jax.judging.splits).")
 flags.DEFINE_string("queries", None, "Queries for the Generator: text lines or JSONL {query}.",
                     required=True)
 flags.DEFINE_string("output_dir", None, "Output folder (local or gs://).", required=True)
@@ -43,7 +52,8 @@ flags.DEFINE_integer("iterations", 5, "Game iterations K.")
 flags.DEFINE_string("principles", "v0", "Initial principle set (name or JSON path).")
 flags.DEFINE_integer("holdout_size", 200, "Labelled records held out for accuracy.")
 flags.DEFINE_integer("adversarial_batch", 4, "Generator queries per iteration.")
-flags.DEFINE_integer("reflect_batch", 8, "Labelled examples judged per reflection phase.")
+flags.DEFINE_integer("reflect_batch", 4, "Labelled examples judged per reflection phase "
+                     "(4 as in the authors' code).")
 flags.DEFINE_integer("max_rules", MAX_RULES, "Rule cap of S_D and S_G (at most 10).")
 flags.DEFINE_float("generator_temperature", 0.9, "Generator sampling temperature.")
 flags.DEFINE_float("optimizer_temperature", 0.3, "Strategy optimizer temperature.")
@@ -90,6 +100,15 @@ def write_summary(output_dir: str, metrics: list[dict[str, Any]]) -> None:
   storage.write_bytes(storage.join(output_dir, "accuracy.png"), buffer.getvalue())
 
 
+def _principle_split() -> str:
+  """Writes the splits under --output_dir; returns the principle_examples file."""
+  splits = make_splits(resolve_data_dir(FLAGS.data_dir), FLAGS.split_seed,
+                       output_dir=FLAGS.output_dir)
+  logging.info("labelled examples: principle_examples split (%d records, seed %d)",
+               len(splits.principle_examples), FLAGS.split_seed)
+  return splits.files["principle_examples"]
+
+
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -97,14 +116,15 @@ def main(argv: list[str]) -> int:
   if not 1 <= FLAGS.max_rules <= MAX_RULES:
     raise app.UsageError(f"--max_rules must be in [1, {MAX_RULES}]")
   try:
-    labelled, queries = load_labelled(FLAGS.labeled), load_queries(FLAGS.queries)
+    labeled_path = FLAGS.labeled or _principle_split()
+    labelled, queries = load_labelled(labeled_path), load_queries(FLAGS.queries)
     initial = load_principles(FLAGS.principles)
-  except (storage.InputError, storage.StorageError, ValueError) as e:
+  except (storage.InputError, storage.StorageError, ValueError, OSError) as e:
     logging.error("bad input: %s", e)
     return 1
   distinct = count_distinct(labelled)
   if not 0 < FLAGS.holdout_size < distinct:
-    raise app.UsageError(f"--holdout_size must be in (0, {distinct}) for {FLAGS.labeled} "
+    raise app.UsageError(f"--holdout_size must be in (0, {distinct}) for {labeled_path} "
                          "(distinct query/response pairs)")
   backend = cli.backend_from_flags()
   tokens = FLAGS.max_tokens
@@ -115,7 +135,8 @@ def main(argv: list[str]) -> int:
       generator_sampling=SamplingParams(temperature=FLAGS.generator_temperature, max_tokens=tokens),
       optimizer_sampling=SamplingParams(temperature=FLAGS.optimizer_temperature,
                                         max_tokens=tokens)))
-  run_config = {"labeled": FLAGS.labeled, "queries": FLAGS.queries, "seed": FLAGS.seed,
+  run_config = {"labeled": labeled_path,
+                "split_seed": None if FLAGS.labeled else FLAGS.split_seed, "queries": FLAGS.queries, "seed": FLAGS.seed,
                 "holdout_size": FLAGS.holdout_size, "initial_principles": initial.version,
                 "iterations": FLAGS.iterations, "backend": repr(backend)}
 

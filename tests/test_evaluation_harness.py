@@ -547,7 +547,8 @@ def test_launch_evaluate_end_to_end(hf_dirs, tmp_path):
     proc = run_evaluate(f"--checkpoints=tiny=hf:{hf_dirs[0]}", f"--judges={judges}",
                         f"--output_dir={out}", f"--data_dir={data}", "--prompt_set=both",
                         "--max_prompts=6", "--max_new_tokens=4", "--batch_size=8",
-                        "--reliability", "--reliability_folds=3")
+                        "--reliability", "--reliability_folds=3",
+                        "--labelled_split=all")  # the hand-checked figures use all 8 items
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "judge length: length threshold=8" in proc.stdout
   reliability = {r["judge"]: r for r in read_csv(out / "reliability.csv")}

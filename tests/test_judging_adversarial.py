@@ -134,7 +134,7 @@ def test_optimizer_output_over_the_rule_limit_is_rejected():
             for _ in prompts_messages]
 
   game = AdversarialGame(LocalSamplerBackend(eleven_rules), GameConfig(max_attempts=2))
-  rules, event = asyncio.run(game.optimize("S_D", ("旧规则",), ["反馈"]))
+  rules, [event] = asyncio.run(game.optimize("S_D", ("旧规则",), ["反馈"]))
   assert rules == ("旧规则",) and event["changed"] is False
   assert "11 rules, at most 10" in event["error"] and len(calls) == 2
 

@@ -108,7 +108,7 @@ def test_curate_cli_end_to_end(tmp_path):
   out_dir = tmp_path / "curated"
   with FakeOpenAIServer(fault_fn=schedule_by_key(plan), min_len=20) as server:
     result = run_launch("curate", input=tmp_path / "cand.jsonl", output_dir=out_dir,
-                        examples=tmp_path / "pool.jsonl", num_examples=2,
+                        examples=tmp_path / "pool.jsonl", num_examples=2, retriever="bm25",
                         base_url=server.base_url, model="m", chunk_size=3, progress=False,
                         timeout_s=2, retry_base_delay_s=0.01, max_parse_attempts=2)
     roles = {r.role for r in server.log}

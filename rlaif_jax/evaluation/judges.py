@@ -343,7 +343,8 @@ _BACKEND_OPTIONS = {"max_attempts": int, "temperature": float, "max_tokens": int
 OPTIONS: dict[str, dict[str, Callable[[str], Any]]] = {
     "rm": {"threshold": float, "debias": _bool, "batch_size": int},
     "llm": {"principles": str, "template": str, **_BACKEND_OPTIONS},
-    "curator": {"num_examples": int, **_BACKEND_OPTIONS},
+    "curator": {"num_examples": int, "retriever": str, "retrieval_model": str,
+                **_BACKEND_OPTIONS},
     "length": {"threshold": int},
 }
 NEEDS_TARGET = {"rm": "a reward-model run directory", "llm": "BACKEND@BASE_URL#MODEL",
@@ -448,7 +449,8 @@ def _sampling(spec: JudgeSpec, default_max_tokens: int) -> backends.SamplingPara
                                  max_tokens=spec.options.get("max_tokens", default_max_tokens))
 
 
-def _build(spec: JudgeSpec, labelled: Sequence[LabeledResponse] | None, mesh: Any) -> EvalJudge:
+def _build(spec: JudgeSpec, labelled: Sequence[LabeledResponse] | None, mesh: Any,
+           retrieval_examples: Sequence[dict[str, Any]] | None = None) -> EvalJudge:
   o = spec.options
   if spec.kind == "length":
     return LengthJudge(o.get("threshold"), name=spec.name)
@@ -468,21 +470,29 @@ def _build(spec: JudgeSpec, labelled: Sequence[LabeledResponse] | None, mesh: An
     return LLMJudge(judge, name=spec.name)
   num_examples = o.get("num_examples", 3)
   retriever = None
-  if labelled and num_examples > 0:
-    retriever = ExampleRetriever([dataclasses.asdict(r) for r in labelled])
+  pool = (retrieval_examples if retrieval_examples is not None
+          else [dataclasses.asdict(r) for r in labelled or ()])
+  if pool and num_examples > 0:
+    try:
+      retriever = ExampleRetriever(pool, backend=o.get("retriever", "bm25"),
+                                   model=o.get("retrieval_model"))
+    except (ValueError, ImportError) as e:
+      raise JudgeSpecError(f"{spec.where}: {e}") from e
   curator = MultiAgentCurator(_backend(spec), retriever, num_examples=num_examples,
                               sampling=_sampling(spec, 1024), max_attempts=attempts)
   return CuratorJudge(curator, name=spec.name)
 
 
 def make_judges(spec: str, labelled: Sequence[LabeledResponse] | None = None, *,
-                mesh: Any = None, length_baseline: bool = True) -> list[EvalJudge]:
+                mesh: Any = None, length_baseline: bool = True,
+                retrieval_examples: Sequence[dict[str, Any]] | None = None) -> list[EvalJudge]:
   """Builds (and calibrates) the judges of a spec string (module docstring).
 
   Args:
     spec: e.g. "rm:/runs/rm,llm:openai@http://127.0.0.1:8000/v1#m,length".
     labelled: the human-labelled evaluation set; calibrates thresholds not given in the spec
-      and is the curator's retrieval pool. Required when a threshold must be calibrated.
+      and is the curator's retrieval pool unless ``retrieval_examples`` is given. Required
+      when a threshold must be calibrated.
     mesh: device mesh for reward models (default: all devices on the fsdp axis).
     length_baseline: when the spec has no `length` entry, append the length baseline judge
       (threshold calibrated on `labelled`, named `length`, or `length_rule` if that name is
@@ -502,7 +512,7 @@ def make_judges(spec: str, labelled: Sequence[LabeledResponse] | None = None, *,
   if uncalibrated and not labelled:
     raise JudgeSpecError(f"{uncalibrated[0].where}: needs ?threshold=... or the labelled "
                          "evaluation set to calibrate it (pass --data_dir)")
-  judges = [_build(s, labelled, mesh) for s in specs]
+  judges = [_build(s, labelled, mesh, retrieval_examples) for s in specs]
   for j in judges:
     if j.needs_calibration:
       j.calibrate([r.query for r in labelled], [r.response for r in labelled],

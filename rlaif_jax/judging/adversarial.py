@@ -6,9 +6,11 @@ One iteration, as in the paper:
    sharpens S_G; fooled (Good) -> the Generator's flaw explanation sharpens S_D.
 2. Reflection phase: the Detector judges human-labelled examples; on every mistake the
    Reflector explains it and proposes a change to S_D.
-3. The Strategy Optimizer rewrites S_G / S_D from the collected feedback (one call per set and
-   phase), keeping at most ``max_rules`` rules; a rewrite that breaks the limit after retries is
-   rejected and the old set kept.
+3. The Strategy Optimizer rewrites S_G / S_D once per feedback item, in sequence (each call
+   starts from the previous call's rules), as the authors' code does; each call keeps at most
+   ``max_rules`` rules, and a rewrite that breaks the limit after retries is rejected and the
+   rules before that call are kept. The reflection phase judges ``reflect_batch`` = 4 labelled
+   examples per iteration (the authors' batch; this project used 8 without a measured reason).
 The judge's accuracy on a held-out labelled split is measured before and after.
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ _STRATEGY_KIND = {"S_D": "祝福语评估标准 (S_D)", "S_G": "坏祝福语构�
 class GameConfig:
   """Sizes and sampling of one iteration."""
   adversarial_batch: int = 4
-  reflect_batch: int = 8
+  reflect_batch: int = 4
   max_rules: int = MAX_RULES
   max_attempts: int = 3
   judge_sampling: base.SamplingParams = base.SamplingParams(temperature=0.0, max_tokens=512)
@@ -86,18 +88,26 @@ class AdversarialGame:
             "agreement": agreement}
 
   async def optimize(self, target: str, rules: Sequence[str],
-                     feedback: Sequence[str]) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """Rewrites ``rules`` (S_D or S_G) from ``feedback``; returns new rules and a log event."""
-    event: dict[str, Any] = {"event": "update", "target": target, "feedback": list(feedback),
-                             "before": list(rules)}
-    [outcome] = await self.optimizer.run([{
-        "strategy_kind": _STRATEGY_KIND[target], "current_strategy": format_rules(rules),
-        "feedback": "\n".join(f"- {f}" for f in feedback), "max_rules": self.config.max_rules}])
-    new_rules = tuple(outcome.value) if outcome.ok else tuple(rules)
-    if not outcome.ok:
-      event["error"] = f"optimizer failed, kept the old rules: {outcome.error}"
-    event["after"], event["changed"] = list(new_rules), new_rules != tuple(rules)
-    return new_rules, event
+                     feedback: Sequence[str]) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+    """Rewrites ``rules`` (S_D or S_G) with one optimiser call per feedback item, in order.
+
+    Returns the final rules and one ``update`` log event per call (``step`` k of n).
+    """
+    current, events = tuple(rules), []
+    for step, item in enumerate(feedback, start=1):
+      event: dict[str, Any] = {"event": "update", "target": target, "step": step,
+                               "steps": len(feedback), "feedback": [item],
+                               "before": list(current)}
+      [outcome] = await self.optimizer.run([{
+          "strategy_kind": _STRATEGY_KIND[target], "current_strategy": format_rules(current),
+          "feedback": f"- {item}", "max_rules": self.config.max_rules}])
+      new_rules = tuple(outcome.value) if outcome.ok else current
+      if not outcome.ok:
+        event["error"] = f"optimizer failed, kept the old rules: {outcome.error}"
+      event["after"], event["changed"] = list(new_rules), new_rules != current
+      events.append(event)
+      current = new_rules
+    return current, events
 
   async def adversarial_phase(self, ps: PrincipleSet, queries: Sequence[str],
                               good_examples: Sequence[dict[str, Any]], rng: random.Random
@@ -123,13 +133,13 @@ class AdversarialGame:
       elif v.verdict == 1 and gen.explanation:
         to_d.append(gen.explanation)
     if to_g:
-      rules, event = await self.optimize("S_G", ps.bad_strategies, to_g)
+      rules, events = await self.optimize("S_G", ps.bad_strategies, to_g)
       ps = ps.replace(bad_strategies=rules)
-      log.append({"phase": "adversarial", **event})
+      log.extend({"phase": "adversarial", **e} for e in events)
     if to_d:
-      rules, event = await self.optimize("S_D", ps.principles, to_d)
+      rules, events = await self.optimize("S_D", ps.principles, to_d)
       ps = ps.replace(principles=rules)
-      log.append({"phase": "adversarial", **event})
+      log.extend({"phase": "adversarial", **e} for e in events)
     judged = [v for v in verdicts if v.verdict is not None]
     stats = {"generated": len(samples), "generator_errors": len(batch) - len(samples),
              "judged": len(judged), "caught": sum(v.verdict == 0 for v in judged),
@@ -159,9 +169,9 @@ class AdversarialGame:
       if o.ok and o.value.suggestion:
         feedback.append(o.value.suggestion)
     if feedback:
-      rules, event = await self.optimize("S_D", ps.principles, feedback)
+      rules, events = await self.optimize("S_D", ps.principles, feedback)
       ps = ps.replace(principles=rules)
-      log.append({"phase": "reflection", **event})
+      log.extend({"phase": "reflection", **e} for e in events)
     judged = [v for v in verdicts if v.verdict is not None]
     stats = {"examples": len(batch), "judged": len(judged), "mistakes": len(mistakes),
              "detector_errors": len(batch) - len(judged), "suggestions": len(feedback)}

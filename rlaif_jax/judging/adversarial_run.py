@@ -24,11 +24,12 @@ from rlaif_jax.judging.principles import PrincipleSet, load_principles, save_pri
 logger = logging.getLogger(__name__)
 
 _RUN_CONFIG = "run_config.json"
-_CHECKED_KEYS = ("labeled", "queries", "seed", "holdout_size", "initial_principles")
+_CHECKED_KEYS = ("labeled", "split_seed", "queries", "seed", "holdout_size", "initial_principles")
 
 
 def load_labelled(path: str) -> list[dict[str, Any]]:
-  """JSON Lines of {query, response, label} (label 0/1 or Good/Bad); errors name file:line."""
+  """JSON Lines of {query, response, label[, click_num]} (label 0/1 or Good/Bad); errors name
+  file:line."""
   out = []
   for index, record in storage.read_jsonl(path):
     for field in ("query", "response"):
@@ -38,7 +39,13 @@ def load_labelled(path: str) -> list[dict[str, Any]]:
       label = parsing.normalise_binary(record.get("label"), "label")
     except parsing.ParseError as e:
       raise storage.InputError(f"{path}:{index + 1}: {e}") from None
-    out.append({"query": record["query"], "response": record["response"], "label": label})
+    row = {"query": record["query"], "response": record["response"], "label": label}
+    if "click_num" in record:  # kept for the retriever's click rerank
+      clicks = record["click_num"]
+      if isinstance(clicks, bool) or not isinstance(clicks, (int, float)):
+        raise storage.InputError(f"{path}:{index + 1}: field 'click_num' must be a number")
+      row["click_num"] = clicks
+    out.append(row)
   if not out:
     raise storage.InputError(f"{path}: no labelled records")
   return out

@@ -1,19 +1,37 @@
-"""BM25 over character n-grams (NumPy only) and the curator's few-shot example retriever.
+"""The curator's few-shot example retriever (the paper's Retrieval agent) and its two indexes.
 
-Chinese requests have no spaces, so documents are bags of character n-grams (unigrams and
-bigrams by default) after dropping punctuation and whitespace. The index stores, for every
-n-gram, its postings (document ids) with precomputed BM25 term weights, so scoring a query is
-one ``np.bincount`` over the postings of its n-grams.
+``EmbeddingIndex``: sentence-transformers embeddings (normalised, cosine) searched with a faiss
+inner-product index, the authors' stack; needs the optional extra ``pip install
+rlaif_jax[retrieval]``. The model is a hub id or a local SentenceTransformer directory
+(``DEFAULT_EMBEDDING_MODEL`` unless given).
+
+``BM25Index``: BM25 over character n-grams (NumPy only), the fallback. Chinese requests have no
+spaces, so documents are bags of character n-grams (unigrams and bigrams by default) after
+dropping punctuation and whitespace. The index stores, for every n-gram, its postings
+(document ids) with precomputed BM25 term weights, so scoring a query is one ``np.bincount``
+over the postings of its n-grams.
+
+``ExampleRetriever(examples, backend="auto")`` uses embeddings when the extra is installed and
+BM25 otherwise, and logs which. When every example has a numeric ``click_num`` (none of the
+paper's released files do), the ``rerank_pool`` most similar examples are re-ordered by
+``click_num`` (descending, ties by similarity) before the top k are taken.
 """
 from __future__ import annotations
 
 import collections
 import hashlib
 import json
+import logging
 import unicodedata
 from typing import Any, Sequence
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "embedding", "bm25")
+# Our choice (a small Chinese sentence-embedding model); the paper does not name its model.
+DEFAULT_EMBEDDING_MODEL = "BAAI/bge-small-zh-v1.5"
 
 
 def normalise_text(text: str) -> str:
@@ -80,34 +98,127 @@ class BM25Index:
     return [(int(i), float(s[i])) for i in order[:k] if s[i] > 0]
 
 
-class ExampleRetriever:
-  """Finds labelled examples whose query resembles a new query (the paper's Retrieval agent)."""
+class EmbeddingIndex:
+  """Cosine similarity of sentence-transformers embeddings, searched with faiss (exact)."""
 
-  def __init__(self, examples: Sequence[dict[str, Any]], *, ngram_range: tuple[int, int] = (1, 2)):
+  def __init__(self, documents: Sequence[str], model: str, *, batch_size: int = 64):
+    from sentence_transformers import SentenceTransformer  # pylint: disable=import-outside-toplevel
+    import faiss  # pylint: disable=import-outside-toplevel
+    self.model_name, self.batch_size, self.num_docs = model, batch_size, len(documents)
+    self.encoder = SentenceTransformer(model)
+    embeddings = self._encode(list(documents))
+    self.faiss_index = faiss.IndexFlatIP(embeddings.shape[1])
+    self.faiss_index.add(embeddings)
+
+  def _encode(self, texts: list[str]) -> np.ndarray:
+    """float32[len(texts), dim], L2-normalised rows."""
+    out = self.encoder.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                              convert_to_numpy=True, show_progress_bar=False)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+  def top_k(self, query: str, k: int) -> list[tuple[int, float]]:
+    """Up to k ``(doc_id, cosine)`` pairs, most similar first."""
+    if self.num_docs == 0 or k <= 0:
+      return []
+    scores, ids = self.faiss_index.search(self._encode([query]), min(k, self.num_docs))
+    return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+
+
+def embedding_extra_available() -> bool:
+  """Whether sentence-transformers and faiss import (the ``retrieval`` extra)."""
+  try:
+    import faiss  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import sentence_transformers  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+class ExampleRetriever:
+  """Finds good examples whose query resembles a new query (the paper's Retrieval agent).
+
+  Args:
+    examples: dicts with str ``query`` and ``response`` (optional ``label``, ``click_num``).
+    backend: "embedding" (needs the ``retrieval`` extra, else ImportError), "bm25", or "auto"
+      (embedding when the extra imports, else BM25; logged either way).
+    model: embedding model, hub id or local directory (default ``DEFAULT_EMBEDDING_MODEL``);
+      refused with the BM25 backend.
+    rerank_pool: candidates re-ordered by ``click_num`` when every example has one (>= k used).
+  """
+
+  def __init__(self, examples: Sequence[dict[str, Any]], *, backend: str = "bm25",
+               model: str | None = None, ngram_range: tuple[int, int] = (1, 2),
+               rerank_pool: int = 20):
+    if backend not in BACKENDS:
+      raise ValueError(f"retrieval backend must be one of {BACKENDS}, got {backend!r}")
     for i, ex in enumerate(examples):
       if not isinstance(ex.get("query"), str) or not isinstance(ex.get("response"), str):
         raise ValueError(f"example {i} needs str 'query' and 'response', got keys {sorted(ex)}")
     self.examples = list(examples)
-    self.index = BM25Index([ex["query"] for ex in self.examples], ngram_range=ngram_range)
+    has_clicks = ["click_num" in ex for ex in self.examples]
+    if any(has_clicks) and not all(has_clicks):
+      odd = has_clicks.index(not has_clicks[0])
+      raise ValueError(f"example {odd} {'has' if has_clicks[odd] else 'lacks'} 'click_num' "
+                       "unlike example 0: give it to every example or to none")
+    for i, ex in enumerate(self.examples):
+      if "click_num" in ex and (isinstance(ex["click_num"], bool)
+                                or not isinstance(ex["click_num"], (int, float))):
+        raise ValueError(f"example {i}: 'click_num' must be a number, got {ex['click_num']!r}")
+    self.rerank_by_clicks = bool(self.examples) and all(has_clicks)
+    self.rerank_pool = rerank_pool
+    if backend == "bm25" and model is not None:
+      raise ValueError("a retrieval model was given but the backend is bm25")
+    if backend == "auto":
+      backend = "embedding" if embedding_extra_available() else "bm25"
+      if backend == "bm25" and model is not None:
+        raise ImportError(f"retrieval model {model!r} needs sentence-transformers and faiss "
+                          "(pip install 'rlaif_jax[retrieval]')")
+      if backend == "bm25":
+        logger.warning("retrieval: sentence-transformers/faiss not installed (pip install "
+                       "'rlaif_jax[retrieval]'); falling back to BM25 over character n-grams")
+    queries = [ex["query"] for ex in self.examples]
+    if backend == "embedding" and not embedding_extra_available():
+      raise ImportError("the embedding retriever needs sentence-transformers and faiss "
+                        "(pip install 'rlaif_jax[retrieval]'), or use backend='bm25'")
+    if backend == "embedding":
+      self.model = model or DEFAULT_EMBEDDING_MODEL
+      self.index: EmbeddingIndex | BM25Index = EmbeddingIndex(queries, self.model)
+      self.settings = f"embedding={self.model}"
+    else:
+      self.model = None
+      self.index = BM25Index(queries, ngram_range=ngram_range)
+      self.settings = f"bm25 ngram_range={ngram_range}"
+    self.backend = backend
+    logger.info("retrieval: %s over %d examples%s", self.settings, len(self.examples),
+                ", reranked by click_num" if self.rerank_by_clicks else "")
 
   def __len__(self) -> int:
     return len(self.examples)
 
   def __repr__(self) -> str:  # stable across runs: it feeds MultiAgentCurator.fingerprint
-    pool = json.dumps([[ex["query"], ex["response"], ex.get("label")] for ex in self.examples],
-                      ensure_ascii=False)
-    return (f"ExampleRetriever(examples={len(self.examples)}, "
-            f"sha={hashlib.sha256(pool.encode('utf-8')).hexdigest()[:12]}, "
-            f"ngram_range={self.index.ngram_range})")
+    rows = [[ex["query"], ex["response"], ex.get("label")]
+            + ([ex["click_num"]] if self.rerank_by_clicks else []) for ex in self.examples]
+    sha = hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode("utf-8")).hexdigest()[:12]
+    if self.backend == "bm25" and not self.rerank_by_clicks:  # as before embeddings existed
+      return (f"ExampleRetriever(examples={len(self.examples)}, sha={sha}, "
+              f"ngram_range={self.index.ngram_range})")
+    return (f"ExampleRetriever(examples={len(self.examples)}, sha={sha}, {self.settings}, "
+            f"click_rerank_pool={self.rerank_pool if self.rerank_by_clicks else None})")
 
   def retrieve(self, query: str, k: int, *, exclude_response: str | None = None) -> list[dict]:
     """Top-k examples (copies with a ``score``), skipping the candidate itself if it is pooled."""
+    wanted = k + 1 if exclude_response is not None else k
+    hits = self.index.top_k(query, max(wanted, self.rerank_pool) if self.rerank_by_clicks
+                            else wanted)
+    if self.rerank_by_clicks:  # stable: equal clicks keep the similarity order
+      hits = sorted(hits, key=lambda hit: -self.examples[hit[0]]["click_num"])
     found = []
-    for doc_id, score in self.index.top_k(query, k + 1 if exclude_response is not None else k):
+    for doc_id, score in hits:
       ex = self.examples[doc_id]
-      is_candidate = ex["response"] == exclude_response and ex["query"] == query
-      if exclude_response is not None and is_candidate:
+      if exclude_response is not None and ex["response"] == exclude_response \
+          and ex["query"] == query:
         continue
       found.append({"query": ex["query"], "response": ex["response"], "label": ex.get("label"),
-                    "score": round(score, 4)})
+                    "score": round(score, 4),
+                    **({"click_num": ex["click_num"]} if self.rerank_by_clicks else {})})
     return found[:k]
