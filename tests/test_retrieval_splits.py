@@ -103,6 +103,18 @@ def test_bm25_fallback_when_the_extra_is_missing(monkeypatch, caplog):
     retrieval.ExampleRetriever(POOL, backend="bm25", model="some/model")
 
 
+
+def test_auto_never_downloads_the_default_model(monkeypatch, caplog, tmp_path):
+  """With the extra installed but the default model not cached, auto falls back to BM25 at
+  once (a download would hang without network); a local model directory is used."""
+  import huggingface_hub
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+  assert not retrieval.model_available_locally(retrieval.DEFAULT_EMBEDDING_MODEL)
+  with caplog.at_level(logging.WARNING, logger=retrieval.__name__):
+    r = retrieval.ExampleRetriever(POOL, backend="auto")
+  assert r.backend == "bm25" and "not in the local hub cache" in caplog.text
+  assert retrieval.model_available_locally(str(tmp_path))
+
 def _write_data(root, eval_rows, sft_rows):
   (root / "evaluation_set").mkdir(parents=True)
   (root / "sft").mkdir()

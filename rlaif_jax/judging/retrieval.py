@@ -22,6 +22,7 @@ import collections
 import hashlib
 import json
 import logging
+import pathlib
 import unicodedata
 from typing import Any, Sequence
 
@@ -134,6 +135,18 @@ def embedding_extra_available() -> bool:
   return True
 
 
+def model_available_locally(model: str) -> bool:
+  """Whether `model` is a local directory or a hub id already in the local hub cache."""
+  if pathlib.Path(model).expanduser().is_dir():
+    return True
+  try:
+    import huggingface_hub  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return False
+  return any(isinstance(huggingface_hub.try_to_load_from_cache(model, name), str)
+             for name in ("modules.json", "config.json"))
+
+
 class ExampleRetriever:
   """Finds good examples whose query resembles a new query (the paper's Retrieval agent).
 
@@ -169,13 +182,7 @@ class ExampleRetriever:
     if backend == "bm25" and model is not None:
       raise ValueError("a retrieval model was given but the backend is bm25")
     if backend == "auto":
-      backend = "embedding" if embedding_extra_available() else "bm25"
-      if backend == "bm25" and model is not None:
-        raise ImportError(f"retrieval model {model!r} needs sentence-transformers and faiss "
-                          "(pip install 'rlaif_jax[retrieval]')")
-      if backend == "bm25":
-        logger.warning("retrieval: sentence-transformers/faiss not installed (pip install "
-                       "'rlaif_jax[retrieval]'); falling back to BM25 over character n-grams")
+      backend = self._auto_backend(model)
     queries = [ex["query"] for ex in self.examples]
     if backend == "embedding" and not embedding_extra_available():
       raise ImportError("the embedding retriever needs sentence-transformers and faiss "
@@ -191,6 +198,24 @@ class ExampleRetriever:
     self.backend = backend
     logger.info("retrieval: %s over %d examples%s", self.settings, len(self.examples),
                 ", reranked by click_num" if self.rerank_by_clicks else "")
+
+  @staticmethod
+  def _auto_backend(model: str | None) -> str:
+    """embedding when the extra imports and the model is given or already local, else bm25."""
+    if not embedding_extra_available():
+      if model is not None:
+        raise ImportError(f"retrieval model {model!r} needs sentence-transformers and faiss "
+                          "(pip install 'rlaif_jax[retrieval]')")
+      logger.warning("retrieval: sentence-transformers/faiss not installed (pip install "
+                     "'rlaif_jax[retrieval]'); falling back to BM25 over character n-grams")
+      return "bm25"
+    if model is None and not model_available_locally(DEFAULT_EMBEDDING_MODEL):
+      # Never a surprise download (it hangs without network): naming a model fetches it.
+      logger.warning("retrieval: %s is not in the local hub cache; falling back to BM25 "
+                     "(pass --retrieval_model=%s to download it, or a local directory)",
+                     DEFAULT_EMBEDDING_MODEL, DEFAULT_EMBEDDING_MODEL)
+      return "bm25"
+    return "embedding"
 
   def __len__(self) -> int:
     return len(self.examples)
