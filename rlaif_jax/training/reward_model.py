@@ -19,7 +19,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from rlaif_jax import storage
-from rlaif_jax.data import formatting, greetings, paths
+from rlaif_jax.data import controls, formatting, greetings, paths
 from rlaif_jax.models import Decoder
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.scalar_head import ScalarHeadModel
@@ -137,6 +137,13 @@ def load_pairs(config: Any, data_dir: pathlib.Path):
     train = reward_data.length_balanced(train, config.seed)
   if config.data.get("max_train_pairs"):
     train = train[:config.data.max_train_pairs]
+  frac = config.data.get("synthetic_negatives", 0.0)
+  if frac < 0:
+    raise ValueError(f"config.data.synthetic_negatives={frac}: must be >= 0 (a fraction of the "
+                     "training pairs to add as synthetic-negative pairs)")
+  if frac > 0:  # (request, its SFT greeting, a control response): byte soup, repeats, wrong occasion
+    train = train + controls.synthetic_negative_pairs(
+        greetings.load_sft(data_dir), round(frac * len(train)), config.seed)
   return train, test, pathlib.Path(test_file)
 
 
