@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
       max_eval_pairs=256,  # periodic eval; the final report always scores the whole test file
       # Add this fraction of synthetic-negative pairs (the request's SFT greeting over random
       # characters / a repeated phrase / another occasion's greeting: data/controls.py).
-      synthetic_negatives=0.0))
+      synthetic_negatives=0.1))
   config.format = common.format_config(max_prompt_len=64, max_response_len=128)
   config.loss = ml_collections.ConfigDict(dict(center_coef=0.01, margin=0.0))
   config.batch_size = 16  # pairs per step (32 sequences)
