@@ -30,6 +30,7 @@ def _rm() -> ml_collections.ConfigDict:
   config = rm_tiny_cpu.get_config()
   config.data.update(max_train_pairs=64, max_eval_pairs=16)
   config.batch_size, config.eval_batch_size = 4, 16
+  config.optim.warmup_steps = 1
   config.format.update(max_prompt_len=32, max_response_len=32)
   config.loop.update(total_steps=4, log_every=1, eval_every=2, checkpoint_every=2,
                      progress_bar=False)
