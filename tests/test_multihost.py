@@ -183,7 +183,7 @@ def stages(tmp_path_factory, data_dir) -> pathlib.Path:
       f"{cfg}:ppo", f"--workdir={d / 'ppo'}", *rl_flags(d), "--config.rl.total_steps=1"])
   _run_stage(root, "generate", "launch.generate", lambda d: [
       f"--checkpoint={d / 'grpo'}", f"--prompts={root / 'prompts.jsonl'}",
-      f"--output={d / 'generated.jsonl'}", "--n=2", "--max_new_tokens=8", "--batch_size=4"])
+      f"--output={d / 'generated.jsonl'}", "--n=2", "--max_new_tokens=8", "--batch_size=8"])
   _run_stage(root, "score", "launch.score", lambda d: [
       f"--workdir={d / 'rm'}", f"--input={root / 'records.jsonl'}",
       f"--output={d / 'scored.jsonl'}", "--batch_size=2"])
