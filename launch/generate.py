@@ -15,11 +15,13 @@ tokenizer's chat template as one user message unless --no_chat_template.
 import tqdm
 from absl import app, flags, logging
 
+from rlaif_jax import distributed
+
 from rlaif_jax.sampling import jsonl_job
 from rlaif_jax.sampling.loading import load_policy
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
-from rlaif_jax.sharding import mesh as mesh_lib
+from rlaif_jax.sharding import host, mesh as mesh_lib
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory, or a hub id "
                                "(owner/name[@revision], fetched to the hub cache).")
@@ -41,6 +43,7 @@ _STOP = flags.DEFINE_multi_string("stop", [], "Stop string (repeatable).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Parameter and compute dtype.")
 _MESH = flags.DEFINE_list("mesh", ["1", "-1", "1"], "Mesh shape data,fsdp,tensor (-1 = rest).")
+distributed.define_flags()  # several processes sample one sharded model; process 0 writes
 
 
 def main(argv: list[str]) -> None:
@@ -57,6 +60,7 @@ def main(argv: list[str]) -> None:
                               top_k=_TOP_K.value, top_p=_TOP_P.value, stop=tuple(_STOP.value))
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  distributed.initialize_from_flags()
   mesh = mesh_lib.make_mesh([int(s) for s in _MESH.value])
   policy = load_policy(_HF_DIR.value, _CHECKPOINT.value, mesh, param_dtype=_DTYPE.value,
                        dtype=_DTYPE.value)
@@ -71,6 +75,8 @@ def main(argv: list[str]) -> None:
                         max_new_tokens=_MAX_NEW_TOKENS.value, sampling=sampling, n=_N.value,
                         seed=_SEED.value, batch_size=_BATCH_SIZE.value,
                         use_chat_template=not _NO_CHAT_TEMPLATE.value, progress=progress)
+  if not host.is_main():
+    return
   print(f"wrote {stats['prompts']} prompts x {_N.value} samples to {_OUTPUT.value} "
         f"({stats['skipped']} already done), {stats['tokens']} tokens in "
         f"{stats['seconds']:.1f}s")

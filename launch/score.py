@@ -26,11 +26,15 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from rlaif_jax import distributed
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Reward-model run directory.", required=True)
 _INPUT = flags.DEFINE_string("input", None, "Input JSON Lines (local or gs://).", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Output JSON Lines.", required=True)
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Records per forward pass.")
 _DEBIAS = flags.DEFINE_bool("debias", False, "Remove the fitted length trend from the scores.")
+
+distributed.define_flags()  # several processes score one sharded model; process 0 writes
 
 FINGERPRINT_KEY = "scored_with"
 
@@ -98,6 +102,7 @@ def main(argv: list[str]) -> int:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  distributed.initialize_from_flags()
   from rlaif_jax.judging import batch_job
   records = batch_job.load_records(_INPUT.value)
   batch_job.require_fields(records, ("query", "response"), _INPUT.value)
@@ -117,9 +122,11 @@ def main(argv: list[str]) -> int:
              FINGERPRINT_KEY: fingerprint} for r, s in zip(chunk, scores)]
 
   config = batch_job.JobConfig(input_path=_INPUT.value, output_path=_OUTPUT.value,
-                               chunk_size=_BATCH.value, chunks_in_flight=1)
+                               chunk_size=_BATCH.value, chunks_in_flight=1, collective=True)
   summary = batch_job.run_job(config, score_chunk, records)
-  print(summary.table())
+  from rlaif_jax.sharding import host
+  if host.is_main():
+    print(summary.table())
   return 0
 
 

@@ -11,12 +11,15 @@ import os
 
 from absl import app, flags, logging
 
+from rlaif_jax import distributed
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Reward-model run directory.", required=True)
 _PAIRS = flags.DEFINE_string("pairs", None, "Pair file (JSON list in the paper's RM format).",
                              required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Output JSON Lines file.", required=True)
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Sequences per forward pass.")
 _DEBIAS = flags.DEFINE_bool("debias", True, "Also report length-debiased figures.")
+distributed.define_flags()
 
 
 def main(argv: list[str]) -> None:
@@ -24,7 +27,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  distributed.initialize_from_flags()  # several processes score; process 0 writes
   from rlaif_jax.data import greetings
+  from rlaif_jax.sharding import host
   from rlaif_jax.training import reward_model
   pairs = greetings.read_pair_file(_PAIRS.value)  # malformed -> error naming file and index
   scorer = reward_model.load_reward_model(_WORKDIR.value, batch_size=_BATCH.value)
@@ -34,6 +39,8 @@ def main(argv: list[str]) -> None:
     if os.path.exists(path):
       debiaser = reward_model.LengthDebiaser.load(path)
   report = reward_model.evaluate_pairs(scorer, pairs, debiaser)
+  if not host.is_main():
+    return
   tmp = _OUTPUT.value + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     for i, (c, r) in enumerate(zip(report["chosen_scores"], report["rejected_scores"])):

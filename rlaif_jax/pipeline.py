@@ -33,7 +33,7 @@ from rlaif_jax.data import greetings
 from rlaif_jax.evaluation import harness, judges as judges_lib, plots
 from rlaif_jax.models import checkpoint_bridge
 from rlaif_jax.rl import run as rl_run
-from rlaif_jax.sharding import mesh as mesh_lib
+from rlaif_jax.sharding import host, mesh as mesh_lib
 from rlaif_jax.tokenizers import load_tokenizer
 from rlaif_jax.training import checkpointing, reward_model, sft
 
@@ -186,6 +186,8 @@ def check_stage_configs(workdir: pathlib.Path, records: dict[str, dict[str, Any]
 
 
 def write_stage_record(workdir: pathlib.Path, folder: str, record: dict[str, Any]) -> None:
+  if not host.is_main():  # one writer in a multi-host run
+    return
   storage.write_text(str(workdir / folder / STAGE_CONFIG_FILE),
                      json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
@@ -206,7 +208,7 @@ def export_initial(config: Any, workdir: pathlib.Path, sft_dir: pathlib.Path) ->
     return "hf:" + config.sft.model.hf_checkpoint
   out = workdir / "initial"
   export = out / checkpointing.EXPORT_DIR
-  if not (export / "config.json").exists():
+  if not host.agreed_flag((export / "config.json").exists()):
     tok_path = rl_run._sft_tokenizer(sft_dir)
     cfg = sft.model_config(config.sft, load_tokenizer(tok_path))
     model = checkpoint_bridge.init_sharded(cfg, mesh_lib.make_mesh(tuple(config.sft.mesh)),
@@ -245,17 +247,18 @@ def run_pipeline(config: Any, workdir: str | os.PathLike, data_dir: str | os.Pat
     timings[name] = time.perf_counter() - s
     write_stage_record(workdir, name, records[name])
 
-  if _stage("SFT", stage_done(workdir, "sft")):
+  done = lambda folder: host.agreed_flag(stage_done(workdir, folder))  # process 0's view
+  if _stage("SFT", done("sft")):
     timed("sft", lambda: sft.run_sft(config.sft, sft_dir, data_dir))
-  initial_done = "initial" in records and stage_done(workdir, "initial")
+  initial_done = "initial" in records and done("initial")
   initial = export_initial(config, workdir, sft_dir)
   if "initial" in records and not initial_done:
     write_stage_record(workdir, "initial", records["initial"])
-  if _stage("reward model", stage_done(workdir, "rm")):
+  if _stage("reward model", done("rm")):
     rm_cfg = ml_collections.ConfigDict(config.rm.to_dict())
     rm_cfg.init.sft_workdir = str(sft_dir)
     timed("rm", lambda: reward_model.run_train_rm(rm_cfg, rm_dir, data_dir))
-  if _stage("GRPO", stage_done(workdir, "grpo")):
+  if _stage("GRPO", done("grpo")):
     rl_cfg = ml_collections.ConfigDict(config.rl.to_dict())
     rl_cfg.policy.sft_workdir = str(sft_dir)
     rl_cfg.reward.rm.workdir = str(rm_dir)

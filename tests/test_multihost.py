@@ -1,10 +1,15 @@
-"""Multi-process training: a few SFT steps run as 2 local CPU processes (localhost coordinator,
-one device each, fsdp=2) end where the same steps run as 1 process with 2 devices end, including
-the checkpoint and the inference export.
+"""Multi-process (multi-host) runs: 2 local CPU processes (localhost coordinator, one device
+each, fsdp=2) end where 1 process with 2 devices ends.
 
-The worker is this file run as a script; each process feeds only its rows of the global batch.
+* the SFT training loop alone (the worker is this file run as a script; each process feeds only
+  its rows of the global batch), including the checkpoint and the inference export;
+* every stage through its launch CLI at micro size (`tests/multihost_configs.py`), chained: SFT
+  -> reward model -> GRPO (reference and reward model kept on the host) -> PPO -> generate ->
+  score -> score_pairs. Metrics, exports, the RM report, samples and job outputs must match the
+  1-process run, and every file is written once (by process 0).
 """
 import argparse
+import json
 import os
 import pathlib
 import socket
@@ -115,6 +120,136 @@ def test_two_processes_match_one_process(tmp_path):
   exp_multi = load_file(tmp_path / "multi" / "export" / "model.safetensors")
   for k in exp_single:
     np.testing.assert_allclose(exp_multi[k], exp_single[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+# ---- every stage through its launch CLI ------------------------------------------------------
+
+def _launch(module: str, args: list[str], num_processes: int, log: pathlib.Path
+            ) -> list[subprocess.Popen]:
+  """Starts `python -m module args` as 1 process with 2 devices or as 2 processes."""
+  if num_processes == 1:
+    env = _env({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    return [subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                             stdout=open(f"{log}.0", "w"), stderr=subprocess.STDOUT)]
+  port = _free_port()
+  flags = [f"--coordinator_address=localhost:{port}", f"--num_processes={num_processes}"]
+  return [subprocess.Popen([sys.executable, "-m", module, *args, *flags, f"--process_id={pid}"],
+                           cwd=ROOT, env=_env({}), stdout=open(f"{log}.{pid}", "w"),
+                           stderr=subprocess.STDOUT) for pid in range(num_processes)]
+
+
+def _run_stage(root: pathlib.Path, name: str, module: str, args) -> None:
+  """Runs the stage as 1 process (root/single) and as 2 processes (root/multi) side by side;
+  `args(run_dir)` gives its flags. Fails with the log of a process that failed."""
+  procs = {mode: _launch(module, args(root / mode), n, root / f"{name}.{mode}.log")
+           for mode, n in (("single", 1), ("multi", 2))}
+  try:
+    for mode, ps in procs.items():
+      for pid, p in enumerate(ps):
+        p.wait(timeout=400)
+        text = pathlib.Path(f"{root / f'{name}.{mode}.log'}.{pid}").read_text()
+        assert p.returncode == 0, f"{name} {mode} process {pid}:\n{text[-4000:]}"
+  finally:
+    for p in [p for ps in procs.values() for p in ps]:
+      if p.poll() is None:
+        p.kill()
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory, data_dir) -> pathlib.Path:
+  """root/{single,multi}/ after every stage ran in both modes (tokenizer trained once)."""
+  from rlaif_jax.tokenizers import train as tok_train
+  root = tmp_path_factory.mktemp("stages")
+  tok = tok_train.train_sentencepiece(tok_train.greeting_corpus(data_dir), root / "tok" / "tok",
+                                      vocab_size=3200)
+  queries = ["新年祝福", "生日快乐", "给老师的祝福", "中秋节", "端午安康"]
+  (root / "prompts.jsonl").write_text("".join(json.dumps({"id": i, "prompt": q}) + "\n"
+                                              for i, q in enumerate(queries)))
+  (root / "records.jsonl").write_text("".join(
+      json.dumps({"id": i, "query": q, "response": q * (i + 1)}) + "\n"
+      for i, q in enumerate(queries)))
+  cfg = f"--config={ROOT / 'tests' / 'multihost_configs.py'}"
+  data = f"--data_dir={data_dir}"
+  rl_flags = lambda d: [f"--config.policy.sft_workdir={d / 'sft'}",
+                        f"--config.reward.rm.workdir={d / 'rm'}", data]
+  _run_stage(root, "sft", "launch.sft", lambda d: [
+      f"{cfg}:sft", f"--workdir={d / 'sft'}", data, f"--config.tokenizer.path={tok}"])
+  _run_stage(root, "rm", "launch.train_rm", lambda d: [
+      f"{cfg}:rm", f"--workdir={d / 'rm'}", data, f"--config.init.sft_workdir={d / 'sft'}"])
+  _run_stage(root, "grpo", "launch.rl", lambda d: [
+      f"{cfg}:grpo", f"--workdir={d / 'grpo'}", *rl_flags(d), "--config.rl.ref_on_host=True",
+      "--config.reward.rm.on_host=True"])
+  _run_stage(root, "ppo", "launch.rl", lambda d: [
+      f"{cfg}:ppo", f"--workdir={d / 'ppo'}", *rl_flags(d), "--config.rl.total_steps=1"])
+  _run_stage(root, "generate", "launch.generate", lambda d: [
+      f"--checkpoint={d / 'grpo'}", f"--prompts={root / 'prompts.jsonl'}",
+      f"--output={d / 'generated.jsonl'}", "--n=2", "--max_new_tokens=8", "--batch_size=8"])
+  _run_stage(root, "score", "launch.score", lambda d: [
+      f"--workdir={d / 'rm'}", f"--input={root / 'records.jsonl'}",
+      f"--output={d / 'scored.jsonl'}", "--batch_size=2"])
+  _run_stage(root, "score_pairs", "launch.score_pairs", lambda d: [
+      f"--workdir={d / 'rm'}", f"--pairs={data_dir / 'reward_model' / 'reward_data_test.json'}",
+      f"--output={d / 'pairs.jsonl'}"])
+  return root
+
+
+def _same_metrics(single: pathlib.Path, multi: pathlib.Path, keys: tuple[str, ...]) -> None:
+  from rlaif_jax.training import metrics as metrics_lib
+  a, b = metrics_lib.read_metrics(single), metrics_lib.read_metrics(multi)
+  assert [r["step"] for r in a] == [r["step"] for r in b] and a
+  for ra, rb in zip(a, b):
+    for k in keys:
+      if k in ra:
+        assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-6), (single, ra["step"], k)
+
+
+def _same_export(single: pathlib.Path, multi: pathlib.Path) -> None:
+  from safetensors.numpy import load_file
+  a = load_file(single / "export" / "model.safetensors")
+  b = load_file(multi / "export" / "model.safetensors")
+  assert sorted(a) == sorted(b) and a
+  for k in a:
+    np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def _jsonl(path: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_every_stage_as_two_processes_ends_where_one_process_ends(stages):
+  single, multi = stages / "single", stages / "multi"
+  # SFT: training rows, export, greedy samples after the export.
+  _same_metrics(single / "sft", multi / "sft", ("loss", "eval_loss", "accuracy"))
+  _same_export(single / "sft", multi / "sft")
+  assert (multi / "sft" / "samples.txt").read_text() == (single / "sft" / "samples.txt").read_text()
+  # Reward model: training rows and the report (debiaser fit and test-pair scores).
+  _same_metrics(single / "rm", multi / "rm", ("loss", "eval_loss", "eval_accuracy"))
+  ra, rb = (json.loads((d / "rm" / "rm_report.json").read_text()) for d in (single, multi))
+  assert rb["pair_accuracy"] == ra["pair_accuracy"] and rb["n_pairs"] == ra["n_pairs"]
+  np.testing.assert_allclose(rb["chosen_scores"], ra["chosen_scores"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(rb["rejected_scores"], ra["rejected_scores"], rtol=1e-5, atol=1e-6)
+  assert rb["debiaser_slope_per_char"] == pytest.approx(ra["debiaser_slope_per_char"], rel=1e-4)
+  # GRPO (reference and RM on the host) and PPO: rollout rewards, losses, KL, exports, samples.
+  rl_keys = ("reward_mean", "reward_std", "response_len", "loss", "kl", "grad_norm",
+             "critic_loss")
+  for run in ("grpo", "ppo"):
+    _same_metrics(single / run, multi / run, rl_keys)
+    _same_export(single / run, multi / run)
+    assert (multi / run / "samples.txt").read_text() == (single / run / "samples.txt").read_text()
+  # Jobs: generations, scores, pair scores, written once.
+  gen_a, gen_b = _jsonl(single / "generated.jsonl"), _jsonl(multi / "generated.jsonl")
+  assert len(gen_a) == 10 and [r["completion_token_ids"] for r in gen_b] == [
+      r["completion_token_ids"] for r in gen_a]
+  sa, sb = _jsonl(single / "scored.jsonl"), _jsonl(multi / "scored.jsonl")
+  assert [r["id"] for r in sb] == [r["id"] for r in sa] == list(range(5))
+  np.testing.assert_allclose([r["score"] for r in sb], [r["score"] for r in sa], rtol=1e-5)
+  pa, pb = _jsonl(single / "pairs.jsonl"), _jsonl(multi / "pairs.jsonl")
+  assert len(pb) == len(pa) == ra["n_pairs"]
+  np.testing.assert_allclose([r["chosen_score"] for r in pb], ra["chosen_scores"], rtol=1e-5,
+                             atol=1e-6)
+  # Progress and reports are printed by process 0 only.
+  log1 = (stages / "rm.multi.log.1").read_text()
+  assert "process 1 of 2" in log1 and "pair accuracy" not in log1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from rlaif_jax.data import formatting
 from rlaif_jax.data.greetings import PreferencePair
 from rlaif_jax.models import Decoder, config as config_lib, positions_from_mask
 from rlaif_jax.models.scalar_head import ScalarHeadModel
+from rlaif_jax.sharding import host
 from rlaif_jax.tokenizers.load import load_tokenizer
 from rlaif_jax.tokenizers.train import train_sentencepiece
 from rlaif_jax.training import reward_data
@@ -57,7 +58,9 @@ def test_scorer_equals_direct_forward_and_ignores_batch_companions(tok):
   np.testing.assert_allclose(alone[0], scores[3], atol=1e-5)
   # Weights kept in host memory between calls: same scores, and no device array is held.
   hosted = RewardModelScorer(model, tok, fmt, batch_size=4, on_host=True)
-  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(hosted.state))
+  kept = jax.tree.leaves(hosted.state)  # this process's shards, as numpy arrays
+  assert kept and all(isinstance(x, host.HostShards) for x in kept)
+  assert all(isinstance(d, np.ndarray) for x in kept for _, d in x.shards)
   np.testing.assert_allclose(hosted.score(queries, responses), scores, atol=1e-6)
 
 

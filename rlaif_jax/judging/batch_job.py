@@ -46,6 +46,9 @@ class JobConfig:
   staging_dir: str | None = None
   upload_every_s: float = 30.0
   gcs_client: Any = None
+  # process_chunk is a collective over every JAX process (a sharded model): process 0 recovers
+  # and writes the output, every process runs the same chunks in the same order.
+  collective: bool = False
 
   def __post_init__(self):
     if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
@@ -55,6 +58,8 @@ class JobConfig:
       raise ValueError(f"shard_by must be 'hash' or 'index', got {self.shard_by!r}")
     if self.chunk_size < 1 or self.chunks_in_flight < 1:
       raise ValueError("chunk_size and chunks_in_flight must be >= 1")
+    if self.collective and self.chunks_in_flight != 1:
+      raise ValueError("a collective job runs one chunk at a time (chunks_in_flight=1)")
 
   @property
   def shard_output_path(self) -> str:
@@ -186,15 +191,23 @@ async def run_job_async(config: JobConfig, process_chunk: ProcessChunk,
     records = load_records(config.input_path, client=config.gcs_client)
   shard = [r for r in records if in_shard(r, config)]
   out_path = config.shard_output_path
-  appender = storage.open_appender(out_path, staging_dir=config.staging_dir,
-                                   client=config.gcs_client, upload_every_s=config.upload_every_s)
-  done, dropped = _recover_output(appender, config.retry_errors)
+  writer = not config.collective or _is_main_process()
+  appender = None
+  done, dropped = set(), 0
+  if writer:
+    appender = storage.open_appender(out_path, staging_dir=config.staging_dir,
+                                     client=config.gcs_client,
+                                     upload_every_s=config.upload_every_s)
+    done, dropped = _recover_output(appender, config.retry_errors)
   todo = [r for r in shard if id_key(r["id"]) not in done]
+  if config.collective:  # process 0's resume point, on every process
+    todo, dropped = _agree_on_todo(shard, todo, dropped)
   summary = JobSummary(output_path=out_path, input_records=len(records), shard_records=len(shard),
                        already_done=len(shard) - len(todo), processed=0, errors=0,
                        retried_errors=dropped, elapsed_s=0.0)
   chunks = [todo[i:i + config.chunk_size] for i in range(0, len(todo), config.chunk_size)]
-  bar = tqdm.tqdm(total=len(todo), disable=not config.progress, file=sys.stderr, unit="rec",
+  bar = tqdm.tqdm(total=len(todo), disable=not (config.progress and writer), file=sys.stderr,
+                  unit="rec",
                   desc=os.path.basename(out_path), dynamic_ncols=True)
 
   async def run_chunk(chunk: list[Record]) -> tuple[list[Record], list[Record]]:
@@ -206,7 +219,8 @@ async def run_job_async(config: JobConfig, process_chunk: ProcessChunk,
   pending: set[asyncio.Task] = set()
   next_chunk = 0
   try:
-    appender.open()
+    if appender is not None:
+      appender.open()
     while next_chunk < len(chunks) or pending:
       while next_chunk < len(chunks) and len(pending) < config.chunks_in_flight:
         pending.add(asyncio.ensure_future(run_chunk(chunks[next_chunk])))
@@ -215,7 +229,8 @@ async def run_job_async(config: JobConfig, process_chunk: ProcessChunk,
       for task in finished:
         chunk, results = task.result()
         for record, result in zip(chunk, results):
-          appender.append(_output_line(record, result))
+          if appender is not None:
+            appender.append(_output_line(record, result))
           summary.processed += 1
           summary.errors += int(result.get("error") is not None)
         bar.update(len(chunk))
@@ -226,9 +241,26 @@ async def run_job_async(config: JobConfig, process_chunk: ProcessChunk,
     if pending:
       await asyncio.gather(*pending, return_exceptions=True)
     bar.close()
-    appender.close()
+    if appender is not None:
+      appender.close()
     summary.elapsed_s = time.monotonic() - start
   return summary
+
+
+def _is_main_process() -> bool:
+  from rlaif_jax.sharding import host  # Local: judging jobs need no JAX.
+  return host.is_main()
+
+
+def _agree_on_todo(shard: Sequence[Record], todo: Sequence[Record], dropped: int
+                   ) -> tuple[list[Record], int]:
+  """Process 0's (todo records, dropped error lines) on every process of a collective job."""
+  import numpy as np
+  from rlaif_jax.sharding import host
+  todo_ids = {id_key(r["id"]) for r in todo}
+  keep, dropped = host.broadcast((np.array([id_key(r["id"]) in todo_ids for r in shard], bool),
+                                  np.int64(dropped)))
+  return [r for r, k in zip(shard, keep) if k], int(dropped)
 
 
 def run_job(config: JobConfig, process_chunk: ProcessChunk,

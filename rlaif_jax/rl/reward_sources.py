@@ -213,6 +213,42 @@ class OfflineFileReward:
     return checked_scores("offline", [self.fallback if v is None else v for v in values], n)
 
 
+class OnMainProcess:
+  """A host-side source (LLM judge, offline job, Python callable) asked by process 0 alone in a
+  multi-host run; every process gets process 0's scores and validity mask. One judge call per
+  item, not one per host, and all hosts train on the same rewards even when the judge samples.
+  Sources that run on the devices (the reward model) must not be wrapped: every process takes
+  part in their forward pass. An error on process 0 is raised on every process (no hang)."""
+
+  def __init__(self, source: RewardSource):
+    self.source = source
+    self.name = getattr(source, "name", type(source).__name__)
+    self.last_valid_mask: np.ndarray | None = None
+
+  def set_step(self, step: int) -> None:
+    set_step(self.source, step)
+
+  def score(self, prompts, completions) -> np.ndarray:
+    from rlaif_jax.sharding import host  # Local: jax only where a trainer runs.
+    n = len(completions)
+    scores, valid, error = np.zeros(n, np.float32), np.ones(n, bool), None
+    if host.is_main():
+      try:
+        scores = checked_scores(self.name, self.source.score(prompts, completions), n)
+        valid = valid_mask(self.source, n)
+      except Exception as e:  # re-raised below, after the other processes heard of it
+        if not host.is_multiprocess():
+          raise
+        error = e
+    failed, scores, valid = host.broadcast((np.asarray(error is not None), scores, valid))
+    if error is not None:
+      raise error
+    if failed:
+      raise RewardError(f"reward source {self.name!r} failed on process 0 (see its log)")
+    self.last_valid_mask = np.asarray(valid, bool)
+    return np.asarray(scores, np.float32)
+
+
 def set_step(source: RewardSource, step: int) -> None:
   """Tells `source` (and the parts of a WeightedSum) which RL step it scores next, if it cares."""
   hook = getattr(source, "set_step", None)

@@ -20,10 +20,10 @@ from rlaif_jax import storage
 from rlaif_jax.data import greetings
 from rlaif_jax.models.scalar_head import ScalarHeadModel
 from rlaif_jax.rl import losses, rollout as rollout_lib
-from rlaif_jax.rl.reward_sources import (CallableReward, OfflineFileReward, RewardSource,
-                                         WeightedSum)
+from rlaif_jax.rl.reward_sources import (CallableReward, OfflineFileReward, OnMainProcess,
+                                         RewardSource, WeightedSum)
 from rlaif_jax.rl.trainer import RLConfig, RLTrainer
-from rlaif_jax.sharding import mesh as mesh_lib
+from rlaif_jax.sharding import host, mesh as mesh_lib
 from rlaif_jax.tokenizers import load_tokenizer
 from rlaif_jax.training import checkpointing, optim, sft
 
@@ -49,7 +49,8 @@ def has_checkpoint(workdir: str | os.PathLike) -> bool:
 def ensure_sft(config: Any, data_dir: pathlib.Path) -> pathlib.Path:
   """The SFT run directory, trained with config.policy.sft_config when it has no checkpoint."""
   sft_dir = pathlib.Path(config.policy.sft_workdir)
-  if not (sft_dir / checkpointing.EXPORT_DIR / "config.json").exists():
+  # Process 0's view decides for all (a host may not see another's files yet).
+  if not host.agreed_flag((sft_dir / checkpointing.EXPORT_DIR / "config.json").exists()):
     print(f"no finished SFT run in {sft_dir}: training it first")
     sft.run_sft(stage_config(config.policy.sft_config), sft_dir, data_dir)
   return sft_dir
@@ -59,7 +60,7 @@ def ensure_reward_model(rm_cfg: Any, sft_dir: pathlib.Path, data_dir: pathlib.Pa
                         ) -> pathlib.Path:
   from rlaif_jax.training import reward_model
   rm_dir = pathlib.Path(rm_cfg.workdir)
-  if not (rm_dir / "rm_report.json").exists():
+  if not host.agreed_flag((rm_dir / "rm_report.json").exists()):
     print(f"no finished reward model in {rm_dir}: training it first (trunk from {sft_dir})")
     cfg = stage_config(rm_cfg.config)
     with cfg.unlocked():
@@ -109,6 +110,8 @@ def build_reward(rcfg: Any, workdir: pathlib.Path, sft_dir: pathlib.Path,
     else:
       raise ValueError(f"config.reward.sources: unknown kind {kind!r} (rm, judge, offline, "
                        "callable)")
+    if kind != "rm":  # host-side: asked once, by process 0, in a multi-host run
+      source = OnMainProcess(source)
     parts.append((kind, source, weight))
   return parts[0][1] if len(parts) == 1 and parts[0][2] == 1.0 else WeightedSum(parts)
 
@@ -195,8 +198,9 @@ def run_rl(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike
   finally:
     trainer.close()
   export = checkpointing.export_for_inference(workdir, model, tok_path, config.export.dtype, mesh)
-  text = write_samples(workdir, samples)
-  print(f"last rollout samples:\n{text}")
+  if host.is_main():
+    text = write_samples(workdir, samples)
+    print(f"last rollout samples:\n{text}")
   wall = time.perf_counter() - t0
   print(f"{cfg.algorithm} done in {wall:.0f}s; export {export}")
   return {"last": last, "export": str(export), "wall_s": wall}

@@ -28,7 +28,7 @@ from rlaif_jax.rl import algorithms, losses, rollout as rollout_lib, rollout_buf
 from rlaif_jax.rl.reward_sources import RewardSource, checked_scores, set_step, valid_mask
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
-from rlaif_jax.sharding import mesh as mesh_lib
+from rlaif_jax.sharding import host, mesh as mesh_lib
 from rlaif_jax.tokenizers.base import Tokenizer
 from rlaif_jax.training import checkpointing, metrics as metrics_lib
 from rlaif_jax.training import train_state as ts, trainer as trainer_lib
@@ -121,8 +121,7 @@ class RLTrainer:
     self.actor = self._restore_or_create(policy, actor_optimizer, self.actor_ckpt, actor_step)
     # The reference is the policy we start from (never the resumed one): exact resume.
     ref = nnx.state(policy, nnx.Param)
-    self.ref_params = jax.device_get(ref) if cfg.ref_on_host else jax.tree.map(jnp.copy, ref)
-    self._ref_shardings = ts.variable_shardings(ref, mesh)
+    self.ref_params = host.offload(ref) if cfg.ref_on_host else jax.tree.map(jnp.copy, ref)
     self.critic = (self._restore_or_create(critic, critic_optimizer, self.critic_ckpt,
                                            critic_step)
                    if critic is not None else None)
@@ -202,7 +201,7 @@ class RLTrainer:
                        seq)
     ref = self.ref_params
     if self.cfg.ref_on_host:
-      ref = jax.device_put(ref, self._ref_shardings)
+      ref = host.reload(ref)
     sampler_lp = None
     if cfg.old_log_probs_from_sampler:
       sampler_lp = jax.device_put(
@@ -257,14 +256,14 @@ class RLTrainer:
         self.actor, a_out = self.actor_step(self.actor, mb)
         outs.append(a_out)
     merged: dict[str, list[float]] = {}
-    for o in jax.device_get(outs):
+    for o in host.to_host(outs):
       for k, v in o.items():
         merged.setdefault(k, []).append(float(v))
     return {k: float(np.mean(v)) for k, v in merged.items()}
 
   def _kl_to_ref(self, batch) -> float:
     kl = algorithms.kl_penalty(batch.old_log_probs, batch.ref_log_probs, self.cfg.actor.kl_kind)
-    return float(algorithms.masked_mean(kl, batch.response_mask))
+    return float(host.to_host(algorithms.masked_mean(kl, batch.response_mask)))
 
   # -- the loop ------------------------------------------------------------------------------
 
@@ -282,7 +281,7 @@ class RLTrainer:
       t_update = time.perf_counter() - t0
       row = {**stats, **{k: v for k, v in upd.items() if k != "loss_weight"},
              "kl": self._kl_to_ref(batch), "t_update": t_update}
-      row["tokens_per_sec"] = float(np.asarray(batch.response_mask).sum()) / max(
+      row["tokens_per_sec"] = float(host.to_host(batch.response_mask).sum()) / max(
           stats["t_generate"] + stats["t_score"] + t_update, 1e-9)
       watched = ("loss", "grad_norm", "kl", "critic_loss", "critic_grad_norm",
                  "critic_vf_loss")  # a diverged critic must not be saved either

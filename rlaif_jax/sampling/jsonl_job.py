@@ -12,14 +12,18 @@ Every pending prompt is checked and encoded before anything is generated: a malf
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import time
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from rlaif_jax import storage
 from rlaif_jax.sampling import completions as comp
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
+from rlaif_jax.sharding import host
 
 
 def _key(value: Any) -> str:
@@ -110,14 +114,16 @@ def run(sampler: Sampler, prompts_path: str, output_path: str, *, max_new_tokens
   if sampler.tokenizer is None:
     raise ValueError("jsonl_job.run needs a sampler with a tokenizer")
   items = read_prompts(prompts_path)
-  appender = storage.open_appender(output_path)
-  done = recover_done_ids(appender, n)
+  # Multi-host: every process samples (one sharded model); process 0 resumes and writes.
+  appender = storage.open_appender(output_path) if host.is_main() else None
+  done = recover_done_ids(appender, n) if appender is not None else set()
   position = {_key(item[0]): i for i, item in enumerate(items)}
-  pending = [item for item in items if _key(item[0]) not in done]
+  is_pending = host.broadcast(np.array([_key(item[0]) not in done for item in items], bool))
+  pending = [item for item, p in zip(items, is_pending) if p]
   encoded = encode_pending(sampler.tokenizer, pending, prompts_path, use_chat_template)
-  bar = progress(len(items), len(items) - len(pending)) if progress else None
+  bar = progress(len(items), len(items) - len(pending)) if progress and appender is not None else None
   tokens, start = 0, time.perf_counter()
-  with appender:
+  with appender or contextlib.nullcontext():
     for at in range(0, len(pending), batch_size):
       batch = pending[at:at + batch_size]
       ids, prompts = [b[0] for b in batch], [b[1] for b in batch]
@@ -125,7 +131,8 @@ def run(sampler: Sampler, prompts_path: str, output_path: str, *, max_new_tokens
                                              sampling, n=n, seed=seed,
                                              prompt_seeds=[position[_key(i)] for i in ids])
       for record in output_records(ids, prompts, completions, n):
-        appender.append(record)
+        if appender is not None:
+          appender.append(record)
       tokens += sum(c.completion_tokens for c in completions)
       if bar is not None:
         bar.update(len(batch))

@@ -34,6 +34,7 @@ from rlaif_jax.models.decoder import Decoder, KVCache, positions_from_mask
 from rlaif_jax.sampling import completions as comp
 from rlaif_jax.sampling.logits_processing import SamplingArrays, SamplingParams, sample_step
 from rlaif_jax.sampling.state import GenerationOutput, SamplerState
+from rlaif_jax.sharding import host
 from rlaif_jax.sharding.mesh import shard_activation
 from rlaif_jax.tokenizers.base import Tokenizer
 
@@ -225,7 +226,7 @@ def _decode_checked(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerSta
   state = _decode_growing_jit(graphdef, params, state.replace(cache=None), state.cache, unstack,
                               spans[:1], prompt_len)
   for end in spans[1:]:
-    tokens, lengths, done = jax.device_get((state.tokens, state.lengths, state.done))
+    tokens, lengths, done = host.to_host((state.tokens, state.lengths, state.done))
     if done.all():
       break
     end_now = np.asarray(stop_check(tokens, lengths, done), bool) & ~done

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from rlaif_jax.models.decoder import KVCache
 from rlaif_jax.sampling.logits_processing import SamplingArrays
+from rlaif_jax.sharding import host
 
 
 @struct.dataclass
@@ -77,4 +77,5 @@ class GenerationOutput:
     return jnp.arange(self.tokens.shape[1])[None, :] < self.lengths[:, None]
 
   def to_numpy(self) -> "GenerationOutput":
-    return jax.tree.map(np.asarray, jax.device_get(self))
+    """The whole output on the host (gathered from every process in a multi-host run)."""
+    return host.to_host(self)

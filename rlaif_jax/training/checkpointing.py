@@ -24,17 +24,15 @@ import shutil
 from typing import Any, Callable
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from rlaif_jax import storage
 from rlaif_jax.models import checkpoint_bridge
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.decoder import Decoder
-from rlaif_jax.sharding import mesh as mesh_lib
+from rlaif_jax.sharding import host, mesh as mesh_lib
 from rlaif_jax.training import train_state as ts
 
 CHECKPOINT_DIR = "checkpoints"
@@ -208,9 +206,7 @@ def _host_copy(model: Decoder) -> Decoder:
   """The model with every parameter gathered to a host NumPy array (all processes take part);
   needed before export when params span several processes."""
   graphdef, state = nnx.split(model)
-  gathered = jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)),
-                          state)
-  return nnx.merge(graphdef, gathered)
+  return nnx.merge(graphdef, host.to_host(state))
 
 
 def export_for_inference(workdir: str | os.PathLike, model: Decoder | None = None,
@@ -235,8 +231,15 @@ def export_for_inference(workdir: str | os.PathLike, model: Decoder | None = Non
   if jax.process_count() > 1:
     model = _host_copy(model)
   final = workdir / EXPORT_DIR
-  if jax.process_index() != 0:
-    return final
+  if host.is_main():
+    _write_export(workdir, final, model, tokenizer_path, dtype)
+  host.barrier(f"export_for_inference:{final}")  # other processes may read it next
+  return final
+
+
+def _write_export(workdir: pathlib.Path, final: pathlib.Path, model: Decoder,
+                  tokenizer_path: str | os.PathLike | None, dtype: str) -> None:
+  """Process 0's part of `export_for_inference`: write under a temporary name, swap in."""
   tmp = workdir / f".{EXPORT_DIR}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   tok = pathlib.Path(tokenizer_path) if tokenizer_path else None
@@ -258,4 +261,3 @@ def export_for_inference(workdir: str | os.PathLike, model: Decoder | None = Non
     os.replace(final, old)
   os.replace(tmp, final)
   shutil.rmtree(old, ignore_errors=True)
-  return final

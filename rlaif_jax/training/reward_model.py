@@ -23,7 +23,7 @@ from rlaif_jax.data import controls, formatting, greetings, paths
 from rlaif_jax.models import Decoder
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.scalar_head import ScalarHeadModel
-from rlaif_jax.sharding import mesh as mesh_lib
+from rlaif_jax.sharding import host, mesh as mesh_lib
 from rlaif_jax.tokenizers import load_tokenizer
 from rlaif_jax.tokenizers.base import Tokenizer
 from rlaif_jax.training import checkpointing, optim, reward_data, sft
@@ -185,13 +185,17 @@ def run_train_rm(config: Any, workdir: str | os.PathLike, data_dir: str | os.Pat
     trainer.close()
   model = state.model()
   scorer = RewardModelScorer(model, tok, fmt, batch_size=config.eval_batch_size, mesh=mesh)
-  progress = jax.process_index() == 0
+  # Every process scores (the forward is one sharded program); process 0 writes the files.
+  progress = host.is_main()
   debiaser = fit_debiaser(scorer, train_pairs, config.seed, progress=progress)
-  debiaser.save(workdir / DEBIASER_FILE)
+  if host.is_main():
+    debiaser.save(workdir / DEBIASER_FILE)
   report = evaluate_pairs(scorer, test_pairs, debiaser, progress=progress)
   report.update(test_file=str(test_file), wall_s=time.perf_counter() - t0)
-  storage.write_text(str(workdir / REPORT_FILE), json.dumps(report, indent=2))
-  print(format_pair_report(report))
+  if host.is_main():
+    storage.write_text(str(workdir / REPORT_FILE), json.dumps(report, indent=2))
+    print(format_pair_report(report))
+  host.barrier(f"train_rm:{workdir}")  # later stages (RL, the pipeline) read the two files
   return report
 
 

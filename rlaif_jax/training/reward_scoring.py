@@ -18,7 +18,7 @@ from flax import nnx
 
 from rlaif_jax.data import formatting
 from rlaif_jax.models.scalar_head import ScalarHeadModel
-from rlaif_jax.sharding import mesh as mesh_lib
+from rlaif_jax.sharding import host, mesh as mesh_lib
 from rlaif_jax.tokenizers.base import Tokenizer
 
 
@@ -67,8 +67,7 @@ class RewardModelScorer:
     self.debiaser = debiaser
     self.on_host = on_host
     self.graphdef, state = nnx.split(model)
-    self._shardings = jax.tree.map(lambda x: x.sharding, state)
-    self.state = jax.device_get(state) if on_host else state
+    self.state = host.offload(state) if on_host else state
     graphdef = self.graphdef
 
     @jax.jit
@@ -78,14 +77,13 @@ class RewardModelScorer:
 
   def update_model(self, model: ScalarHeadModel) -> None:
     state = nnx.state(model)
-    self._shardings = jax.tree.map(lambda x: x.sharding, state)
-    self.state = jax.device_get(state) if self.on_host else state
+    self.state = host.offload(state) if self.on_host else state
 
   def raw_scores(self, queries: Sequence[str], responses: Sequence[str]) -> np.ndarray:
     if len(queries) != len(responses):
       raise ValueError(f"{len(queries)} queries but {len(responses)} responses")
     out = np.zeros(len(responses), np.float32)
-    state = jax.device_put(self.state, self._shardings) if self.on_host else self.state
+    state = host.reload(self.state) if self.on_host else self.state
     buckets = formatting.sequence_buckets(self.fmt)
     rows_per_call = self.batch_size
     if self.mesh is not None:  # the batch must divide over the data axes
@@ -100,7 +98,7 @@ class RewardModelScorer:
       arrays = [batch["tokens"], batch["positions"], batch["attention_mask"].astype(bool)]
       if self.mesh is not None:
         arrays = [jax.device_put(a, mesh_lib.data_sharding(self.mesh, 2)) for a in arrays]
-      scores = np.asarray(self._forward(state, *arrays))
+      scores = host.to_host(self._forward(state, *arrays))
       out[start:start + len(chunk)] = scores[:len(chunk)]
     return out
 

@@ -316,7 +316,8 @@ class Trainer:
       if eval_batches is not None and _due(step, self.loop.eval_every, total):
         self.last_eval = self.evaluate(state, eval_batches())
         logged.update(self.last_eval)
-        bar.write(f"step {step}: eval_loss={self.last_eval['eval_loss']:.4f}")
+        if jax.process_index() == 0:  # once per run, not once per host
+          bar.write(f"step {step}: eval_loss={self.last_eval['eval_loss']:.4f}")
       if logged:
         self.writer.write(step, logged)
       if _due(step, self.loop.checkpoint_every, total):
