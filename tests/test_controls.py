@@ -83,6 +83,8 @@ def test_reward_model_pairs_gain_synthetic_negatives(data_dir):
   from configs import rm_tiny_cpu
   from rlaif_jax.training import reward_model
   config = rm_tiny_cpu.get_config()
+  assert config.data.synthetic_negatives == 0.1  # the default (BUILD_NOTES: control sets)
+  config.data.synthetic_negatives = 0.0
   base, _, _ = reward_model.load_pairs(config, data_dir)
   config.data.synthetic_negatives = 0.1
   train, _, _ = reward_model.load_pairs(config, data_dir)
