@@ -1,6 +1,9 @@
 """Flags and start-up shared by the training entry points (config file, workdir, data dir)."""
 from __future__ import annotations
 
+import importlib
+
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -27,3 +30,9 @@ def start(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   distributed.initialize_from_flags()
+
+
+def stage_config(name: str) -> ml_collections.ConfigDict:
+  """A stage config named in another config (e.g. `policy.sft_config = "sft_tiny_cpu"`): the
+  `get_config()` of configs/<name>.py. Resolved here, so `rlaif_jax` never imports `configs`."""
+  return importlib.import_module(f"configs.{name}").get_config()

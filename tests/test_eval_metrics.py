@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from rlaif_jax.evaluation import diversity, length_bias, plots, report, stats
+from rlaif_jax.evaluation import plots, report
+from rlaif_jax.metrics import diversity, length_bias, stats
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
