@@ -11,6 +11,8 @@ import os
 
 from absl import app, flags, logging
 
+from rlaif_jax import storage
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Reward-model run directory.", required=True)
 _PAIRS = flags.DEFINE_string("pairs", None, "Pair file (JSON list in the paper's RM format).",
                              required=True)
@@ -34,11 +36,9 @@ def main(argv: list[str]) -> None:
     if os.path.exists(path):
       debiaser = reward_model.LengthDebiaser.load(path)
   report = reward_model.evaluate_pairs(scorer, pairs, debiaser)
-  tmp = _OUTPUT.value + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for i, (c, r) in enumerate(zip(report["chosen_scores"], report["rejected_scores"])):
-      f.write(json.dumps({"index": i, "chosen_score": c, "rejected_score": r}) + "\n")
-  os.replace(tmp, _OUTPUT.value)
+  storage.write_text(_OUTPUT.value, "".join(
+      json.dumps({"index": i, "chosen_score": c, "rejected_score": r}) + "\n"
+      for i, (c, r) in enumerate(zip(report["chosen_scores"], report["rejected_scores"]))))
   print(f"{len(pairs)} pairs from {_PAIRS.value}")
   print(reward_model.format_pair_report(report))
 

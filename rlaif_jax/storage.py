@@ -13,6 +13,7 @@ Functions take an optional ``client`` (anything with ``bucket(name).blob(path)``
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import glob as glob_lib
@@ -111,18 +112,34 @@ def write_text(path: str, text: str, *, client: Any | None = None) -> None:
 
 
 def write_bytes(path: str, data: bytes, *, client: Any | None = None) -> None:
-  """Writes a whole binary file; local writes are atomic (temp file + fsync + rename)."""
+  """Writes a whole binary file; local writes are atomic (`atomic_path`)."""
   if is_gcs(path):
     _blob(path, client).upload_from_string(data)
     return
+  with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+  """The one atomic local write: `with atomic_path(path) as tmp:` write the whole file at `tmp`
+  (a fresh empty file beside `path`, parents created) by any means (open, savefig, a download);
+  on a clean exit it is fsynced, made 0644 (mkstemp's 0600 would hide it from other users) and
+  renamed over `path`; on any exception (KeyboardInterrupt included) it is removed and `path` is
+  left as it was. A reader, or a run killed mid-write, sees the old file or the new one whole."""
+  path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+  os.close(fd)
   try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
+    yield tmp
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+      os.fchmod(fd, 0o644)
+    finally:
+      os.close(fd)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

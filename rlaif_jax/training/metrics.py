@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from rlaif_jax import storage
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -59,9 +61,8 @@ class MetricWriter:
     if not self.enabled or not self.path.exists():
       return
     keep = [row for row in read_metrics(self.path.parent) if row.get("step", 0) <= step]
-    tmp = self.path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep))
-    os.replace(tmp, self.path)
+    storage.write_text(str(self.path),
+                       "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep))
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> dict[str, float | int]:
     """Writes one row; returns it as Python numbers. Non-finite values are written as NaN/Infinity
