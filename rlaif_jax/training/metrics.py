@@ -32,12 +32,16 @@ def to_python_scalars(metrics: Mapping[str, Any]) -> dict[str, float | int]:
   return out
 
 
-def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-  """All rows of WORKDIR/metrics.jsonl (empty when it does not exist)."""
-  path = pathlib.Path(workdir) / METRICS_FILE
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """All rows of a metrics.jsonl, in file order: `path` is the file or the run directory that
+  holds it (empty list when it does not exist). The one reader of these files (trainer resume,
+  plots, the pipeline's summary); a malformed line is a `storage.InputError` naming file:line."""
+  path = pathlib.Path(path)
+  if path.is_dir() or not path.suffix:
+    path = path / METRICS_FILE
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [record for _, record in storage.read_jsonl(str(path))]
 
 
 class MetricWriter:
