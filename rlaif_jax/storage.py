@@ -20,6 +20,7 @@ import glob as glob_lib
 import hashlib
 import json
 import os
+import pathlib
 import tempfile
 import time
 from typing import Any, Iterator
@@ -145,6 +146,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def file_stats(directory: str | os.PathLike, *, recursive: bool = False) -> list[list[Any]]:
+  """`[relative name, size, mtime_ns]` of every file under `directory` (its subfolders too when
+  `recursive`), sorted by path: what checkpoint fingerprints hash, so that weights rewritten in
+  place (same names, new sizes or times) count as other weights. Local paths only."""
+  root = pathlib.Path(directory)
+  found = root.rglob("*") if recursive else root.iterdir()
+  stats = []
+  for f in sorted(found):
+    if f.is_file():
+      st = f.stat()
+      stats.append([str(f.relative_to(root)), st.st_size, st.st_mtime_ns])
+  return stats
 
 
 def glob(pattern: str, *, client: Any | None = None) -> list[str]:
