@@ -334,8 +334,12 @@ def greeting_corpus(data_dir: PathLike) -> Iterator[str]:
 
 def to_hf_dataset(records: Sequence[Any]) -> "datasets.Dataset":
   """Returns a `datasets.Dataset` with one column per dataclass field (or column "text" for
-  plain strings). Raises ValueError for an empty or mixed-type list."""
-  import datasets  # Local: heavy import, only needed here.
+  plain strings). Raises ValueError for an empty or mixed-type list. Needs the optional
+  `datasets` package (`pip install -e ".[hf]"`)."""
+  try:
+    import datasets  # Local: optional and heavy, only needed here.
+  except ImportError as e:
+    raise ImportError("to_hf_dataset needs the `datasets` package: pip install -e \".[hf]\"") from e
   if not records:
     raise ValueError("to_hf_dataset: no records")
   kind = type(records[0])
