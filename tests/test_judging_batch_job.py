@@ -142,6 +142,18 @@ def test_retry_errors_reprocesses_failed_ids_only(tmp_path):
   assert all("error" not in r for r in out.values())
 
 
+def test_duplicate_ids_in_the_output_keep_the_last_complete_line(tmp_path):
+  _write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"t{i}"} for i in range(3)])
+  _write_jsonl(tmp_path / "out.jsonl", [
+      {"id": 0, "text": "old"}, {"id": 1, "text": "ok"}, {"id": 0, "text": "new"},
+      {"id": 1, "text": "x", "error": "boom"}, {"id": 0, "text": "x", "error": "boom"}])
+  calls = []
+  summary = batch_job.run_job(_cfg(tmp_path), _upper(calls))
+  assert calls == [[2]] and summary.already_done == 2
+  out = _lines(tmp_path / "out.jsonl")
+  assert [(r["id"], r["text"]) for r in out] == [(1, "ok"), (0, "new"), (2, "T2")]
+
+
 def test_process_chunk_must_return_one_result_per_record(tmp_path):
   _write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}, {"text": "b"}])
 

@@ -146,9 +146,14 @@ def in_shard(record: Record, config: JobConfig) -> bool:
 
 
 def _recover_output(appender: storage.JsonlAppender, retry_errors: bool) -> tuple[set[str], int]:
-  """Done ids in the output (and how many error lines were dropped for re-processing)."""
+  """Done ids in the output (and how many error lines were dropped for re-processing).
+
+  An id written twice (two writers before the output lock, or a hand-merged file) keeps one
+  line, the last complete one (the last without an error, else the last), and the file is
+  rewritten with one line per id, so reports over it never count an item twice."""
   existing = appender.recover()
-  kept, done, dropped = [], set(), 0
+  chosen: dict[str, tuple[int, Record]] = {}
+  dropped = duplicates = 0
   for line_no, record in enumerate(existing, start=1):
     if "id" not in record:
       raise storage.InputError(f"{appender.path}:{line_no}: output line without 'id'; "
@@ -157,15 +162,19 @@ def _recover_output(appender: storage.JsonlAppender, retry_errors: bool) -> tupl
       dropped += 1
       continue
     key = id_key(record["id"])
-    if key in done:
-      logger.warning("%s:%d: duplicate id %r in output (kept the first)", appender.path,
-                     line_no, record["id"])
-      continue
-    done.add(key)
-    kept.append(record)
-  if dropped:
-    appender.rewrite(kept)
-  return done, dropped
+    if key in chosen:
+      duplicates += 1
+      earlier_line, earlier = chosen[key]
+      if record.get("error") is not None and earlier.get("error") is None:
+        logger.warning("%s:%d: duplicate id %r in output (kept the complete line %d)",
+                       appender.path, line_no, record["id"], earlier_line)
+        continue
+      logger.warning("%s:%d: duplicate id %r in output (kept this line, dropped line %d)",
+                     appender.path, line_no, record["id"], earlier_line)
+    chosen[key] = (line_no, record)
+  if dropped or duplicates:
+    appender.rewrite([record for _, record in sorted(chosen.values(), key=lambda x: x[0])])
+  return set(chosen), dropped
 
 
 def _output_line(record: Record, result: Record) -> Record:
