@@ -32,6 +32,10 @@ class StorageError(OSError):
   """A path could not be read or written."""
 
 
+class OutputLockedError(StorageError):
+  """Another process is writing the same output (`output_lock`)."""
+
+
 class InputError(ValueError):
   """An input file has a malformed line; the message names file and line."""
 
@@ -146,6 +150,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+@contextlib.contextmanager
+def output_lock(path: str) -> Iterator[None]:
+  """Holds an exclusive `fcntl.flock` on `path + ".lock"` (with our pid in it) for the block:
+  two batch jobs on one output would both append to it. A second holder gets
+  `OutputLockedError` naming the first one's pid at once (no waiting). The kernel drops the lock
+  when the holder exits, killed or not; the small .lock file stays. Local paths only (a gs://
+  output locks its local staging file), so it guards jobs on one machine."""
+  import fcntl  # pylint: disable=import-outside-toplevel  (POSIX only)
+  lock_path = path + ".lock"
+  os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+  fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+      raise OutputLockedError(
+          f"{path} is being written by another job (pid {holder}, lock file {lock_path}); wait "
+          "for it to finish, stop it, or write to another output") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
 
 
 def file_stats(directory: str | os.PathLike, *, recursive: bool = False) -> list[list[Any]]:

@@ -189,14 +189,23 @@ async def run_job_async(config: JobConfig, process_chunk: ProcessChunk,
 
   ``process_chunk`` gets records (with ``id`` and ``_line``) and must return one dict per
   record, in order; a dict with a non-null ``error`` counts as failed but is still final.
+  The output is locked for the whole job (`storage.output_lock`): a second job started on it
+  fails with `storage.OutputLockedError` naming the first one's pid.
   """
+  appender = storage.open_appender(config.shard_output_path, staging_dir=config.staging_dir,
+                                   client=config.gcs_client, upload_every_s=config.upload_every_s)
+  with storage.output_lock(appender.path):
+    return await _run_locked(config, process_chunk, records, appender)
+
+
+async def _run_locked(config: JobConfig, process_chunk: ProcessChunk,
+                      records: Sequence[Record] | None,
+                      appender: storage.JsonlAppender) -> JobSummary:
   start = time.monotonic()
   if records is None:
     records = load_records(config.input_path, client=config.gcs_client)
   shard = [r for r in records if in_shard(r, config)]
   out_path = config.shard_output_path
-  appender = storage.open_appender(out_path, staging_dir=config.staging_dir,
-                                   client=config.gcs_client, upload_every_s=config.upload_every_s)
   done, dropped = _recover_output(appender, config.retry_errors)
   todo = [r for r in shard if id_key(r["id"]) not in done]
   summary = JobSummary(output_path=out_path, input_records=len(records), shard_records=len(shard),
