@@ -15,6 +15,7 @@ tokenizer's chat template as one user message unless --no_chat_template.
 import tqdm
 from absl import app, flags, logging
 
+from launch import common
 from rlaif_jax.sampling import jsonl_job
 from rlaif_jax.sampling.loading import load_policy
 from rlaif_jax.sampling.logits_processing import SamplingParams
@@ -78,4 +79,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

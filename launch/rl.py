@@ -8,8 +8,6 @@ Rerunning resumes. Writes WORKDIR/{metrics.jsonl, tensorboard/, checkpoints/, ex
 """
 import os
 
-from absl import app
-
 from launch import common
 from rlaif_jax.data import paths
 
@@ -30,4 +28,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

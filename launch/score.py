@@ -26,6 +26,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from launch import common
 from rlaif_jax import storage
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Reward-model run directory.", required=True)
@@ -122,4 +123,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

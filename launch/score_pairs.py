@@ -11,6 +11,7 @@ import os
 
 from absl import app, flags, logging
 
+from launch import common
 from rlaif_jax import storage
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Reward-model run directory.", required=True)
@@ -44,4 +45,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -7,6 +7,7 @@ the special ids and the tokens per character on the corpus.
 """
 from absl import app, flags
 
+from launch import common
 from rlaif_jax.data import greetings, paths
 from rlaif_jax.tokenizers import load_tokenizer, train
 
@@ -34,4 +35,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)
