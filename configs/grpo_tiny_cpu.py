@@ -14,6 +14,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from configs import common
+from rlaif_jax.data import formatting
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -22,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.policy = ml_collections.ConfigDict(dict(
       sft_workdir=config_dict.placeholder(str), sft_config="sft_tiny_cpu"))
   config.format = common.format_config(max_prompt_len=64, max_response_len=64)
-  config.format.prompt_template = "请只生成一条祝福语：{query}"
+  config.format.prompt_template = formatting.GRPO_PROMPT_TEMPLATE
   config.data = ml_collections.ConfigDict(dict(max_prompts=0))
   config.reward = ml_collections.ConfigDict(dict(
       sources="rm",

@@ -1,10 +1,21 @@
 """Flags and start-up shared by the training entry points (config file, workdir, data dir)."""
 from __future__ import annotations
 
+import importlib
+import sys
+from typing import Callable
+
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rlaif_jax import distributed
+from rlaif_jax import distributed, storage
+from rlaif_jax.data import fetch, greetings, paths
+
+# A user's mistake, said in one line by the entry points (`run`): the messages name the file,
+# record and field, the URL, or the other writer's pid.
+USER_ERRORS = (greetings.DataFormatError, fetch.FetchError, paths.DataDirNotFoundError,
+               storage.InputError, storage.OutputLockedError)
 
 
 def define_run_flags(workdir_help: str = "Run directory (checkpoints, metrics, export).",
@@ -27,3 +38,25 @@ def start(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   distributed.initialize_from_flags()
+
+
+def stage_config(name: str) -> ml_collections.ConfigDict:
+  """A stage config named in another config (e.g. `policy.sft_config = "sft_tiny_cpu"`): the
+  `get_config()` of configs/<name>.py. Resolved here, so `rlaif_jax` never imports `configs`."""
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+def run(main: Callable[[list[str]], int | None]) -> None:
+  """`app.run(main)` for every entry point: a user's mistake (`USER_ERRORS`: malformed data,
+  unreachable download, missing data dir, malformed input line, output locked by another job)
+  prints `error: <message>` on stderr and exits 1 instead of a traceback; `--verbosity=1` keeps
+  the traceback. `main`'s return value is the exit status."""
+  def guarded(argv: list[str]) -> int | None:
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      if flags.FLAGS.verbosity >= 1:
+        raise
+      print(f"error: {e} (--verbosity=1 shows the traceback)", file=sys.stderr)
+      return 1
+  app.run(guarded)

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 from absl import app, flags
 
+from launch import common
 from rlaif_jax import storage
 from rlaif_jax.data.paths import resolve_data_dir
 from rlaif_jax.judging import batch_job, cli
@@ -121,4 +121,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  common.run(main)

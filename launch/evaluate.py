@@ -33,6 +33,7 @@ from typing import Any
 
 from absl import app, flags
 
+from launch import common
 from rlaif_jax.data import formatting, greetings, paths
 from rlaif_jax import storage
 from rlaif_jax.evaluation import harness, judges as judges_lib, report
@@ -148,4 +149,4 @@ def _run(judges: list[judges_lib.EvalJudge], labelled: list[greetings.LabeledRes
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -7,6 +7,7 @@ its row count. Then point the other entry points at it with --data_dir or env RL
 """
 from absl import app, flags
 
+from launch import common
 from rlaif_jax.data import fetch, paths
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Destination directory.", required=True)
@@ -28,4 +29,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -15,6 +15,7 @@ tokenizer's chat template as one user message unless --no_chat_template.
 import tqdm
 from absl import app, flags, logging
 
+from launch import common
 from rlaif_jax import distributed
 
 from rlaif_jax.sampling import jsonl_job
@@ -34,7 +35,9 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0 =
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus mass in (0, 1]; 1 = off.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens; 0 = off.")
 _N = flags.DEFINE_integer("n", 1, "Samples per prompt.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed; batch k uses seed + k.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed; prompt i of the file (0-based) draws with a key "
+                             "from (seed, i), whatever batch it lands in, so a resumed run "
+                             "regenerates what an uninterrupted one would.")
 _GREEDY = flags.DEFINE_bool("greedy", False, "Greedy decoding (overrides --temperature).")
 _NO_CHAT_TEMPLATE = flags.DEFINE_bool("no_chat_template", False,
                                       "Feed string prompts verbatim, without the chat template.")
@@ -83,4 +86,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -14,10 +14,10 @@ the labels, beside the best "len(response) >= t" baseline on the same records.
 from __future__ import annotations
 
 import logging
-import sys
 
 from absl import app, flags
 
+from launch import common
 from rlaif_jax import storage
 from rlaif_jax.judging import batch_job, cli
 from rlaif_jax.judging.judge import PrincipleJudge
@@ -79,4 +79,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  common.run(main)

@@ -24,11 +24,11 @@ import asyncio
 import io
 import json
 import logging
-import sys
 from typing import Any
 
 from absl import app, flags
 
+from launch import common
 from rlaif_jax import storage
 from rlaif_jax.data.paths import resolve_data_dir
 from rlaif_jax.judging import cli
@@ -179,4 +179,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  common.run(main)

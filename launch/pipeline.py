@@ -10,8 +10,6 @@ SFT+GRPO) and WORKDIR/plots/*.png.
 """
 import sys
 
-from absl import app
-
 from launch import common
 from rlaif_jax.data import paths
 
@@ -31,4 +29,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

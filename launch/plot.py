@@ -8,6 +8,7 @@ and prints their paths.
 """
 from absl import app, flags
 
+from launch import common
 from rlaif_jax.evaluation import plots
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder holding metrics.jsonl.", required=True)
@@ -21,4 +22,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -8,8 +8,6 @@ Rerunning resumes. Writes WORKDIR/{metrics.jsonl, tensorboard/, checkpoints/, ex
 """
 import os
 
-from absl import app
-
 from launch import common
 from rlaif_jax.data import paths
 
@@ -25,9 +23,9 @@ def main(argv: list[str]) -> None:
     config.policy.sft_workdir = os.path.join(workdir, "sft")
   if not config.reward.rm.get("workdir"):
     config.reward.rm.workdir = os.path.join(workdir, "rm")
-  run.run_rl(config, workdir,
-             paths.resolve_data_dir(_DATA_DIR.value))
+  run.run_rl(config, workdir, paths.resolve_data_dir(_DATA_DIR.value),
+             resolve_config=common.stage_config)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -26,7 +26,8 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from rlaif_jax import distributed
+from launch import common
+from rlaif_jax import distributed, storage
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Reward-model run directory.", required=True)
 _INPUT = flags.DEFINE_string("input", None, "Input JSON Lines (local or gs://).", required=True)
@@ -54,11 +55,7 @@ def rm_checkpoint_identity(workdir: str | os.PathLike) -> str:
   if not steps:
     raise FileNotFoundError(f"{root}: no checkpoint; is --workdir a reward-model run?")
   step_dir = root / str(steps[-1])
-  files = []
-  for f in sorted(step_dir.rglob("*")):
-    if f.is_file():
-      st = f.stat()
-      files.append([str(f.relative_to(step_dir)), st.st_size, st.st_mtime_ns])
+  files = storage.file_stats(step_dir, recursive=True)
   digest = hashlib.sha1(json.dumps(files).encode("utf-8")).hexdigest()[:16]
   return f"step {steps[-1]}, files {digest}"
 
@@ -131,4 +128,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -11,7 +11,8 @@ import os
 
 from absl import app, flags, logging
 
-from rlaif_jax import distributed
+from launch import common
+from rlaif_jax import distributed, storage
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Reward-model run directory.", required=True)
 _PAIRS = flags.DEFINE_string("pairs", None, "Pair file (JSON list in the paper's RM format).",
@@ -41,14 +42,12 @@ def main(argv: list[str]) -> None:
   report = reward_model.evaluate_pairs(scorer, pairs, debiaser)
   if not host.is_main():
     return
-  tmp = _OUTPUT.value + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for i, (c, r) in enumerate(zip(report["chosen_scores"], report["rejected_scores"])):
-      f.write(json.dumps({"index": i, "chosen_score": c, "rejected_score": r}) + "\n")
-  os.replace(tmp, _OUTPUT.value)
+  storage.write_text(_OUTPUT.value, "".join(
+      json.dumps({"index": i, "chosen_score": c, "rejected_score": r}) + "\n"
+      for i, (c, r) in enumerate(zip(report["chosen_scores"], report["rejected_scores"]))))
   print(f"{len(pairs)} pairs from {_PAIRS.value}")
   print(reward_model.format_pair_report(report))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

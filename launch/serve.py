@@ -14,6 +14,7 @@ import pathlib
 from absl import app, flags, logging
 from aiohttp import web
 
+from launch import common
 from rlaif_jax.sampling.loading import load_policy
 from rlaif_jax.sampling.sampler import Sampler
 from rlaif_jax.sampling.server import ServerConfig, make_app
@@ -64,4 +65,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -10,7 +10,6 @@ WORKDIR/{metrics.jsonl, tensorboard/, checkpoints/, export/, samples.txt}.
 Several processes (multi-host; on a TPU VM pod pass --auto_detect instead of the variables):
   JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 python -m launch.sft ...
 """
-from absl import app
 
 from launch import common
 from rlaif_jax.data import paths
@@ -26,4 +25,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

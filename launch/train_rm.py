@@ -5,7 +5,6 @@ r"""Trains the Bradley–Terry reward model of path A.
 Rerunning resumes from the newest checkpoint. Writes WORKDIR/{metrics.jsonl, tensorboard/,
 checkpoints/, rm_report.json, length_debiaser.json}.
 """
-from absl import app
 
 from launch import common
 from rlaif_jax.data import paths
@@ -20,4 +19,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

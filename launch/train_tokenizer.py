@@ -7,7 +7,8 @@ the special ids and the tokens per character on the corpus.
 """
 from absl import app, flags
 
-from rlaif_jax.data import paths
+from launch import common
+from rlaif_jax.data import greetings, paths
 from rlaif_jax.tokenizers import load_tokenizer, train
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Greetings dataset (else env RLAIF_DATA_DIR).")
@@ -23,7 +24,7 @@ def main(argv: list[str]) -> None:
   data_dir = paths.resolve_data_dir(_DATA_DIR.value)
   output = _OUTPUT.value
   prefix = output[:-len(".model")] if output.endswith(".model") else output
-  corpus = list(train.greeting_corpus(data_dir))
+  corpus = list(greetings.greeting_corpus(data_dir))
   model_file = train.train_sentencepiece(corpus, prefix, vocab_size=_VOCAB_SIZE.value,
                                          model_type=_MODEL_TYPE.value)
   tok = load_tokenizer(model_file)
@@ -34,4 +35,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -35,7 +35,7 @@ from rlaif_jax.models import checkpoint_bridge
 from rlaif_jax.rl import run as rl_run
 from rlaif_jax.sharding import host, mesh as mesh_lib
 from rlaif_jax.tokenizers import load_tokenizer
-from rlaif_jax.training import checkpointing, reward_model, sft
+from rlaif_jax.training import checkpointing, metrics as metrics_lib, reward_model, sft
 
 RESULTS_FILE = "results.md"
 STAGE_CONFIG_FILE = "pipeline_stage.json"
@@ -333,11 +333,7 @@ def _reliability_note(reliability: list[dict[str, Any]]) -> str:
 
 
 def _rl_summary(rl_dir: pathlib.Path, k: int = 5) -> str:
-  path = rl_dir / "metrics.jsonl"
-  if not path.exists():
-    return "(no RL metrics)"
-  rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-  rows = [r for r in rows if "reward_mean" in r]
+  rows = [r for r in metrics_lib.read_metrics(rl_dir) if "reward_mean" in r]
   if not rows:
     return "(no RL metrics)"
   mean = lambda xs, key: sum(x[key] for x in xs) / len(xs)

@@ -13,6 +13,7 @@ Functions take an optional ``client`` (anything with ``bucket(name).blob(path)``
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import glob as glob_lib
@@ -29,6 +30,10 @@ GCS_PREFIX = "gs://"
 
 class StorageError(OSError):
   """A path could not be read or written."""
+
+
+class OutputLockedError(StorageError):
+  """Another process is writing the same output (`output_lock`)."""
 
 
 class InputError(ValueError):
@@ -124,23 +129,79 @@ def write_text(path: str, text: str, *, client: Any | None = None) -> None:
 
 
 def write_bytes(path: str, data: bytes, *, client: Any | None = None) -> None:
-  """Writes a whole binary file; local writes are atomic (temp file + fsync + rename)."""
+  """Writes a whole binary file; local writes are atomic (`atomic_path`)."""
   if is_gcs(path):
     _blob(path, client).upload_from_string(data)
     return
+  with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+  """The one atomic local write: `with atomic_path(path) as tmp:` write the whole file at `tmp`
+  (a fresh empty file beside `path`, parents created) by any means (open, savefig, a download);
+  on a clean exit it is fsynced, made 0644 (mkstemp's 0600 would hide it from other users) and
+  renamed over `path`; on any exception (KeyboardInterrupt included) it is removed and `path` is
+  left as it was. A reader, or a run killed mid-write, sees the old file or the new one whole."""
+  path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+  os.close(fd)
   try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
+    yield tmp
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+      os.fchmod(fd, 0o644)
+    finally:
+      os.close(fd)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+@contextlib.contextmanager
+def output_lock(path: str) -> Iterator[None]:
+  """Holds an exclusive `fcntl.flock` on `path + ".lock"` (with our pid in it) for the block:
+  two batch jobs on one output would both append to it. A second holder gets
+  `OutputLockedError` naming the first one's pid at once (no waiting). The kernel drops the lock
+  when the holder exits, killed or not; the small .lock file stays. Local paths only (a gs://
+  output locks its local staging file), so it guards jobs on one machine."""
+  import fcntl  # pylint: disable=import-outside-toplevel  (POSIX only)
+  lock_path = path + ".lock"
+  os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+  fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+      raise OutputLockedError(
+          f"{path} is being written by another job (pid {holder}, lock file {lock_path}); wait "
+          "for it to finish, stop it, or write to another output") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
+def file_stats(directory: str | os.PathLike, *, recursive: bool = False) -> list[list[Any]]:
+  """`[relative name, size, mtime_ns]` of every file under `directory` (its subfolders too when
+  `recursive`), sorted by path: what checkpoint fingerprints hash, so that weights rewritten in
+  place (same names, new sizes or times) count as other weights. Local paths only."""
+  root = pathlib.Path(directory)
+  found = root.rglob("*") if recursive else root.iterdir()
+  stats = []
+  for f in sorted(found):
+    if f.is_file():
+      st = f.stat()
+      stats.append([str(f.relative_to(root)), st.st_size, st.st_mtime_ns])
+  return stats
 
 
 def glob(pattern: str, *, client: Any | None = None) -> list[str]:

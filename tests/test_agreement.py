@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from rlaif_jax.evaluation.agreement import (best_length_threshold_baseline, binary_agreement,
+from rlaif_jax.metrics.agreement import (best_length_threshold_baseline, binary_agreement,
                                             cohen_kappa, confusion_counts, cross_fit_threshold,
                                             stratified_folds)
 

@@ -144,3 +144,20 @@ def test_non_silu_activation_checkpoint_is_refused(tmp_path):
   d = tiny_hf.make_tiny_hf_checkpoint(tmp_path, arch="llama", tie=False, hidden_act="gelu")
   with pytest.raises(config_lib.UnsupportedArchitectureError, match=r"hidden_act='gelu'"):
     checkpoint_bridge.load_hf_checkpoint(d)
+
+
+def test_tensors_are_read_slice_by_slice_through_the_safetensors_package(tmp_path):
+  import ml_dtypes
+  tensors = {"w": np.arange(24, dtype=np.float32).reshape(4, 6),
+             "b": np.arange(4).astype(ml_dtypes.bfloat16)}
+  path = tmp_path / "t.safetensors"
+  safetensors_io.write_file(path, [(k, v.shape, v.dtype) for k, v in tensors.items()],
+                            lambda k: tensors[k])
+  import safetensors.numpy
+  assert set(safetensors.numpy.load_file(str(path))) == {"w", "b"}  # a standard file
+  got = safetensors_io.open_tensors(path)
+  assert isinstance(got["w"], safetensors_io.LazyTensor) and got["w"].shape == (4, 6)
+  np.testing.assert_array_equal(got["w"][1:3, 2:4], tensors["w"][1:3, 2:4])
+  np.testing.assert_array_equal(got["w"].T, tensors["w"].T)
+  assert got["b"].dtype == ml_dtypes.bfloat16
+  np.testing.assert_array_equal(np.asarray(got["b"]), tensors["b"])

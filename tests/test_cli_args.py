@@ -117,3 +117,20 @@ def test_rl_progress_bar_shows_tokens_per_second(monkeypatch):
   assert row["tokens_per_sec"] == pytest.approx(50.0)  # 100 tokens / (1.5 + 0.5 + 0) s
   assert saved == [2]
   assert postfixes == [{"reward": "0.500", "kl": "0.0100", "invalid": "0.00", "tok_s": "50"}] * 2
+
+
+def test_user_errors_are_one_line_unless_verbose(tmp_path):
+  """A malformed data record ends in `error: <file, record, field>` and exit 1, not a traceback
+  (launch.common.run, shared by every entry point); --verbosity=1 shows the traceback."""
+  pairs = tmp_path / "pairs.json"
+  pairs.write_text('[{"prompt": "p", "chosen": "c", "rejected": "r"}, {"prompt": "p"}]',
+                   encoding="utf-8")
+  args = [f"--workdir={tmp_path}/W", f"--pairs={pairs}", f"--output={tmp_path}/O"]
+  proc = _run("launch.score_pairs", *args)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  error = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert len(error) == 1 and "pairs.json" in error[0], proc.stderr[-2000:]
+  verbose = _run("launch.score_pairs", *args, "--verbosity=1")
+  assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+  assert "DataFormatError" in verbose.stderr

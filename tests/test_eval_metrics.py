@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from rlaif_jax.evaluation import diversity, length_bias, plots, report, stats
+from rlaif_jax.evaluation import plots, report
+from rlaif_jax.metrics import diversity, length_bias, stats
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -253,13 +254,13 @@ def _assert_pngs(paths: list[str]) -> None:
 def test_read_metrics_series(tmp_path):
   path = tmp_path / "metrics.jsonl"
   _write_metrics(path)
-  series = plots.read_metrics(path)
+  series = plots.metric_series(path)
   assert "note" not in series and "grad_norm" not in series  # Text and NaN-only are skipped.
   steps, values = series["eval_loss"]
   assert steps.tolist() == [0, 5, 10, 15] and values[1] == pytest.approx(2.5 / 6)
   path.write_text('{"step": 0, "loss": 1.0}\n{oops\n', encoding="utf-8")
   with pytest.raises(ValueError, match="metrics.jsonl:2"):
-    plots.read_metrics(path)
+    plots.metric_series(path)
 
 
 def test_plot_metrics_writes_one_png_per_present_group(tmp_path):

@@ -20,7 +20,8 @@ from fake_openai_server import FLIP_MARKER, FakeOpenAIServer, cli_env, schedule_
 from rlaif_jax import storage
 from rlaif_jax.data import greetings
 from rlaif_jax.data.greetings import LabeledResponse
-from rlaif_jax.evaluation import diversity, harness, stats
+from rlaif_jax.evaluation import harness
+from rlaif_jax.metrics import diversity, stats
 from rlaif_jax.evaluation import judges as judges_lib
 from tests import tiny_hf
 
@@ -226,7 +227,7 @@ def test_judge_reliability_matches_hand_computed_numbers(tmp_path):
 def _check_cross_fit(out: pathlib.Path, row: dict, labelled, score_of, k: int) -> None:
   """The reliability row of a fitted-threshold judge holds the agreement of out-of-fold verdicts:
   every fold's threshold refitted without that fold's items, by the judge's rule."""
-  from rlaif_jax.evaluation import agreement
+  from rlaif_jax.metrics import agreement
   lines = read_jsonl(out / "reliability" / "crossfit" / f"{row['judge']}.jsonl")
   assert [x["id"] for x in lines] == list(range(len(labelled)))
   folds = np.array([x["fold"] for x in lines])

@@ -142,6 +142,18 @@ def test_retry_errors_reprocesses_failed_ids_only(tmp_path):
   assert all("error" not in r for r in out.values())
 
 
+def test_duplicate_ids_in_the_output_keep_the_last_complete_line(tmp_path):
+  _write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"t{i}"} for i in range(3)])
+  _write_jsonl(tmp_path / "out.jsonl", [
+      {"id": 0, "text": "old"}, {"id": 1, "text": "ok"}, {"id": 0, "text": "new"},
+      {"id": 1, "text": "x", "error": "boom"}, {"id": 0, "text": "x", "error": "boom"}])
+  calls = []
+  summary = batch_job.run_job(_cfg(tmp_path), _upper(calls))
+  assert calls == [[2]] and summary.already_done == 2
+  out = _lines(tmp_path / "out.jsonl")
+  assert [(r["id"], r["text"]) for r in out] == [(1, "ok"), (0, "new"), (2, "T2")]
+
+
 def test_process_chunk_must_return_one_result_per_record(tmp_path):
   _write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}, {"text": "b"}])
 
@@ -178,3 +190,30 @@ def test_gcs_input_and_staged_output_resume(tmp_path):
   assert not os.path.exists(tmp_path / "out")
   with pytest.raises(storage.StorageError, match="does not exist"):
     storage.read_text("gs://bkt/missing.jsonl", client=client)
+
+
+def test_a_second_job_on_the_same_output_is_refused_naming_the_first_pid(tmp_path):
+  import subprocess
+  import sys
+  import textwrap
+  _write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"t{i}"} for i in range(3)])
+  out = str(tmp_path / "out.jsonl")
+  holder = subprocess.Popen(
+      [sys.executable, "-c", textwrap.dedent(f"""
+          import sys, time
+          from rlaif_jax import storage
+          with storage.output_lock({out!r}):
+            print("locked", flush=True)
+            sys.stdin.readline()
+          """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(storage.OutputLockedError, match=rf"out\.jsonl is being written by another "
+                                                         rf"job \(pid {holder.pid}"):
+      batch_job.run_job(_cfg(tmp_path), _upper())
+    assert not os.path.exists(out)  # the refused job wrote nothing
+  finally:
+    holder.stdin.close()
+    holder.wait(timeout=30)
+  assert batch_job.run_job(_cfg(tmp_path), _upper()).processed == 3  # the lock went with it

@@ -9,7 +9,7 @@ import pytest
 
 from fake_openai_server import (FakeOpenAIServer, cli_env, launch_args, run_launch,
                                 schedule_by_key)
-from rlaif_jax.evaluation.agreement import best_length_threshold_baseline, binary_agreement
+from rlaif_jax.metrics.agreement import best_length_threshold_baseline, binary_agreement
 
 FAST = dict(timeout_s=0.5, max_retries=6, retry_base_delay_s=0.01, retry_max_delay_s=0.05)
 

@@ -1,4 +1,5 @@
 """Our decoder computes what `transformers` computes, on tiny random HF checkpoints (fp32)."""
+import copy
 import json
 
 import jax
@@ -182,7 +183,14 @@ def test_bf16_compute_stays_close(hf_dir):
   tokens = np.random.RandomState(5).randint(0, 131, (2, 8))
   mask = np.ones_like(tokens, dtype=bool)
   got, ref = ours_logits(ours, tokens, mask), hf_logits(hf, tokens, mask)
-  assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+  # The yardstick is transformers' own bf16 error on the same weights and tokens: measured over
+  # the three variants and token seeds 5-7, ours was 0.0030-0.0039 (0.37-0.76% of the largest
+  # |logit|) and torch's 0.0028-0.0040, a ratio of 0.84-1.21. Allow 2x torch's error, and 2% of
+  # the largest |logit| (bf16 keeps 8 mantissa bits: 0.39% per rounding, over 2 layers).
+  torch_bf16 = hf_logits(copy.deepcopy(hf).to(torch.bfloat16), tokens, mask)
+  err = np.abs(got - ref).max()
+  assert err <= 2 * np.abs(torch_bf16 - ref).max(), (err, np.abs(torch_bf16 - ref).max())
+  assert err < 0.02 * np.abs(ref).max()
 
 
 def test_config_roundtrip(hf_dir):

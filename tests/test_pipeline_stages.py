@@ -11,7 +11,7 @@ import pytest
 from configs import tiny_cpu
 from rlaif_jax import pipeline, storage
 from rlaif_jax.rl import run as rl_run
-from rlaif_jax.evaluation import stats
+from rlaif_jax.metrics import stats
 from rlaif_jax.training import reward_model
 from rlaif_jax.training.reward_scoring import LengthDebiaser
 

@@ -239,17 +239,17 @@ def test_masked_group_advantages_match_numpy(normalize_std):
   valid[0:8] = [True] + [False] * 7  # one valid row: 0
   valid[16:24] = False  # none valid: 0
   valid[24:32] = True
-  got = np.asarray(rollout_lib.masked_group_advantages(rewards, valid, 8,
-                                                       normalize_std=normalize_std))
+  got = np.asarray(algorithms.group_relative_advantages(rewards, 8, normalize_std=normalize_std,
+                                                       valid=valid))
   want = _masked_group_advantages_np(rewards.astype(np.float64), valid, 8, normalize_std)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   assert np.all(got[~valid] == 0) and np.all(got[:24] == 0)
   assert np.any(got[24:] != 0)
-  everyone = np.asarray(rollout_lib.masked_group_advantages(rewards, np.ones(40, bool), 8,
-                                                            normalize_std=normalize_std))
+  everyone = np.asarray(algorithms.group_relative_advantages(
+      rewards, 8, normalize_std=normalize_std, valid=np.ones(40, bool)))
   unmasked = np.asarray(algorithms.group_relative_advantages(rewards, 8,
                                                              normalize_std=normalize_std))
-  np.testing.assert_allclose(everyone, unmasked, rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(everyone, unmasked)  # bit for bit
 
 
 def test_unscored_rows_are_masked_out_of_the_update_and_logged(tmp_path):

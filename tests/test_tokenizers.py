@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from rlaif_jax.data import formatting
+from rlaif_jax.data import formatting, greetings
 from rlaif_jax.tokenizers import Tokenizer, load_tokenizer, train
 from rlaif_jax.tokenizers import sentencepiece_tok as spt
 
@@ -23,7 +23,7 @@ ROUND_TRIP = ["生日快乐，亲爱的女孩！🎂✨", "愿你𠀀𪚥龘如�
 
 @pytest.fixture(scope="module")
 def corpus_slice(data_dir):
-  return list(itertools.islice(train.greeting_corpus(data_dir), 3000))
+  return list(itertools.islice(greetings.greeting_corpus(data_dir), 3000))
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def sp_model(corpus_slice, tmp_path_factory):
 def test_greeting_corpus(data_dir, corpus_slice):
   assert len(corpus_slice) == len(set(corpus_slice)) == 3000
   assert corpus_slice[:2] == ["给女生的生日祝福", corpus_slice[1]] and corpus_slice[1].startswith("生日快乐")
-  texts = set(train.greeting_corpus(data_dir))
+  texts = set(greetings.greeting_corpus(data_dir))
   assert "请只生成一条祝福语：古风新年祝福语" in texts and "生意兴隆的祝福语" in texts
 
 

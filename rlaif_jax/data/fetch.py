@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Callable, Iterable
 
+from rlaif_jax import storage
 from rlaif_jax.data import greetings, paths
 
 REPO = "weixiaolong94-hub/Igniting-Creative-Writing-in-Small-Language-Models"
@@ -79,16 +79,9 @@ def fetch_file(name: str, data_dir: pathlib.Path, base_url: str, force: bool = F
       log(f"{relative}: present but invalid ({e}); downloading again")
   target.parent.mkdir(parents=True, exist_ok=True)
   url = file_url(base_url, relative)
-  fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-  os.close(fd)
-  tmp = pathlib.Path(tmp_name)
-  tmp.chmod(0o644)  # mkstemp makes 0600; the dataset is meant to be shared read-only.
-  try:
-    _download(url, tmp, timeout, retries)
-    rows = count_rows(name, tmp)
-    os.replace(tmp, target)
-  finally:
-    tmp.unlink(missing_ok=True)
+  with storage.atomic_path(target) as tmp:
+    _download(url, pathlib.Path(tmp), timeout, retries)
+    rows = count_rows(name, pathlib.Path(tmp))
   log(f"{relative}: downloaded from {url}, {rows} rows")
   return rows
 

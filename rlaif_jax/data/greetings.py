@@ -17,7 +17,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -302,14 +302,44 @@ READERS: dict[str, Callable[[PathLike], list[Any]]] = {
 }
 
 
+def greeting_corpus(data_dir: PathLike) -> Iterator[str]:
+  """Yields the distinct texts of the training files, in file order: SFT prompts and responses,
+  reward-model train prompts/chosen/rejected, random_query requests, and the GRPO train prompts
+  (which carry the paper's prefix "请只生成一条祝福语："). The test and evaluation files are left
+  out, but their text is not fully unseen: the SFT file is read whole (the SFT held-out split
+  included), and random_query.txt holds the evaluation-set queries (and 10 of the 791 GRPO test
+  queries). Only the vocabulary sees them; no model is trained on them through this corpus."""
+  def texts() -> Iterator[str]:
+    for ex in load_sft(data_dir):
+      yield ex.prompt
+      yield ex.response
+    for pair in load_preference_pairs(data_dir, "train"):
+      yield pair.prompt
+      yield pair.chosen
+      yield pair.rejected
+    yield from load_random_queries(data_dir)
+    for prompt in load_rl_prompts(data_dir, "train"):
+      yield prompt.prompt_text
+
+  seen: set[str] = set()
+  for text in texts():
+    if text not in seen:
+      seen.add(text)
+      yield text
+
+
 # ---------------------------------------------------------------------------------------------
 # Record-list helpers.
 
 
 def to_hf_dataset(records: Sequence[Any]) -> "datasets.Dataset":
   """Returns a `datasets.Dataset` with one column per dataclass field (or column "text" for
-  plain strings). Raises ValueError for an empty or mixed-type list."""
-  import datasets  # Local: heavy import, only needed here.
+  plain strings). Raises ValueError for an empty or mixed-type list. Needs the optional
+  `datasets` package (`pip install -e ".[hf]"`)."""
+  try:
+    import datasets  # Local: optional and heavy, only needed here.
+  except ImportError as e:
+    raise ImportError("to_hf_dataset needs the `datasets` package: pip install -e \".[hf]\"") from e
   if not records:
     raise ValueError("to_hf_dataset: no records")
   kind = type(records[0])

@@ -99,12 +99,8 @@ def checkpoint_identity(checkpoint: str) -> dict[str, Any]:
   if not config.is_file():
     raise FileNotFoundError(f"checkpoint {checkpoint!r}: no config.json in {directory} (expected "
                             "a run directory with export/, an HF directory, or hf:DIR)")
-  files = []
-  for f in sorted(directory.iterdir()):
-    if f.name.startswith(".") or f.name == "config.json" or not f.is_file():
-      continue
-    st = f.stat()
-    files.append([f.name, st.st_size, st.st_mtime_ns])
+  files = [s for s in storage.file_stats(directory)
+           if not s[0].startswith(".") and s[0] != "config.json"]
   return {"config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(), "files": files}
 
 

@@ -6,7 +6,6 @@ rendering leaves the previous PNG whole.
 """
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 from typing import Any, Mapping, NamedTuple, Sequence
@@ -16,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from rlaif_jax.evaluation import report
+from rlaif_jax.training import metrics as metrics_lib
 
 
 class MetricGroup(NamedTuple):
@@ -45,35 +45,24 @@ METRIC_GROUPS: tuple[MetricGroup, ...] = (
 )
 
 
-def read_metrics(path: str | pathlib.Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Read a metrics.jsonl into per-key series.
+def metric_series(path: str | pathlib.Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """A metrics.jsonl (`training.metrics.read_metrics`) as per-key series.
 
-  Each line is a JSON object with "step" (the line index is used when absent) and any numeric
-  metrics; non-numeric and non-finite values are skipped, so metrics logged every k steps
-  (eval_*) get their own x values.
+  Each row has "step" (its row index is used when absent) and any numeric metrics; non-numeric
+  and non-finite values are skipped, so metrics logged every k steps (eval_*) get their own x
+  values.
 
   Returns:
     key -> (steps f64[n], values f64[n]) sorted by step.
   """
-  path = pathlib.Path(path)
   points: dict[str, list[tuple[float, float]]] = {}
-  with path.open(encoding="utf-8") as f:
-    for index, line in enumerate(f):
-      if not line.strip():
+  for index, record in enumerate(metrics_lib.read_metrics(path)):
+    step = record.get("step", index)
+    for key, value in record.items():
+      if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
         continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{index + 1}: not valid JSON ({e.msg}).") from e
-      if not isinstance(record, dict):
-        raise ValueError(
-            f"{path}:{index + 1}: expected a JSON object, got {type(record).__name__}.")
-      step = record.get("step", index)
-      for key, value in record.items():
-        if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
-          continue
-        if math.isfinite(value):
-          points.setdefault(key, []).append((float(step), float(value)))
+      if math.isfinite(value):
+        points.setdefault(key, []).append((float(step), float(value)))
   series = {}
   for key, pairs in points.items():
     pairs.sort(key=lambda p: p[0])
@@ -124,7 +113,7 @@ def plot_metrics(metrics_jsonl_path: str | pathlib.Path, out_dir: str | pathlib.
   Returns:
     Paths of the PNGs written, in `METRIC_GROUPS` order.
   """
-  series = read_metrics(metrics_jsonl_path)
+  series = metric_series(metrics_jsonl_path)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   written = []

@@ -1,17 +1,15 @@
 """Result tables: the same rows written as a markdown table (for notes) and a CSV (for tools);
-and `save_figure`. Every file is written atomically (a temporary file in the same folder, then
-`os.replace`): a run killed mid-write leaves the previous file whole, never a truncated one.
+and `save_figure`. Every file is written atomically (`storage.atomic_path`: a temporary file in
+the same folder, fsynced, then renamed): a run killed mid-write leaves the previous file whole, never a truncated one.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
 import os
 import pathlib
-import tempfile
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from rlaif_jax import storage
 
@@ -62,44 +60,14 @@ def write_table(
   for row in rows:
     writer.writerow({c: row.get(c, "") for c in columns})
   storage.write_text(str(md_path), text)
-  _write_exact(pathlib.Path(csv_path), buffer.getvalue().encode("utf-8"))
+  storage.write_bytes(str(csv_path), buffer.getvalue().encode("utf-8"))
   return text
 
 
-def _write_exact(path: pathlib.Path, data: bytes) -> None:
-  """Writes bytes atomically (temp file in the same folder + fsync + os.replace)."""
-  with atomic_output(path) as tmp:
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[str]:
-  """`with atomic_output(path) as tmp:` write the whole file to `tmp` (a fresh file in path's
-  folder, created with the parents); on a clean exit it replaces `path`, on any exception
-  (KeyboardInterrupt included) it is removed and `path` is left as it was."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
-  os.close(fd)
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> str:
-  """`fig.savefig` into a temporary file beside `path`, fsynced, then renamed over `path`."""
+  """`fig.savefig` written atomically (`storage.atomic_path`)."""
   path = pathlib.Path(path)
   fmt = path.suffix.lstrip(".").lower() or "png"
-  with atomic_output(path) as tmp:
-    with open(tmp, "wb") as f:
-      fig.savefig(f, format=fmt, dpi=dpi)
-      f.flush()
-      os.fsync(f.fileno())
+  with storage.atomic_path(path) as tmp, open(tmp, "wb") as f:
+    fig.savefig(f, format=fmt, dpi=dpi)
   return str(path)

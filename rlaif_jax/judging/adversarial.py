@@ -20,7 +20,7 @@ import functools
 import random
 from typing import Any, Sequence
 
-from rlaif_jax.evaluation.agreement import binary_agreement
+from rlaif_jax.metrics.agreement import binary_agreement
 from rlaif_jax.judging import parsing
 from rlaif_jax.judging.agent import Agent
 from rlaif_jax.judging.backends import base

@@ -151,9 +151,14 @@ def in_shard(record: Record, config: JobConfig) -> bool:
 
 
 def _recover_output(appender: storage.JsonlAppender, retry_errors: bool) -> tuple[set[str], int]:
-  """Done ids in the output (and how many error lines were dropped for re-processing)."""
+  """Done ids in the output (and how many error lines were dropped for re-processing).
+
+  An id written twice (two writers before the output lock, or a hand-merged file) keeps one
+  line, the last complete one (the last without an error, else the last), and the file is
+  rewritten with one line per id, so reports over it never count an item twice."""
   existing = appender.recover()
-  kept, done, dropped = [], set(), 0
+  chosen: dict[str, tuple[int, Record]] = {}
+  dropped = duplicates = 0
   for line_no, record in enumerate(existing, start=1):
     if "id" not in record:
       raise storage.InputError(f"{appender.path}:{line_no}: output line without 'id'; "
@@ -162,15 +167,19 @@ def _recover_output(appender: storage.JsonlAppender, retry_errors: bool) -> tupl
       dropped += 1
       continue
     key = id_key(record["id"])
-    if key in done:
-      logger.warning("%s:%d: duplicate id %r in output (kept the first)", appender.path,
-                     line_no, record["id"])
-      continue
-    done.add(key)
-    kept.append(record)
-  if dropped:
-    appender.rewrite(kept)
-  return done, dropped
+    if key in chosen:
+      duplicates += 1
+      earlier_line, earlier = chosen[key]
+      if record.get("error") is not None and earlier.get("error") is None:
+        logger.warning("%s:%d: duplicate id %r in output (kept the complete line %d)",
+                       appender.path, line_no, record["id"], earlier_line)
+        continue
+      logger.warning("%s:%d: duplicate id %r in output (kept this line, dropped line %d)",
+                     appender.path, line_no, record["id"], earlier_line)
+    chosen[key] = (line_no, record)
+  if dropped or duplicates:
+    appender.rewrite([record for _, record in sorted(chosen.values(), key=lambda x: x[0])])
+  return set(chosen), dropped
 
 
 def _output_line(record: Record, result: Record) -> Record:
@@ -185,20 +194,27 @@ async def run_job_async(config: JobConfig, process_chunk: ProcessChunk,
 
   ``process_chunk`` gets records (with ``id`` and ``_line``) and must return one dict per
   record, in order; a dict with a non-null ``error`` counts as failed but is still final.
+  The output is locked for the whole job (`storage.output_lock`): a second job started on it
+  fails with `storage.OutputLockedError` naming the first one's pid.
   """
+  if config.collective and not _is_main_process():  # multi-host: process 0 writes
+    return await _run_locked(config, process_chunk, records, None)
+  appender = storage.open_appender(config.shard_output_path, staging_dir=config.staging_dir,
+                                   client=config.gcs_client, upload_every_s=config.upload_every_s)
+  with storage.output_lock(appender.path):
+    return await _run_locked(config, process_chunk, records, appender)
+
+
+async def _run_locked(config: JobConfig, process_chunk: ProcessChunk,
+                      records: Sequence[Record] | None,
+                      appender: storage.JsonlAppender | None) -> JobSummary:
   start = time.monotonic()
   if records is None:
     records = load_records(config.input_path, client=config.gcs_client)
   shard = [r for r in records if in_shard(r, config)]
   out_path = config.shard_output_path
-  writer = not config.collective or _is_main_process()
-  appender = None
-  done, dropped = set(), 0
-  if writer:
-    appender = storage.open_appender(out_path, staging_dir=config.staging_dir,
-                                     client=config.gcs_client,
-                                     upload_every_s=config.upload_every_s)
-    done, dropped = _recover_output(appender, config.retry_errors)
+  writer = appender is not None
+  done, dropped = (_recover_output(appender, config.retry_errors) if writer else (set(), 0))
   todo = [r for r in shard if id_key(r["id"]) not in done]
   if config.collective:  # process 0's resume point, on every process
     todo, dropped = _agree_on_todo(shard, todo, dropped)

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rlaif_jax.evaluation.agreement import best_length_threshold_baseline, binary_agreement
+from rlaif_jax.metrics.agreement import best_length_threshold_baseline, binary_agreement
 from rlaif_jax.judging import parsing
 
 _ROWS = ("n", "accuracy", "precision", "recall", "f1", "cohen_kappa")

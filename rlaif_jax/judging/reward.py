@@ -6,11 +6,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from rlaif_jax.data.greetings import GRPO_PREFIX
 from rlaif_jax.judging.backends import base
 from rlaif_jax.judging.judge import PrincipleJudge, Verdict
 from rlaif_jax.judging.principles import PrincipleSet
 
-GRPO_PROMPT_PREFIX = "请只生成一条祝福语："
 _CHAT_MARKUP = re.compile(r"<\|[^|>]*\|>|<s>|</s>|\[INST\]|\[/INST\]")
 
 
@@ -22,9 +22,9 @@ def query_from_prompt(prompt: str) -> str:
   prompt without the prefix is used as is (minus chat markup).
   """
   text = prompt
-  pos = text.rfind(GRPO_PROMPT_PREFIX)
+  pos = text.rfind(GRPO_PREFIX)
   if pos >= 0:
-    text = text[pos + len(GRPO_PROMPT_PREFIX):]
+    text = text[pos + len(GRPO_PREFIX):]
     text = _CHAT_MARKUP.split(text, maxsplit=1)[0].split("\n", 1)[0]
   else:
     text = _CHAT_MARKUP.sub(" ", text)

@@ -1,8 +1,11 @@
-"""Streaming safetensors reading (memory-mapped, tensor by tensor) and writing.
+"""Safetensors reading (lazy, slice by slice) and writing, through the `safetensors` package.
 
 The format is an 8-byte little-endian header length, a JSON header {name: {dtype, shape,
-data_offsets}}, then raw little-endian bytes. We read with np.memmap so that a 7B load never holds
-more than one shard-slice of a tensor in host RAM, and support bf16 through ml_dtypes.
+data_offsets}}, then raw little-endian bytes. Before the package opens a file we check its header
+ourselves, so a truncated download or a wrong size names the file and the tensor. Tensors come
+back as `LazyTensor`s over `safe_open(..., framework="numpy").get_slice`: indexing one reads only
+that slice, so a 7B load reads each device shard straight from the file; a transposed HF layout
+(`hf_params` rules) reads that one tensor whole. bf16 is numpy's `ml_dtypes.bfloat16`.
 """
 from __future__ import annotations
 
@@ -10,10 +13,14 @@ import json
 import os
 import pathlib
 import struct
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
+
+from rlaif_jax import storage
 
 DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -50,11 +57,43 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
   return header, 8 + n
 
 
-def open_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Memory-maps every tensor of one safetensors file (no data is read until used)."""
+class LazyTensor:
+  """One tensor of an open safetensors file: `shape`, `dtype`; `t[index]` reads that slice only
+  (`get_slice`), `np.asarray(t)` (and `.T`, `.reshape`) the whole tensor."""
+
+  def __init__(self, handle: Any, name: str, shape: tuple[int, ...], dtype: np.dtype):
+    self._handle, self.name, self.shape, self.dtype = handle, name, shape, dtype
+    self.ndim = len(shape)
+
+  def __getitem__(self, index: Any) -> np.ndarray:
+    if self.ndim == 0 or 0 in self.shape:  # get_slice cannot index these
+      return np.asarray(self)[index]
+    return self._handle.get_slice(self.name)[index]
+
+  def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+    if 0 in self.shape:
+      arr = np.zeros(self.shape, self.dtype)
+    else:
+      arr = np.asarray(self._handle.get_tensor(self.name)).reshape(self.shape)
+    return arr if dtype is None else arr.astype(dtype)
+
+  def __float__(self) -> float:
+    return float(np.asarray(self))
+
+  @property
+  def T(self) -> np.ndarray:  # pylint: disable=invalid-name
+    return np.asarray(self).T
+
+  def reshape(self, *shape: Any) -> np.ndarray:
+    return np.asarray(self).reshape(*shape)
+
+
+def open_tensors(path: str | os.PathLike) -> dict[str, LazyTensor]:
+  """Every tensor of one safetensors file, unread (`LazyTensor`), after checking the header:
+  dtypes we support, byte counts that match the shapes, data inside the file."""
   header, base = read_header(path)
   size = os.path.getsize(path)
-  out = {}
+  specs = {}
   for name, info in header.items():
     if info["dtype"] not in DTYPES:
       raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
@@ -67,11 +106,12 @@ def open_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
       raise SafetensorsError(
           f"{path}: tensor {name!r} needs bytes {base + start}..{base + end} but the file has "
           f"{size} bytes (file truncated? e.g. an interrupted download)")
-    if 0 in shape:
-      out[name] = np.zeros(shape, dtype)
-      continue
-    out[name] = np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=shape)
-  return out
+    specs[name] = (shape, dtype)
+  try:
+    handle = safetensors.safe_open(str(path), framework="numpy")
+  except Exception as e:  # the package's SafetensorError: what our checks did not catch
+    raise SafetensorsError(f"{path}: {e}") from e
+  return {name: LazyTensor(handle, name, shape, dtype) for name, (shape, dtype) in specs.items()}
 
 
 def checkpoint_files(directory: str | os.PathLike) -> list[pathlib.Path]:
@@ -113,31 +153,18 @@ def iter_checkpoint_with_files(directory: str | os.PathLike
 
 def write_file(path: str | os.PathLike, tensors: Iterable[tuple[str, tuple[int, ...], np.dtype]],
                fetch, metadata: dict[str, str] | None = None) -> None:
-  """Writes tensors one at a time: `tensors` gives (name, shape, dtype); `fetch(name)` the array.
-
-  The file is written to a temporary name and renamed, so a crash never leaves a partial file.
+  """Writes one safetensors file with `safetensors.numpy.save_file`: `tensors` gives (name,
+  shape, dtype), `fetch(name)` the array (checked against them). Holds this file's tensors in
+  host memory (an export shard, `max_shard_bytes`), never the whole model; the file is written
+  atomically (`storage.atomic_path`), so a crash never leaves a partial one.
   """
-  path = pathlib.Path(path)
-  specs = list(tensors)
-  header: dict = {"__metadata__": metadata or {"format": "pt"}}
-  offset = 0
-  for name, shape, dtype in specs:
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    header[name] = {"dtype": _NAMES[dtype], "shape": list(shape),
-                    "data_offsets": [offset, offset + nbytes]}
-    offset += nbytes
-  blob = json.dumps(header, separators=(",", ":")).encode()
-  blob += b" " * (-len(blob) % 8)
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "wb") as f:
-    f.write(struct.pack("<Q", len(blob)))
-    f.write(blob)
-    for name, shape, dtype in specs:
-      arr = np.asarray(fetch(name), dtype=np.dtype(dtype), order="C")  # keeps 0-d as 0-d
-      if arr.shape != tuple(shape):
-        raise SafetensorsError(f"tensor {name!r}: fetched shape {arr.shape}, declared {shape}")
-      f.write(arr.tobytes())
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  arrays = {}
+  for name, shape, dtype in tensors:
+    arr = np.asarray(fetch(name), dtype=np.dtype(dtype), order="C")  # 0-d stays 0-d
+    if arr.shape != tuple(shape):
+      raise SafetensorsError(f"tensor {name!r}: fetched shape {arr.shape}, declared {shape}")
+    if arr.dtype not in _NAMES:
+      raise SafetensorsError(f"tensor {name!r}: unsupported dtype {arr.dtype}")
+    arrays[name] = arr
+  with storage.atomic_path(path) as tmp:
+    safetensors.numpy.save_file(arrays, tmp, metadata=metadata or {"format": "pt"})

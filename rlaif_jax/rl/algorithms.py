@@ -135,8 +135,8 @@ def aggregate_loss(
 
 
 def group_relative_advantages(
-    rewards: Array, group_size: int, eps: float = 1e-6, normalize_std: bool = True
-) -> Array:
+    rewards: Array, group_size: int, eps: float = 1e-6, normalize_std: bool = True,
+    valid: Array | None = None) -> Array:
   """GRPO advantages: each reward relative to the other responses to the same prompt.
 
   Groups are contiguous: responses `[g * group_size, (g + 1) * group_size)` share a prompt (the
@@ -151,6 +151,11 @@ def group_relative_advantages(
     group_size: responses per prompt (static).
     eps: added to the std.
     normalize_std: divide by the group std (GRPO) or not (Dr. GRPO).
+    valid: optional bool[B], False for rows that were not scored (a failed judge call). Group
+      statistics then use each group's c valid rows only: valid rows get
+      `(r - mean) / (std + eps)`, invalid rows 0, and a group with c < 2 gets 0 everywhere (no
+      comparison to learn from); with group_size 1, valid rows get `r / (1 + eps)`. All rows
+      valid gives bit-for-bit the unmasked result.
   Returns:
     f32[B] advantages.
   """
@@ -160,14 +165,19 @@ def group_relative_advantages(
   if group_size < 1 or batch % group_size:
     raise ValueError(f"batch of {batch} rewards is not a whole number of groups of {group_size}.")
   grouped = rewards.astype(jnp.float32).reshape(batch // group_size, group_size)
+  v = (jnp.ones(grouped.shape, bool) if valid is None
+       else jnp.asarray(valid).astype(bool).reshape(grouped.shape))
   if group_size == 1:
-    centered, std = grouped, jnp.ones_like(grouped)
-  else:
-    shifted = grouped - grouped[:, :1]
-    centered = shifted - jnp.mean(shifted, axis=-1, keepdims=True)
-    std = jnp.sqrt(jnp.sum(centered**2, axis=-1, keepdims=True) / (group_size - 1))
-  advantages = centered / (std + eps) if normalize_std else centered
-  return advantages.reshape(batch)
+    adv = grouped / (1.0 + eps) if normalize_std else grouped
+    return jnp.where(v, adv, 0.0).reshape(batch)
+  count = jnp.sum(v.astype(jnp.float32), axis=-1, keepdims=True)
+  first = jnp.take_along_axis(grouped, jnp.argmax(v, axis=-1)[:, None], axis=-1)
+  shifted = jnp.where(v, grouped - first, 0.0)
+  centered = jnp.where(v, shifted - jnp.sum(shifted, -1, keepdims=True) / jnp.maximum(count, 1),
+                       0.0)
+  std = jnp.sqrt(jnp.sum(centered**2, axis=-1, keepdims=True) / jnp.maximum(count - 1, 1))
+  adv = centered / (std + eps) if normalize_std else centered
+  return jnp.where(v & (count >= 2), adv, 0.0).reshape(batch)
 
 
 def sequence_to_token_advantages(advantages: Array, response_mask: Array) -> Array:

@@ -21,6 +21,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from rlaif_jax import storage
+
 
 class RewardError(RuntimeError):
   """A reward source returned something unusable, or an offline scorer did not answer."""
@@ -138,13 +140,9 @@ class OfflineFileReward:
     return self.dir / f"{stem}.jsonl", self.dir / f"{stem}.scored.jsonl"
 
   def _write(self, path: pathlib.Path, prompts, completions) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-      for i, (p, c) in enumerate(zip(prompts, completions)):
-        f.write(json.dumps({"id": i, "query": p, "response": c}, ensure_ascii=False) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    storage.write_text(str(path), "".join(
+        json.dumps({"id": i, "query": p, "response": c}, ensure_ascii=False) + "\n"
+        for i, (p, c) in enumerate(zip(prompts, completions))))
 
   def _check_same_batch(self, path: pathlib.Path, scored_path: pathlib.Path, prompts,
                         completions) -> None:

@@ -43,7 +43,7 @@ class Prepare:
     rewards, critic values (PPO) and advantages. valid: None (every row scored) or bool[B], False
     for rows the reward source could not score (`reward_sources.valid_mask`): their response
     mask rows are zeroed (no gradient, no critic target, no token reward) and the GRPO group
-    statistics use valid rows only (`masked_group_advantages`). None keeps the unmasked path.
+    statistics use valid rows only (`algorithms.group_relative_advantages(valid=)`). None keeps the unmasked path.
   Calling the object runs both. seq: dict from `rollout_buffer.assemble_sequences` (device
   arrays); seq_rewards f32[B].
   """
@@ -57,40 +57,6 @@ class Prepare:
 
 
 _NORMALIZE_STD = {"grpo": True, "dr_grpo": False}
-
-
-def masked_group_advantages(rewards: jax.Array, valid: jax.Array, group_size: int,
-                            eps: float = 1e-6, normalize_std: bool = True) -> jax.Array:
-  """`algorithms.group_relative_advantages` over the valid rows of each group only.
-
-  Per contiguous group of `group_size` rows: mean and unbiased std over its c valid rows;
-  valid rows get `(r - mean) / (std + eps)` (`r - mean` without `normalize_std`), invalid rows
-  0, and a group with c < 2 gets 0 everywhere (no comparison to learn from). group_size 1 has
-  no group statistics: valid rows get `r / (1 + eps)` as in the unmasked estimator. Equal valid
-  rewards give exactly 0 (centred on the group's first valid reward).
-
-  Args:
-    rewards: f32[B]; valid: bool[B]; group_size: static, divides B.
-  Returns:
-    f32[B] advantages.
-  """
-  batch = rewards.shape[0]
-  if group_size < 1 or batch % group_size:
-    raise ValueError(f"batch of {batch} rewards is not a whole number of groups of {group_size}.")
-  v = jnp.asarray(valid).astype(bool).reshape(batch // group_size, group_size)
-  grouped = rewards.astype(jnp.float32).reshape(v.shape)
-  vf = v.astype(jnp.float32)
-  if group_size == 1:
-    adv = grouped / (1.0 + eps) if normalize_std else grouped
-    return jnp.where(v, adv, 0.0).reshape(batch)
-  count = jnp.sum(vf, axis=-1, keepdims=True)
-  first = jnp.take_along_axis(grouped, jnp.argmax(v, axis=-1)[:, None], axis=-1)
-  shifted = jnp.where(v, grouped - first, 0.0)
-  centered = jnp.where(v, shifted - jnp.sum(shifted, -1, keepdims=True) / jnp.maximum(count, 1),
-                       0.0)
-  std = jnp.sqrt(jnp.sum(centered**2, axis=-1, keepdims=True) / jnp.maximum(count - 1, 1))
-  adv = centered / (std + eps) if normalize_std else centered
-  return jnp.where(v & (count >= 2), adv, 0.0).reshape(batch)
 
 
 def make_prepare_fn(policy_graphdef: nnx.GraphDef, critic_graphdef: nnx.GraphDef | None,
@@ -135,8 +101,8 @@ def make_prepare_fn(policy_graphdef: nnx.GraphDef, critic_graphdef: nnx.GraphDef
         estimator = algorithms.get_advantage_estimator(cfg.estimator)
         seq_adv = estimator(seq_rewards, cfg.group_size)
       elif cfg.estimator in _NORMALIZE_STD:
-        seq_adv = masked_group_advantages(seq_rewards, valid, cfg.group_size,
-                                          normalize_std=_NORMALIZE_STD[cfg.estimator])
+        seq_adv = algorithms.group_relative_advantages(
+            seq_rewards, cfg.group_size, normalize_std=_NORMALIZE_STD[cfg.estimator], valid=valid)
       else:
         raise ValueError(f"advantage estimator {cfg.estimator!r} cannot mask unscored rows")
       advantages = algorithms.sequence_to_token_advantages(seq_adv, mask)

@@ -28,11 +28,20 @@ from rlaif_jax.tokenizers import load_tokenizer
 from rlaif_jax.training import checkpointing, optim, sft
 
 
-def stage_config(spec: Any) -> ml_collections.ConfigDict:
-  """A sub-stage config: a ConfigDict as is, or a module name under configs/ (its get_config())."""
+ConfigResolver = Callable[[str], ml_collections.ConfigDict]
+
+
+def stage_config(spec: Any, resolve: ConfigResolver | None, field: str
+                 ) -> ml_collections.ConfigDict:
+  """A sub-stage config: a ConfigDict as is, or a config name (e.g. "sft_tiny_cpu") turned into
+  one by `resolve` (the entry point's, `launch.common.stage_config`: the library never imports
+  configs/)."""
   if isinstance(spec, ml_collections.ConfigDict):
     return spec
-  return importlib.import_module(f"configs.{spec}").get_config()
+  if resolve is None:
+    raise ValueError(f"config.{field}={spec!r} names a config module, but no resolver was passed "
+                     "(run through launch.rl / launch.pipeline, or pass a ConfigDict)")
+  return resolve(spec)
 
 
 def has_checkpoint(workdir: str | os.PathLike) -> bool:
@@ -46,23 +55,25 @@ def has_checkpoint(workdir: str | os.PathLike) -> bool:
     ckpt.close()
 
 
-def ensure_sft(config: Any, data_dir: pathlib.Path) -> pathlib.Path:
+def ensure_sft(config: Any, data_dir: pathlib.Path, resolve: ConfigResolver | None = None
+               ) -> pathlib.Path:
   """The SFT run directory, trained with config.policy.sft_config when it has no checkpoint."""
   sft_dir = pathlib.Path(config.policy.sft_workdir)
   # Process 0's view decides for all (a host may not see another's files yet).
   if not host.agreed_flag((sft_dir / checkpointing.EXPORT_DIR / "config.json").exists()):
     print(f"no finished SFT run in {sft_dir}: training it first")
-    sft.run_sft(stage_config(config.policy.sft_config), sft_dir, data_dir)
+    sft.run_sft(stage_config(config.policy.sft_config, resolve, "policy.sft_config"), sft_dir,
+                data_dir)
   return sft_dir
 
 
-def ensure_reward_model(rm_cfg: Any, sft_dir: pathlib.Path, data_dir: pathlib.Path
-                        ) -> pathlib.Path:
+def ensure_reward_model(rm_cfg: Any, sft_dir: pathlib.Path, data_dir: pathlib.Path,
+                        resolve: ConfigResolver | None = None) -> pathlib.Path:
   from rlaif_jax.training import reward_model
   rm_dir = pathlib.Path(rm_cfg.workdir)
   if not host.agreed_flag((rm_dir / "rm_report.json").exists()):
     print(f"no finished reward model in {rm_dir}: training it first (trunk from {sft_dir})")
-    cfg = stage_config(rm_cfg.config)
+    cfg = stage_config(rm_cfg.config, resolve, "reward.rm.config")
     with cfg.unlocked():
       cfg.init.sft_workdir = str(sft_dir)
     reward_model.run_train_rm(cfg, rm_dir, data_dir)
@@ -77,7 +88,8 @@ def _import_callable(path: str) -> Callable:
 
 
 def build_reward(rcfg: Any, workdir: pathlib.Path, sft_dir: pathlib.Path,
-                 data_dir: pathlib.Path, mesh) -> RewardSource:
+                 data_dir: pathlib.Path, mesh, resolve: ConfigResolver | None = None
+                 ) -> RewardSource:
   """config.reward.sources: a comma list of kind[:weight] with kinds rm, judge, offline,
   callable (config.reward.callable = 'pkg.mod:fn'); several are summed with their weights.
 
@@ -91,7 +103,7 @@ def build_reward(rcfg: Any, workdir: pathlib.Path, sft_dir: pathlib.Path,
     weight = float(weight) if weight else 1.0
     if kind == "rm":
       from rlaif_jax.training import reward_model
-      rm_dir = ensure_reward_model(rcfg.rm, sft_dir, data_dir)
+      rm_dir = ensure_reward_model(rcfg.rm, sft_dir, data_dir, resolve)
       source = reward_model.load_reward_model(rm_dir, mesh, batch_size=rcfg.rm.batch_size,
                                               debias=rcfg.rm.debias,
                                               on_host=rcfg.rm.get("on_host", False))
@@ -156,20 +168,22 @@ def rl_config(config: Any) -> RLConfig:
   return RLConfig(actor=actor, advantage=adv, **{k: r[k] for k in fields if k in r})
 
 
-def run_rl(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike
-           ) -> dict[str, Any]:
-  """Runs (or resumes) GRPO/PPO in `workdir`; writes metrics.jsonl, checkpoints, export/."""
+def run_rl(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike,
+           resolve_config: ConfigResolver | None = None) -> dict[str, Any]:
+  """Runs (or resumes) GRPO/PPO in `workdir`; writes metrics.jsonl, checkpoints, export/.
+  `resolve_config` turns the config names in policy.sft_config / reward.rm.config into
+  ConfigDicts when a missing SFT run or reward model must be trained first."""
   t0 = time.perf_counter()
   workdir, data_dir = pathlib.Path(workdir), pathlib.Path(data_dir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = mesh_lib.make_mesh(tuple(config.mesh))
-  sft_dir = ensure_sft(config, data_dir)
+  sft_dir = ensure_sft(config, data_dir, resolve_config)
   sft_meta = json.loads((sft_dir / checkpointing.EXPORT_DIR / "model_config.json").read_text())
   tok_path = _sft_tokenizer(sft_dir)
   tok = load_tokenizer(tok_path)
   options = sft.compute_options(config.model)  # remat, remat_policy, attention_impl
   policy = checkpointing.load_model_from_workdir(sft_dir, mesh, **options)
-  reward = build_reward(config.reward, workdir, sft_dir, data_dir, mesh)
+  reward = build_reward(config.reward, workdir, sft_dir, data_dir, mesh, resolve_config)
   cfg = rl_config(config)
   for note in cut_responses_notes(reward, cfg.max_new_tokens):
     print(f"note: {note}", flush=True)

@@ -109,35 +109,39 @@ def run(sampler: Sampler, prompts_path: str, output_path: str, *, max_new_tokens
   i), whatever batch it lands in: a rerun from scratch with the same flags writes the same
   file, and a resumed run writes for the pending ids what an uninterrupted run would have. `progress(total_prompts, done_prompts)` is
   called with the counts first and returns an object with `update(k)` and `set_postfix_str(s)`
-  (a tqdm bar). Returns {"prompts", "skipped", "tokens", "seconds"}.
+  (a tqdm bar). Returns {"prompts", "skipped", "tokens", "seconds"}. The output is locked for the
+  whole job (`storage.output_lock`).
   """
   if sampler.tokenizer is None:
     raise ValueError("jsonl_job.run needs a sampler with a tokenizer")
   items = read_prompts(prompts_path)
-  # Multi-host: every process samples (one sharded model); process 0 resumes and writes.
+  # Multi-host: every process samples (one sharded model); process 0 resumes, locks and writes.
   appender = storage.open_appender(output_path) if host.is_main() else None
-  done = recover_done_ids(appender, n) if appender is not None else set()
-  position = {_key(item[0]): i for i, item in enumerate(items)}
-  is_pending = host.broadcast(np.array([_key(item[0]) not in done for item in items], bool))
-  pending = [item for item, p in zip(items, is_pending) if p]
-  encoded = encode_pending(sampler.tokenizer, pending, prompts_path, use_chat_template)
-  bar = progress(len(items), len(items) - len(pending)) if progress and appender is not None else None
-  tokens, start = 0, time.perf_counter()
-  with appender or contextlib.nullcontext():
-    for at in range(0, len(pending), batch_size):
-      batch = pending[at:at + batch_size]
-      ids, prompts = [b[0] for b in batch], [b[1] for b in batch]
-      completions = sampler.generate_encoded(encoded[at:at + batch_size], max_new_tokens,
-                                             sampling, n=n, seed=seed,
-                                             prompt_seeds=[position[_key(i)] for i in ids])
-      for record in output_records(ids, prompts, completions, n):
-        if appender is not None:
-          appender.append(record)
-      tokens += sum(c.completion_tokens for c in completions)
-      if bar is not None:
-        bar.update(len(batch))
-        bar.set_postfix_str(f"{tokens / (time.perf_counter() - start):.1f} tok/s")
-  if bar is not None:
-    bar.close()
-  return {"prompts": len(pending), "skipped": len(items) - len(pending), "tokens": tokens,
-          "seconds": time.perf_counter() - start}
+  lock = storage.output_lock(appender.path) if appender is not None else contextlib.nullcontext()
+  with lock:  # a second job on this output is refused
+    done = recover_done_ids(appender, n) if appender is not None else set()
+    position = {_key(item[0]): i for i, item in enumerate(items)}
+    is_pending = host.broadcast(np.array([_key(item[0]) not in done for item in items], bool))
+    pending = [item for item, p in zip(items, is_pending) if p]
+    encoded = encode_pending(sampler.tokenizer, pending, prompts_path, use_chat_template)
+    bar = (progress(len(items), len(items) - len(pending)) if progress and appender is not None
+           else None)
+    tokens, start = 0, time.perf_counter()
+    with appender or contextlib.nullcontext():
+      for at in range(0, len(pending), batch_size):
+        batch = pending[at:at + batch_size]
+        ids, prompts = [b[0] for b in batch], [b[1] for b in batch]
+        completions = sampler.generate_encoded(encoded[at:at + batch_size], max_new_tokens,
+                                               sampling, n=n, seed=seed,
+                                               prompt_seeds=[position[_key(i)] for i in ids])
+        for record in output_records(ids, prompts, completions, n):
+          if appender is not None:
+            appender.append(record)
+        tokens += sum(c.completion_tokens for c in completions)
+        if bar is not None:
+          bar.update(len(batch))
+          bar.set_postfix_str(f"{tokens / (time.perf_counter() - start):.1f} tok/s")
+    if bar is not None:
+      bar.close()
+    return {"prompts": len(pending), "skipped": len(items) - len(pending), "tokens": tokens,
+            "seconds": time.perf_counter() - start}

@@ -12,38 +12,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Iterable, Iterator
+from typing import Iterable
 
-from rlaif_jax.data import greetings
 from rlaif_jax.tokenizers import sentencepiece_tok as spt
 
 DEFAULT_VOCAB_SIZE = 4000
-
-
-def greeting_corpus(data_dir: str | os.PathLike) -> Iterator[str]:
-  """Yields the distinct texts of the training files, in file order: SFT prompts and responses,
-  reward-model train prompts/chosen/rejected, random_query requests, and the GRPO train prompts
-  (which carry the paper's prefix "请只生成一条祝福语："). The test and evaluation files are left
-  out, but their text is not fully unseen: the SFT file is read whole (the SFT held-out split
-  included), and random_query.txt holds the evaluation-set queries (and 10 of the 791 GRPO test
-  queries). Only the vocabulary sees them; no model is trained on them through this corpus."""
-  def texts() -> Iterator[str]:
-    for ex in greetings.load_sft(data_dir):
-      yield ex.prompt
-      yield ex.response
-    for pair in greetings.load_preference_pairs(data_dir, "train"):
-      yield pair.prompt
-      yield pair.chosen
-      yield pair.rejected
-    yield from greetings.load_random_queries(data_dir)
-    for prompt in greetings.load_rl_prompts(data_dir, "train"):
-      yield prompt.prompt_text
-
-  seen: set[str] = set()
-  for text in texts():
-    if text not in seen:
-      seen.add(text)
-      yield text
 
 
 def train_sentencepiece(texts: Iterable[str], output_prefix: str | os.PathLike,

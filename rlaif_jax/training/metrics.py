@@ -32,12 +32,17 @@ def to_python_scalars(metrics: Mapping[str, Any]) -> dict[str, float | int]:
   return out
 
 
-def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-  """All rows of WORKDIR/metrics.jsonl (empty when it does not exist)."""
-  path = storage.as_path(workdir) / METRICS_FILE
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """All rows of a metrics.jsonl, in file order: `path` is the file or the run directory that
+  holds it (local or gs://; empty list when it does not exist). The one reader of these files
+  (trainer resume, plots, the pipeline's summary); a malformed line is a `storage.InputError`
+  naming file:line."""
+  path = storage.as_path(path)
+  if not path.suffix or path.is_dir():
+    path = path / METRICS_FILE
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [record for _, record in storage.parse_jsonl(path.read_text(), str(path))]
 
 
 class MetricWriter:
@@ -62,12 +67,10 @@ class MetricWriter:
       return
     keep = [row for row in read_metrics(self.path.parent) if row.get("step", 0) <= step]
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep)
-    if not isinstance(self.path, pathlib.Path):  # gs://: an object write is atomic
+    if isinstance(self.path, pathlib.Path):
+      storage.write_text(str(self.path), text)  # atomic: temp file, fsync, rename
+    else:  # gs://: an object write is atomic
       self.path.write_text(text)
-      return
-    tmp = self.path.with_suffix(".jsonl.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, self.path)
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> dict[str, float | int]:
     """Writes one row; returns it as Python numbers. Non-finite values are written as NaN/Infinity

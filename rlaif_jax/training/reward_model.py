@@ -260,7 +260,7 @@ def pair_report_from_scores(c: np.ndarray, r: np.ndarray, chosen_t: list[str],
   scorer applies it (`RewardModelScorer.score`), so the debiased row is what `--debias` scoring
   gives.
   """
-  from rlaif_jax.evaluation import diversity, length_bias, stats as stats_lib
+  from rlaif_jax.metrics import diversity, length_bias, stats as stats_lib
   c, r = np.asarray(c), np.asarray(r)
   lengths = [diversity.char_length(t) for t in chosen_t + rejected_t]
 

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from rlaif_jax import storage
 from rlaif_jax.data import formatting
 from rlaif_jax.models.scalar_head import ScalarHeadModel
 from rlaif_jax.sharding import host, mesh as mesh_lib
@@ -42,9 +43,7 @@ class LengthDebiaser:
                                                            - self.mean_chars)).astype(np.float32)
 
   def save(self, path: str | os.PathLike) -> None:
-    tmp = pathlib.Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(self)))
-    os.replace(tmp, path)
+    storage.write_text(str(path), json.dumps(dataclasses.asdict(self)))
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "LengthDebiaser":

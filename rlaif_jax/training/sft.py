@@ -197,7 +197,7 @@ def prepare_tokenizer(config: Any, workdir: pathlib.Path, data_dir: pathlib.Path
     tmp = target.parent / f".tmp-{os.getpid()}-{jax.process_index()}"
     try:
       model_file = tok_train.train_sentencepiece(
-          tok_train.greeting_corpus(data_dir), tmp / "tokenizer",
+          greetings.greeting_corpus(data_dir), tmp / "tokenizer",
           vocab_size=config.tokenizer.vocab_size, model_type=config.tokenizer.model_type)
       os.replace(model_file.with_suffix(".vocab"), target.with_suffix(".vocab"))
       os.replace(model_file, target)

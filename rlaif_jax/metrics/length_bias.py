@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rlaif_jax.evaluation import diversity, stats
+from rlaif_jax.metrics import diversity, stats
 
 
 def length_bias_report(
