@@ -128,8 +128,9 @@ def record(state: SamplerState, logits: jax.Array) -> SamplerState:
     top_ids = put(top_ids, jnp.where(running[:, None], ids, 0))
     top_lps = put(top_lps, jnp.where(running[:, None], values, 0.0))
   lengths = state.lengths + running.astype(jnp.int32)
-  hit_stop = running & (jnp.any(tok[:, None] == state.stop_ids[None, :], axis=-1)
-                        | jnp.any(tok[:, None] == state.params.stop_token_ids, axis=-1))
+  hit_stop = running & jnp.any(tok[:, None] == state.stop_ids[None, :], axis=-1)
+  if state.params.stop_token_ids is not None:
+    hit_stop |= running & jnp.any(tok[:, None] == state.params.stop_token_ids, axis=-1)
   done = done | hit_stop | (lengths >= state.params.max_tokens)
   return state.replace(tokens=put(state.tokens, tok), logprobs=put(state.logprobs, lp),
                        processed_logprobs=put(state.processed_logprobs, plp), next_token=tok,

@@ -111,16 +111,17 @@ class SamplingArrays:
   """Device form of per-row SamplingParams: temperature f32[B], top_k i32[B], top_p f32[B],
   max_tokens i32[B] (each row stops with finish_reason "length" after max_tokens new tokens),
   repetition_penalty / presence_penalty / frequency_penalty / min_p f32[B], stop_token_ids
-  i32[B, S] (row's own stop ids, -1 = unused slot; S a multiple of 8)."""
+  i32[B, S] (row's own stop ids, -1 = unused slot; S a multiple of 8). The last five may be
+  None (built by hand: no penalties, min-p or own stop ids); `from_params` sets them all."""
   temperature: jax.Array
   top_k: jax.Array
   top_p: jax.Array
   max_tokens: jax.Array
-  repetition_penalty: jax.Array
-  presence_penalty: jax.Array
-  frequency_penalty: jax.Array
-  min_p: jax.Array
-  stop_token_ids: jax.Array
+  repetition_penalty: jax.Array | None = None
+  presence_penalty: jax.Array | None = None
+  frequency_penalty: jax.Array | None = None
+  min_p: jax.Array | None = None
+  stop_token_ids: jax.Array | None = None
 
   @classmethod
   def from_params(cls, params: Sequence[SamplingParams], max_new_tokens: int) -> "SamplingArrays":
