@@ -278,3 +278,29 @@ def test_generation_config_defaults_apply(hf_dir, sampler, tmp_path):
     assert ask() != ask(temperature=0, extra_body={"repetition_penalty": 1.0})
   finally:
     server.close()
+
+
+def test_judge_verdicts_follow_the_schema_with_structured_output(sampler, monkeypatch):
+  from rlaif_jax.judging import parsing
+  from rlaif_jax.judging.backends import OpenAIChatBackend, SamplingParams
+  from rlaif_jax.judging.judge import PrincipleJudge
+  # A random model writes strings up to their cap: a short cap keeps this test fast.
+  short = json.loads(json.dumps(parsing.DETECTOR_SCHEMA))
+  short["properties"]["evaluation_explanation"]["maxLength"] = 16
+  monkeypatch.setattr(parsing, "DETECTOR_SCHEMA", short)
+  server = Server(make_app(sampler, ServerConfig(max_prompt_tokens=8192, batch_window_s=0.05)))
+  try:
+    plain = OpenAIChatBackend(f"{server.base}/v1", "tiny", api_key_env="")
+    backend = OpenAIChatBackend(f"{server.base}/v1", "tiny", api_key_env="",
+                                structured_output=True)
+    assert plain.with_response_schema("x", parsing.DETECTOR_SCHEMA) is plain
+    judge = PrincipleJudge(backend, "v0", max_attempts=1,
+                           sampling=SamplingParams(temperature=0.0, max_tokens=200))
+    queries, responses = ["给妈妈写一句新年祝福"] * 3, ["妈妈新年快乐！", "好", "祝您健康"]
+    verdicts = judge.judge_sync(queries, responses)
+    assert all(v.error is None and v.verdict in (0, 1) for v in verdicts), verdicts
+    unconstrained = PrincipleJudge(plain, "v0", max_attempts=1,
+                                   sampling=SamplingParams(temperature=0.0, max_tokens=8))
+    assert unconstrained.fingerprint != judge.fingerprint
+  finally:
+    server.close()
