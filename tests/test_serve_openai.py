@@ -304,3 +304,47 @@ def test_judge_verdicts_follow_the_schema_with_structured_output(sampler, monkey
     assert unconstrained.fingerprint != judge.fingerprint
   finally:
     server.close()
+
+
+def test_sigterm_finishes_requests_in_flight(hf_dir):
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+  from tests.test_server import ROOT
+  port = free_port()
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen([sys.executable, "-m", "launch.serve", f"--hf_dir={hf_dir}",
+                           f"--port={port}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  base = f"http://127.0.0.1:{port}"
+  try:
+    deadline = time.time() + 90
+    while True:
+      assert proc.poll() is None and time.time() < deadline
+      try:
+        urllib.request.urlopen(f"{base}/health", timeout=2).read()
+        break
+      except OSError:
+        time.sleep(0.3)
+    result = {}
+
+    def ask():
+      client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0,
+                             timeout=120)
+      result["answer"] = client.completions.create(model="x", prompt="hello", max_tokens=64)
+    thread = threading.Thread(target=ask)
+    thread.start()
+    while json.loads(urllib.request.urlopen(f"{base}/health", timeout=5).read())["busy"] is False:
+      assert time.time() < deadline
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    thread.join(120)
+    assert result["answer"].choices[0].finish_reason in ("stop", "length")
+    assert proc.wait(60) == 0
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    proc.wait(30)
+    proc.stdout.close()
