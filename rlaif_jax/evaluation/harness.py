@@ -52,7 +52,8 @@ from matplotlib.figure import Figure
 
 from rlaif_jax import storage
 from rlaif_jax.data import formatting, greetings
-from rlaif_jax.evaluation import agreement, diversity, plots, report, stats
+from rlaif_jax.data import controls as controls_lib
+from rlaif_jax.evaluation import agreement, control_eval, diversity, plots, report, stats
 from rlaif_jax.evaluation.judges import EvalJudge
 from rlaif_jax.judging.judge_report import json_safe
 
@@ -64,6 +65,7 @@ DIVERSITY_COLUMNS = ("checkpoint", "n", "distinct_1", "distinct_2", "self_bleu",
                      "max_chars", "eos_rate")
 RELIABILITY_COLUMNS = ("judge", "kind", "n", "n_invalid", "accuracy", "precision", "recall",
                        "f1", "cohen_kappa", "positive_rate_pred", "threshold", "notes")
+CONTROL_COLUMNS = ("judge", "control", "rate", "ci_low", "ci_high", "n", "n_invalid")
 RELIABILITY_FOLDS = 5  # cross-fitting folds of a fitted threshold in the reliability table
 CROSSFIT_DIR = "crossfit"  # reliability/crossfit/<judge>.jsonl: the out-of-fold verdicts
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -601,4 +603,23 @@ def judge_reliability(judges: Sequence[EvalJudge], labelled: Sequence[greetings.
                       fold_seed, out)
   rows.append({**row, "n_invalid": 0})
   report.write_table(rows, RELIABILITY_COLUMNS, out / "reliability.md", out / "reliability.csv")
+  return rows
+
+
+def evaluate_controls(judges: Sequence[EvalJudge], queries: Sequence[str],
+                      output_dir: str | os.PathLike, data_dir: str | os.PathLike,
+                      seed: int = 0) -> list[dict[str, Any]]:
+  """Each judge's excellence rate on the control sets every judge must fail
+  (`data.controls.make_controls` over `queries` and the SFT corpus of good greetings): rows
+  (judge, control, rate with 95% Wilson CI, n, n_invalid), written to controls.{md,csv} and
+  controls/<kind>.jsonl (the control items)."""
+  if not queries:
+    raise ValueError("evaluate_controls: no queries to build the control sets from")
+  out = pathlib.Path(output_dir)
+  sets = controls_lib.make_controls(queries, greetings.load_sft(data_dir), seed=seed)
+  for kind, items in sets.items():
+    storage.write_text(str(out / "controls" / f"{kind}.jsonl"), "".join(
+        storage.dumps_line(dataclasses.asdict(it)).decode("utf-8") for it in items))
+  rows = control_eval.control_rows(judges, sets)
+  report.write_table(rows, CONTROL_COLUMNS, out / "controls.md", out / "controls.csv")
   return rows
