@@ -326,3 +326,37 @@ def test_an_old_rm_report_is_completed_from_its_scores_and_test_file(tmp_path):
   assert reward_model.complete_pair_report(got) is got  # current: left alone
   gone = {**old, "test_file": str(tmp_path / "gone")}
   assert reward_model.complete_pair_report(gone) == gone
+
+
+# ---- path B end to end (micro sizes, the local stand-in judge) --------------------------------
+
+
+def micro_pipeline_config(path: str = "B"):
+  """The tiny pipeline config shrunk to seconds per stage (tests/multihost_configs.py sizes)."""
+  import multihost_configs  # tests/ is on sys.path under pytest (rootdir conftest)
+  config = tiny_cpu.get_config()
+  config.sft, config.rm = multihost_configs.get_config("sft"), multihost_configs.get_config("rm")
+  config.rl = multihost_configs.get_config("grpo")
+  config.reward_path, config.rl_b.total_steps = path, 2
+  config.principles.update(max_examples=12, holdout_size=4, adversarial_batch=1,
+                           reflect_batch=2, max_attempts=1, max_tokens=16)
+  config.judge.update(max_tokens=16, max_attempts=1)
+  config.eval.update(max_prompts=4, max_new_tokens=8, max_labelled=12, batch_size=4,
+                     llm_signals=False)
+  return config
+
+
+def test_path_b_runs_end_to_end_with_the_local_stand_in_judge(tmp_path, data_dir):
+  work = tmp_path / "w"
+  text = pipeline.run_pipeline(micro_pipeline_config("B"), work, data_dir)
+  assert (work / "principles" / "final_principles.json").is_file()
+  assert (work / "principles" / "usage.json").is_file()
+  assert (work / "grpo_b" / "export" / "config.json").is_file()
+  assert not (work / "grpo").exists()  # path A was not asked for
+  # A tiny random judge's verdicts mostly do not parse: those rows are masked, and said so.
+  assert "**The LLM judge here is a stand-in**" in text
+  assert "of the rewards were invalid" in text
+  assert "| B (principle judge) | 12 labelled examples (principle_examples split) |" in text
+  assert "| SFT+GRPO(B) |" in text and "## Judges on the controls" in text
+  record = json.loads((work / "grpo_b" / pipeline.STAGE_CONFIG_FILE).read_text())
+  assert record["reward_path"] == "B" and record["judge_checkpoint"] == "sft"
