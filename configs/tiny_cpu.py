@@ -1,13 +1,18 @@
-r"""The main job on the tiny CPU default: tokenizer -> SFT -> reward model -> GRPO -> evaluation.
+r"""The main job on the tiny CPU default, the paper's experiment at toy size: tokenizer -> SFT ->
+reward model -> GRPO with the RM reward (path A); adversarial principle optimisation -> GRPO with
+the optimised principle judge's verdict as the reward (path B); evaluation of initial / SFT /
+SFT+GRPO(A) / SFT+GRPO(B) under Signal-1 (the multi-agent curator), Signal-2 (the optimised
+principle judge), the reward model and the length baseline, plus controls and efficiency.
 
   python -m launch.pipeline --config=configs/tiny_cpu.py --workdir=runs/tiny --data_dir=$RLAIF_DATA_DIR
 
 Sub-configs are the stage configs (configs/sft_tiny_cpu.py, rm_tiny_cpu.py, grpo_tiny_cpu.py),
 overridable as `--config.sft.loop.total_steps=100`, `--config.rl.rl.total_steps=20`, ...
-Path B (LLM-judge reward instead of the reward model): `--config.reward_path=B
---config.judge.base_url=http://127.0.0.1:8000/v1 --config.judge.model=NAME` (any
-OpenAI-compatible server, e.g. vLLM or `python -m launch.serve`); the judge then also scores the
-evaluation beside the reward model and the length baseline.
+`--config.reward_path=A|B|AB` (default AB: both paths). The LLM judge (path B's reward,
+Signal-1, Signal-2): `--config.judge.base_url=http://127.0.0.1:8000/v1 --config.judge.model=NAME`
+(any OpenAI-compatible server: vLLM, SGLang, OpenAI, `python -m launch.serve`); without them the
+pipeline serves its own SFT checkpoint as a stand-in judge (results.md says its figures mean
+nothing about judge quality). `--config.eval.llm_signals=false` leaves Signal-1/2 out.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -20,11 +25,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.sft = sft_tiny_cpu.get_config()
   config.rm = rm_tiny_cpu.get_config()
   config.rl = grpo_tiny_cpu.get_config()
-  config.reward_path = "A"  # "A": reward model; "B": LLM judge (needs config.judge)
+  config.reward_path = "AB"  # "A": reward model; "B": principle judge; "AB": both (the paper)
+  # The LLM judge. constrained_json: send the verdict's JSON schema as `response_format`
+  # (honoured by servers with structured output; ignored by one without, e.g. ours today).
   config.judge = ml_collections.ConfigDict(dict(
       base_url=config_dict.placeholder(str), model=config_dict.placeholder(str),
-      api_key_env="OPENAI_API_KEY", principles="v0", concurrency=16))
+      api_key_env="OPENAI_API_KEY", principles="v0", concurrency=32, max_tokens=64,
+      max_attempts=2, temperature=0.0, constrained_json=True, max_batch_rows=64))
+  # Path B's offline stage: the adversarial game on the principle_examples split.
+  config.principles = ml_collections.ConfigDict(dict(
+      iterations=1, max_examples=48, holdout_size=16, adversarial_batch=2, reflect_batch=4,
+      max_attempts=2, max_tokens=64, split_seed=0, seed=0))
+  # Path B's GRPO: config.rl with these config.rl.rl overrides (judge calls cost more than the
+  # reward model's, so fewer steps at this size).
+  config.rl_b = ml_collections.ConfigDict(dict(total_steps=12))
   config.eval = ml_collections.ConfigDict(dict(
       prompt_set="grpo_test", max_prompts=64, max_new_tokens=64, temperature=0.7, top_p=0.95,
-      seed=0, batch_size=64, max_labelled=400))
+      seed=0, batch_size=64, max_labelled=200, split_seed=0, controls=True, llm_signals=True,
+      curator_examples=2))
   return config

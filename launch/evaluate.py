@@ -24,6 +24,11 @@ command resumes: finished generations and judgements are kept.
                   cross-fitted there: each item's verdict comes from the threshold refitted on
                   the other --reliability_folds folds (out-of-fold figures; the table's notes
                   column says so). The excellence rates use the threshold fitted on all of them.
+  --controls      (default on; --nocontrols to skip) every judge's excellence rate on the
+                  control sets that every judge must fail (rlaif_jax/data/controls.py:
+                  random_chars, repeated_phrase, other_occasion, cut_mid_sentence), one control
+                  response per evaluation prompt, built from the SFT corpus; controls.{md,csv}.
+                  Lower is better, 0 is right.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ from absl import app, flags, logging
 from launch import common
 from rlaif_jax.data import formatting, greetings, paths
 from rlaif_jax import storage
-from rlaif_jax.evaluation import harness, judges as judges_lib, report
+from rlaif_jax.evaluation import control_eval, harness, judges as judges_lib, report
 from rlaif_jax.judging.splits import make_splits
 
 _CHECKPOINTS = flags.DEFINE_list("checkpoints", [], "NAME=PATH or PATH items (see docstring).")
@@ -79,6 +84,8 @@ _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
                            "Model dtype (auto: bfloat16 on accelerators, float32 on CPU).")
 _MESH = flags.DEFINE_list("mesh", ["1", "-1", "1"], "Mesh shape data,fsdp,tensor (-1 = rest).")
 _RELIABILITY = flags.DEFINE_bool("reliability", False, "Also write the judge reliability table.")
+_CONTROLS = flags.DEFINE_bool("controls", True, "Also score every judge on the control sets "
+                              "(controls.{md,csv}); --nocontrols to skip.")
 
 
 def _sampling_defaults(checkpoints: dict[str, str]) -> dict[str, Any]:
@@ -117,8 +124,8 @@ def _generation_config(checkpoints: dict[str, str]) -> harness.GenerationConfig:
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _CHECKPOINTS.value and not _RELIABILITY.value:
-    raise app.UsageError("nothing to do: pass --checkpoints and/or --reliability")
+  if not (_CHECKPOINTS.value or _RELIABILITY.value or _CONTROLS.value):
+    raise app.UsageError("nothing to do: pass --checkpoints, --reliability and/or --controls")
   for flag, low in ((_MAX_PROMPTS, 0), (_MAX_LABELLED, 0), (_JUDGE_CHUNK, 1),
                     (_RELIABILITY_FOLDS, 2)):
     if flag.value < low:
@@ -160,12 +167,20 @@ def main(argv: list[str]) -> int:
 def _run(judges: list[judges_lib.EvalJudge], labelled: list[greetings.LabeledResponse],
          checkpoints: dict[str, str], data_dir: pathlib.Path,
          generation: harness.GenerationConfig, mesh: Any) -> None:
-  """Writes the reliability table (--reliability) and the checkpoint evaluation."""
+  """Writes the reliability table (--reliability), the control table (--controls) and the
+  checkpoint evaluation."""
   if _RELIABILITY.value:
     rows = harness.judge_reliability(judges, labelled, _OUTPUT_DIR.value, _JUDGE_CHUNK.value,
                                      folds=_RELIABILITY_FOLDS.value)
     print("Judge reliability vs human labels\n" + report.markdown_table(
         rows, harness.RELIABILITY_COLUMNS))
+  if _CONTROLS.value:
+    queries = harness.select_queries(data_dir, _PROMPT_SET.value, _MAX_PROMPTS.value or None,
+                                     generation.seed)
+    rows = harness.evaluate_controls(judges, queries, _OUTPUT_DIR.value, data_dir,
+                                     seed=generation.seed)
+    print("Excellence on the control sets (every judge must fail them: lower is better)\n"
+          + control_eval.format_control_table(rows))
   if checkpoints:
     result = harness.evaluate_checkpoints(
         checkpoints, judges, _OUTPUT_DIR.value, data_dir=data_dir, prompt_set=_PROMPT_SET.value,

@@ -568,3 +568,18 @@ def test_launch_evaluate_end_to_end(hf_dirs, tmp_path):
   assert bad.returncode != 0 and "judge entry 2" in bad.stderr
   bad = run_evaluate("--judges=length", f"--output_dir={out}", f"--data_dir={data}")
   assert bad.returncode != 0 and "nothing to do" in bad.stderr
+
+
+def test_evaluate_controls_writes_each_judges_rate_on_each_control(data_dir, tmp_path):
+  from rlaif_jax.data import controls as controls_lib
+  queries = harness.select_queries(data_dir, "grpo_test", 8, 0)
+  judge = judges_lib.make_judges("length?threshold=30")[0]
+  rows = harness.evaluate_controls([judge], queries, tmp_path, data_dir, seed=0)
+  assert [r["control"] for r in rows] == list(controls_lib.CONTROL_KINDS)
+  sets = controls_lib.make_controls(queries, greetings.load_sft(data_dir), seed=0)
+  for row in rows:  # the length rule by hand: len(response) >= 30
+    want = np.mean([len(it.response) >= 30 for it in sets[row["control"]]])
+    assert (row["judge"], row["n"], row["n_invalid"]) == ("length", 8, 0)
+    assert row["rate"] == pytest.approx(want)
+  assert read_csv(tmp_path / "controls.csv")[0]["control"] == "random_chars"
+  assert len(read_jsonl(tmp_path / "controls" / "other_occasion.jsonl")) == 8

@@ -21,10 +21,12 @@ RM_REPORT = {"pair_accuracy": 0.6, "accuracy_chosen_not_longer": 0.5, "n_chosen_
 
 def finished_workdir(root: pathlib.Path, config) -> pathlib.Path:
   """A work directory whose stages all look finished under `config` (done-markers + records)."""
-  for folder in ("sft", "initial", "grpo"):
+  for folder in ("sft", "initial", "grpo", "grpo_b"):
     export = root / folder / "export"
     export.mkdir(parents=True)
     (export / "config.json").write_text("{}")
+  (root / "principles").mkdir()
+  (root / "principles" / "final_principles.json").write_text("{}")
   (root / "rm").mkdir()
   (root / "rm" / "rm_report.json").write_text(json.dumps(RM_REPORT))
   for folder, record in pipeline.stage_records(config).items():
@@ -35,21 +37,24 @@ def finished_workdir(root: pathlib.Path, config) -> pathlib.Path:
 # ---- validation -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["C", "a", "", None])
+@pytest.mark.parametrize("path", ["C", "a", "", None, "BA"])
 def test_an_unknown_reward_path_is_refused_before_anything_runs(path, tmp_path):
   config = tiny_cpu.get_config()
   config.reward_path = path
-  with pytest.raises(pipeline.StageConfigError, match="reward_path must be \"A\".* or \"B\""):
+  with pytest.raises(pipeline.StageConfigError, match="reward_path must be \"A\".*\"B\".*\"AB\""):
     pipeline.run_pipeline(config, tmp_path / "w", tmp_path / "data")
   assert not (tmp_path / "w").exists()  # nothing was started
 
 
-def test_path_b_needs_the_judge_server_flags(tmp_path):
+def test_a_judge_endpoint_is_given_whole_or_not_at_all(tmp_path):
   config = tiny_cpu.get_config()
+  assert config.reward_path == "AB"
+  pipeline.validate_config(config)  # no endpoint: the pipeline serves a stand-in judge
   config.reward_path = "B"
-  with pytest.raises(pipeline.StageConfigError,
-                     match="--config.judge.base_url and --config.judge.model"):
+  config.judge.model = "judge"
+  with pytest.raises(pipeline.StageConfigError, match="set --config.judge.base_url,"):
     pipeline.run_pipeline(config, tmp_path / "w", tmp_path / "data")
+  config.judge.model = None
   config.judge.base_url = "http://127.0.0.1:8000/v1"
   with pytest.raises(pipeline.StageConfigError, match="set --config.judge.model,"):
     pipeline.validate_config(config)
@@ -73,7 +78,9 @@ def test_a_finished_stage_under_another_config_is_refused(tmp_path):
     pipeline.run_pipeline(config, work, tmp_path / "data")  # refused before anything runs
   message = str(e.value)
   assert f"grpo ({work / 'grpo'}):\n    rl.rl.total_steps: 60 -> 120" in message
-  assert f"delete {work / 'grpo'} to redo that stage" in message and "new --workdir" in message
+  # config.rl is both paths' GRPO config
+  assert f"delete {work / 'grpo'} {work / 'grpo_b'} to redo those stages" in message
+  assert "new --workdir" in message
   assert "sft (" not in message and "rm (" not in message
   # An SFT change makes the stages built on it count as changed too; the initial export only
   # depends on the model, tokenizer and seed.
@@ -83,8 +90,9 @@ def test_a_finished_stage_under_another_config_is_refused(tmp_path):
     pipeline.check_stage_configs(work, pipeline.stage_records(config))
   message = str(e.value)
   assert "sft.optim.lr: 0.002 -> 0.01" in message
-  assert [f for f in pipeline.STAGE_FOLDERS if f"  {f} (" in message] == ["sft", "rm", "grpo"]
-  assert f"delete {work / 'sft'} {work / 'rm'} {work / 'grpo'} to redo those stages" in message
+  assert [f for f in pipeline.STAGE_FOLDERS if f"  {f} (" in message] == [
+      "sft", "rm", "grpo", "principles", "grpo_b"]  # the stand-in judge is the SFT checkpoint
+  assert f"delete {work / 'sft'} {work / 'rm'} {work / 'grpo'} " in message
 
 
 def test_runtime_and_evaluation_settings_may_change(tmp_path):
@@ -94,6 +102,8 @@ def test_runtime_and_evaluation_settings_may_change(tmp_path):
   config.sft.loop.progress_bar = False
   config.rl.reward.rm.on_host = True
   config.eval.max_prompts, config.eval.max_new_tokens, config.eval.prompt_set = 8, 8, "both"
+  config.principles.iterations = 2  # path A only: the principle stages are not checked
+  config.reward_path = "A"
   config.judge.base_url, config.judge.model = "http://127.0.0.1:1/v1", "m"  # path A: eval only
   pipeline.check_stage_configs(work, pipeline.stage_records(config))
 
@@ -106,10 +116,16 @@ def test_path_b_records_the_judge_and_not_the_reward_model(tmp_path):
   with pytest.raises(pipeline.StageConfigError) as e:
     pipeline.check_stage_configs(work, pipeline.stage_records(config))
   assert "  rm (" in str(e.value) and "  grpo (" not in str(e.value)
+  assert "  grpo_b (" not in str(e.value) and "  principles (" not in str(e.value)
   config.rm.loss.margin = 0.0
   config.judge.model = "other"
   with pytest.raises(pipeline.StageConfigError, match=r"judge.model: \"m\" -> \"other\""):
     pipeline.check_stage_configs(work, pipeline.stage_records(config))
+  config.judge.model = "m"
+  config.rl_b.total_steps = 3  # path B's GRPO alone
+  with pytest.raises(pipeline.StageConfigError) as e:
+    pipeline.check_stage_configs(work, pipeline.stage_records(config))
+  assert "  grpo_b (" in str(e.value) and "  principles (" not in str(e.value)
 
 
 def test_a_finished_stage_without_a_record_adopts_the_current_config(tmp_path, capsys):
@@ -181,7 +197,7 @@ def test_results_heading_names_the_configured_prompt_set(tmp_path):
   assert "## Policies (evaluation prompts: eval_queries (the evaluation set's queries), 12 " \
          "prompts)" in text
   assert "grpo_data/test.parquet" not in text
-  assert "| sft | 0.500 [0.200, 0.800] |" in text
+  assert "| SFT | 0.500 [0.200, 0.800] |" in text
 
 
 def test_results_show_novelty_empty_rate_and_how_reliability_was_computed(tmp_path):
@@ -193,9 +209,9 @@ def test_results_show_novelty_empty_rate_and_how_reliability_was_computed(tmp_pa
   reliability = [{"judge": "rm", "folds": 5}, {"judge": "llm_m", "folds": None},
                  {"judge": "length_baseline", "folds": 5}]
   text = pipeline.results_markdown(tmp_path, rows, reliability, {}, [])
-  assert "| checkpoint | excellent (rm) | distinct-2 | self-BLEU | novelty-4 | empty | mean " \
-         "chars |" in text
-  assert "| sft | 0.500 [0.200, 0.800] | 0.500 | 0.100 | 0.250 | 0.125 | 20.0 |" in text
+  assert "| checkpoint | excellent (reward model) | distinct-2 | self-BLEU | novelty-4 | empty " \
+         "| mean chars |" in text
+  assert "| SFT | 0.500 [0.200, 0.800] | 0.500 | 0.100 | 0.250 | 0.125 | 20.0 |" in text
   assert "Rows `rm`, `length_baseline`: threshold cross-fitted, 5 folds" in text
   assert "0 by construction" not in text
 
@@ -310,3 +326,37 @@ def test_an_old_rm_report_is_completed_from_its_scores_and_test_file(tmp_path):
   assert reward_model.complete_pair_report(got) is got  # current: left alone
   gone = {**old, "test_file": str(tmp_path / "gone")}
   assert reward_model.complete_pair_report(gone) == gone
+
+
+# ---- path B end to end (micro sizes, the local stand-in judge) --------------------------------
+
+
+def micro_pipeline_config(path: str = "B"):
+  """The tiny pipeline config shrunk to seconds per stage (tests/multihost_configs.py sizes)."""
+  import multihost_configs  # tests/ is on sys.path under pytest (rootdir conftest)
+  config = tiny_cpu.get_config()
+  config.sft, config.rm = multihost_configs.get_config("sft"), multihost_configs.get_config("rm")
+  config.rl = multihost_configs.get_config("grpo")
+  config.reward_path, config.rl_b.total_steps = path, 2
+  config.principles.update(max_examples=12, holdout_size=4, adversarial_batch=1,
+                           reflect_batch=2, max_attempts=1, max_tokens=16)
+  config.judge.update(max_tokens=16, max_attempts=1)
+  config.eval.update(max_prompts=4, max_new_tokens=8, max_labelled=12, batch_size=4,
+                     llm_signals=False)
+  return config
+
+
+def test_path_b_runs_end_to_end_with_the_local_stand_in_judge(tmp_path, data_dir):
+  work = tmp_path / "w"
+  text = pipeline.run_pipeline(micro_pipeline_config("B"), work, data_dir)
+  assert (work / "principles" / "final_principles.json").is_file()
+  assert (work / "principles" / "usage.json").is_file()
+  assert (work / "grpo_b" / "export" / "config.json").is_file()
+  assert not (work / "grpo").exists()  # path A was not asked for
+  # A tiny random judge's verdicts mostly do not parse: those rows are masked, and said so.
+  assert "**The LLM judge here is a stand-in**" in text
+  assert "of the rewards were invalid" in text
+  assert "| B (principle judge) | 12 labelled examples (principle_examples split) |" in text
+  assert "| SFT+GRPO(B) |" in text and "## Judges on the controls" in text
+  record = json.loads((work / "grpo_b" / pipeline.STAGE_CONFIG_FILE).read_text())
+  assert record["reward_path"] == "B" and record["judge_checkpoint"] == "sft"

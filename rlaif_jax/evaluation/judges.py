@@ -342,7 +342,7 @@ _BACKEND_OPTIONS = {"max_attempts": int, "temperature": float, "max_tokens": int
                     "concurrency": int, "timeout_s": float, "api_key_env": str}
 OPTIONS: dict[str, dict[str, Callable[[str], Any]]] = {
     "rm": {"threshold": float, "debias": _bool, "batch_size": int},
-    "llm": {"principles": str, "template": str, **_BACKEND_OPTIONS},
+    "llm": {"principles": str, "template": str, "constrained_json": _bool, **_BACKEND_OPTIONS},
     "curator": {"num_examples": int, "retriever": str, "retrieval_model": str,
                 **_BACKEND_OPTIONS},
     "length": {"threshold": int},
@@ -437,10 +437,24 @@ def parse_judge_specs(spec: str) -> list[JudgeSpec]:
 # Construction.
 
 
+# The detector template's reply as a JSON schema: `constrained_json=true` sends it as the
+# request's `response_format`, so a server with structured output always returns a parsable
+# verdict (a server that ignores the field answers unconstrained).
+VERDICT_SCHEMA = {
+    "type": "object",
+    "properties": {"verdict": {"type": "string", "enum": ["Good", "Bad"]},
+                   "evaluation_explanation": {"type": "string"}},
+    "required": ["verdict", "evaluation_explanation"]}
+VERDICT_RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {
+    "name": "verdict", "schema": VERDICT_SCHEMA, "strict": True}}
+
+
 def _backend(spec: JudgeSpec) -> backends.LLMBackend:
   backend, url, model = parse_endpoint(spec.target, spec.where)
   keys = ("concurrency", "timeout_s", "api_key_env")
-  return backends.make_backend(backend, base_url=url, model=model,
+  extra = ({"extra_body": {"response_format": VERDICT_RESPONSE_FORMAT}}
+           if spec.options.get("constrained_json") else {})
+  return backends.make_backend(backend, base_url=url, model=model, **extra,
                                **{k: spec.options[k] for k in keys if k in spec.options})
 
 

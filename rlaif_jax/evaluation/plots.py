@@ -7,6 +7,7 @@ rendering leaves the previous PNG whole.
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -190,3 +191,16 @@ def plot_bars(
   ax.legend(title=series_key)
   fig.tight_layout()
   return report.save_figure(fig, out_path, dpi=100)
+
+
+def plot_length_histogram(lengths: Sequence[int], title: str, path: str | os.PathLike) -> str:
+  """Histogram PNG of response lengths (characters)."""
+  fig, ax = _new_axes(title, "response length (non-whitespace characters)", "responses")
+  values = np.asarray(lengths, dtype=np.int64)
+  bins = int(min(30, max(1, np.unique(values).size)))
+  ax.hist(values, bins=bins, color="tab:blue", alpha=0.8)
+  if values.size:
+    ax.axvline(values.mean(), color="tab:red", linestyle="--", label=f"mean {values.mean():.1f}")
+    ax.legend()
+  fig.tight_layout()
+  return report.save_figure(fig, path, dpi=100)

@@ -1,0 +1,64 @@
+"""The pipeline's evaluation stage: every checkpoint generates on the evaluation prompts and
+is judged by Signal-1 (the multi-agent curator), Signal-2 (the principle judge: the optimised
+principles when path B ran), the reward model and the length baseline; then each judge's
+agreement with humans on the `reliability_examples` split (thresholds calibrated there,
+cross-fitted) and its excellence on the control sets. Every judge is called through
+`judges.make_judges` / `EvalJudge.judge`.
+
+Multi-host: generation runs through the sharded sampler on every process; files are written
+by process 0 (`harness`), and stale/resume decisions are process 0's.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from rlaif_jax.evaluation import harness, judges as judges_lib
+from rlaif_jax.judging.splits import make_splits
+from rlaif_jax.pipeline.local_judge import JudgeEndpoint
+from rlaif_jax.pipeline.stages import eval_generation_config
+from rlaif_jax.sharding import host
+
+SIGNAL_NAMES = {"signal1": "Signal-1 (curator)", "signal2": "Signal-2 (principle judge)",
+                "rm": "reward model", "length": "length baseline"}
+
+
+def judge_spec(config: Any, rm_dir: pathlib.Path, endpoint: JudgeEndpoint | None,
+               principles: str | None) -> str:
+  """The judges of the evaluation as a `make_judges` spec: Signal-1 and Signal-2 through the
+  judge endpoint (when there is one), the reward model and the length baseline."""
+  parts = []
+  if endpoint is not None:
+    j, target = config.judge, f"openai@{endpoint.base_url}#{endpoint.model}"
+    backend = (f"max_tokens={j.max_tokens}&max_attempts={j.max_attempts}"
+               f"&api_key_env={endpoint.api_key_env}&concurrency={j.concurrency}")
+    parts.append(f"signal1=curator:{target}?num_examples={config.eval.curator_examples}&{backend}")
+    constrained = "&constrained_json=true" if j.get("constrained_json") else ""
+    parts.append(f"signal2=llm:{target}?principles={principles or j.principles}&{backend}"
+                 f"{constrained}")
+  return ",".join(parts + [f"rm=rm:{rm_dir}", "length"])
+
+
+def run_evaluation(config: Any, workdir: pathlib.Path, data_dir: pathlib.Path,
+                   checkpoints: dict[str, str], endpoint: JudgeEndpoint | None,
+                   principles: str | None) -> dict[str, Any]:
+  """Writes WORKDIR/eval/ (layout: `evaluation/harness.py`) and returns {"rows" (excellence,
+  diversity), "reliability", "controls", "judges" (name -> signature)}."""
+  e, out = config.eval, workdir / "eval"
+  splits = make_splits(data_dir, e.split_seed,
+                       output_dir=str(out) if host.is_main() else None)
+  labelled = splits.labelled("reliability_examples")[:e.max_labelled or None]
+  spec = judge_spec(config, workdir / "rm", endpoint, principles)
+  print(f"judges {spec}: calibrating on {len(labelled)} labelled responses (the "
+        "reliability_examples split)", flush=True)
+  judges = judges_lib.make_judges(spec, labelled, retrieval_examples=splits.retrieval_corpus)
+  gen = eval_generation_config(config)
+  queries = harness.select_queries(data_dir, e.prompt_set, e.max_prompts, gen.seed)
+  rows = harness.evaluate_checkpoints(checkpoints, judges, out, queries=queries,
+                                      data_dir=data_dir, generation=gen, on_stale="restart")
+  rows["prompt_set"] = e.prompt_set
+  reliability = harness.judge_reliability(judges, labelled, out, on_stale="restart")
+  controls = (harness.evaluate_controls(judges, queries, out, data_dir, seed=gen.seed)
+              if e.controls else [])
+  return {"rows": rows, "reliability": reliability, "controls": controls,
+          "judges": {j.name: j.signature for j in judges}}

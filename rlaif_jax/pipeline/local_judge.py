@@ -1,0 +1,111 @@
+"""The judge endpoint of a pipeline run: the configured OpenAI-compatible server
+(`--config.judge.base_url/model`: vLLM, SGLang, OpenAI, `launch.serve`), or, with none given, a
+stand-in the pipeline serves itself: its SFT checkpoint behind `sampling/server.py` (the code of
+`launch.serve`), in this process on a background thread, bound to 127.0.0.1 on a free port and
+stopped when the `with` block ends (an error included).
+
+The stand-in makes path B run end to end anywhere; it is the policy's own starting point, so
+its verdicts say nothing about judge quality (results.md says so).
+
+Constrained verdicts: with `config.judge.constrained_json` the judge's requests carry
+`response_format` = `evaluation.judges.VERDICT_RESPONSE_FORMAT` (a json_schema of the detector
+template's reply), so a server that supports structured output
+(vLLM, SGLang, OpenAI; `sampling/server.py` once its json_schema decoding lands) always returns
+a parsable verdict. A server that ignores the field (ours today) answers unconstrained, and
+unparsable verdicts are masked (path B's GRPO) or counted invalid (evaluation).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+from typing import Any, Iterator
+
+from rlaif_jax.evaluation import judges
+
+LOCAL_MODEL_NAME = "sft-stand-in-judge"
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeEndpoint:
+  """Where the LLM judge answers; `local` when the pipeline serves the SFT checkpoint."""
+  base_url: str
+  model: str
+  api_key_env: str
+  local: bool
+
+
+def response_format(config: Any) -> dict[str, Any] | None:
+  """The `response_format` request field of judge calls (None when not constrained)."""
+  return judges.VERDICT_RESPONSE_FORMAT if config.judge.get("constrained_json", False) else None
+
+
+class _ServerThread:
+  """An aiohttp app on its own event loop in a daemon thread."""
+
+  def __init__(self, app: Any):
+    from aiohttp import web  # Local: only when serving.
+    self._web, self._app = web, app
+    self._loop = asyncio.new_event_loop()
+    self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                    name="local-judge-server")
+    self._runner = None
+
+  def start(self) -> int:
+    self._thread.start()
+
+    async def up() -> int:
+      self._runner = self._web.AppRunner(self._app, access_log=None)
+      await self._runner.setup()
+      site = self._web.TCPSite(self._runner, "127.0.0.1", 0)
+      await site.start()
+      return int(self._runner.addresses[0][1])
+    return asyncio.run_coroutine_threadsafe(up(), self._loop).result(timeout=120)
+
+  def stop(self) -> None:
+    if self._runner is not None:
+      asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=60)
+    self._loop.call_soon_threadsafe(self._loop.stop)
+    self._thread.join(timeout=60)
+    self._loop.close()
+
+
+@contextlib.contextmanager
+def serve_checkpoint(checkpoint: str, max_batch_rows: int = 64,
+                     max_prompt_tokens: int = 4096) -> Iterator[str]:
+  """Serves the exported checkpoint in WORKDIR `checkpoint` on 127.0.0.1:<free port>; yields
+  the base URL (".../v1"). The model sits on this process's first device only, so a sampler
+  call never waits on other processes."""
+  import jax  # Local: JAX only when serving.
+  from rlaif_jax.sampling.loading import load_policy
+  from rlaif_jax.sampling.sampler import Sampler
+  from rlaif_jax.sampling.server import ServerConfig, make_app
+  from rlaif_jax.sharding import mesh as mesh_lib
+  mesh = mesh_lib.make_mesh((1, 1, 1), devices=jax.local_devices()[:1])
+  policy = load_policy(checkpoint=checkpoint, mesh=mesh)
+  config = ServerConfig(model_name=LOCAL_MODEL_NAME, max_batch_rows=max_batch_rows,
+                        max_prompt_tokens=max_prompt_tokens, batch_window_s=0.02)
+  server = _ServerThread(make_app(Sampler(policy.model, policy.tokenizer, mesh=mesh), config))
+  port = server.start()
+  url = f"http://127.0.0.1:{port}/v1"
+  print(f"local stand-in judge: {checkpoint} served at {url}", flush=True)
+  try:
+    yield url
+  finally:
+    server.stop()
+    print("local stand-in judge stopped", flush=True)
+
+
+@contextlib.contextmanager
+def judge_endpoint(config: Any, sft_dir: str, needed: bool) -> Iterator[JudgeEndpoint | None]:
+  """The configured endpoint, or the SFT checkpoint served for the duration of the block when
+  none is configured; None when no stage needs a judge."""
+  j = config.judge
+  if not needed:
+    yield None
+  elif j.get("base_url") and j.get("model"):
+    yield JudgeEndpoint(j.base_url, j.model, j.api_key_env, local=False)
+  else:
+    with serve_checkpoint(sft_dir, max_batch_rows=j.get("max_batch_rows", 64)) as url:
+      yield JudgeEndpoint(url, LOCAL_MODEL_NAME, j.api_key_env, local=True)
