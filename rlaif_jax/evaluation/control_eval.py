@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rlaif_jax.data.controls import ControlItem
-from rlaif_jax.evaluation import stats
+from rlaif_jax.metrics import stats
 from rlaif_jax.evaluation.judges import EvalJudge
 
 

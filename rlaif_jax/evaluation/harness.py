@@ -43,7 +43,8 @@ from typing import Any, Sequence
 
 from rlaif_jax import storage
 from rlaif_jax.data import controls as controls_lib, greetings
-from rlaif_jax.evaluation import control_eval, diversity, plots, report
+from rlaif_jax.evaluation import control_eval, plots, report
+from rlaif_jax.metrics import diversity
 from rlaif_jax.evaluation.generation import (  # re-exported: the harness's public names
     PROMPT_SETS, GenerationConfig, checkpoint_dir, checkpoint_identity, generate_checkpoint,
     parse_checkpoints, select_queries)

@@ -13,7 +13,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from rlaif_jax import storage
-from rlaif_jax.evaluation import agreement, interrater, report, stats
+from rlaif_jax.evaluation import interrater, report
+from rlaif_jax.metrics import agreement, stats
 from rlaif_jax.evaluation.human_eval import Rubric
 from rlaif_jax.judging.judge_report import dumps_report
 

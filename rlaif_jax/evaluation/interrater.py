@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rlaif_jax.evaluation.agreement import cohen_kappa
+from rlaif_jax.metrics.agreement import cohen_kappa
 
 LEVELS = ("nominal", "ordinal", "interval")
 

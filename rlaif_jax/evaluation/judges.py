@@ -51,7 +51,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from rlaif_jax.data.greetings import LabeledResponse
-from rlaif_jax.evaluation import agreement
+from rlaif_jax.metrics import agreement
 from rlaif_jax.judging import backends
 from rlaif_jax.judging.curator import MultiAgentCurator
 from rlaif_jax.judging.judge import PrincipleJudge

@@ -12,7 +12,8 @@ import tqdm
 
 from rlaif_jax import storage
 from rlaif_jax.data import greetings
-from rlaif_jax.evaluation import agreement, report
+from rlaif_jax.evaluation import report
+from rlaif_jax.metrics import agreement
 from rlaif_jax.evaluation.judges import EvalJudge
 from rlaif_jax.evaluation.stale import StaleOutputError, _check_on_stale, _fresh_if_stale
 from rlaif_jax.evaluation.tables import RELIABILITY_COLUMNS, _check_names

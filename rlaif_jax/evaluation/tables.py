@@ -12,7 +12,7 @@ import numpy as np
 
 from rlaif_jax import storage
 from rlaif_jax.data import greetings
-from rlaif_jax.evaluation import diversity, stats
+from rlaif_jax.metrics import diversity, stats
 from rlaif_jax.judging.judge_report import json_safe
 
 EXCELLENCE_COLUMNS = ("checkpoint", "judge", "rate", "ci_low", "ci_high", "n", "n_invalid",
