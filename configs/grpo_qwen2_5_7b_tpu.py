@@ -14,8 +14,11 @@ Path B: `--config.reward.sources=judge --config.reward.judge.base_url=... --conf
 Memory per step: policy fp32 params + AdamW (~91 GB) and the frozen bf16 reference (15 GB) and
 the reward model (bf16, 15 GB) are sharded over the slice; rollouts are 128 sequences x 768 tokens.
 """
-from configs import grpo_tiny_cpu
+from ml_collections import config_dict
 
+from configs import grpo_tiny_cpu, rm_qwen2_5_7b_tpu, sft_qwen2_5_7b_tpu
+
+TARGET_TOPOLOGY = "v5p-8"
 PROMPTS = 3200
 BATCH = 32
 EPOCHS = 5
@@ -24,8 +27,14 @@ EPOCHS = 5
 def get_config():
   config = grpo_tiny_cpu.get_config()
   config.model.remat = True
-  config.policy.sft_config = "sft_qwen2_5_7b_tpu"
-  config.reward.rm.config = "rm_qwen2_5_7b_tpu"
+  config.model.remat_policy = "full"  # "dots": no recomputed matmuls, more memory (BUILD_NOTES)
+  # The stage configs themselves (not their names), so `--config.policy.sft_config.model.
+  # param_dtype=bfloat16` reaches the SFT run launch.rl trains when none exists (and the AOT
+  # compile); an existing sft_workdir's checkpoint decides the policy's dtype.
+  with config.ignore_type():  # the tiny config names its stage configs by module
+    config.policy.sft_config = sft_qwen2_5_7b_tpu.get_config()
+    config.reward.rm.config = rm_qwen2_5_7b_tpu.get_config()
+  config.target_topology = TARGET_TOPOLOGY
   config.format.max_prompt_len = 256
   config.format.max_response_len = 512
   config.format.min_bucket = 128
@@ -41,4 +50,7 @@ def get_config():
   config.rl.actor.logits_chunk = 128
   config.optim.lr = 3e-7
   config.export.dtype = "bfloat16"
+  # Multi-slice: config.mesh is one slice's mesh; dcn_mesh how slices multiply it (default:
+  # data-parallel across slices), e.g. --config.dcn_mesh="(2, 1, 1)".
+  config.dcn_mesh = config_dict.placeholder(tuple)
   return config

@@ -14,6 +14,7 @@ from ml_collections import config_dict
 
 from configs import common
 
+TARGET_TOPOLOGY = "v5p-8"  # proven by `python -m launch.aot_compile` (BUILD_NOTES)
 TRAIN_PAIRS = 6310
 BATCH_SIZE = 32
 
@@ -21,6 +22,7 @@ BATCH_SIZE = 32
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.target_topology = TARGET_TOPOLOGY
   config.model = common.model_config(preset="qwen2_5_7b", param_dtype="float32",
                                      dtype="bfloat16", remat=True,
                                      scan_layers=True)
@@ -40,4 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.loop = common.loop_config(total_steps=total, log_every=5, eval_every=50,
                                    checkpoint_every=50, keep_checkpoints=2)
   config.mesh = (1, -1, 1)
+  # Multi-slice (slices joined by DCN): config.mesh is one slice's mesh, dcn_mesh how the slices
+  # multiply it, e.g. (2, 1, 1); unset: data-parallel across all slices.
+  config.dcn_mesh = config_dict.placeholder(tuple)
   return config

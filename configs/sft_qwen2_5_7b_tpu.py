@@ -25,6 +25,7 @@ from ml_collections import config_dict
 
 from configs import common
 
+TARGET_TOPOLOGY = "v5p-8"  # proven by `python -m launch.aot_compile` (BUILD_NOTES)
 TRAIN_EXAMPLES = 3800  # 4000 minus the 5% held out
 EPOCHS = 3
 BATCH_SIZE = 32
@@ -33,6 +34,7 @@ BATCH_SIZE = 32
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.target_topology = TARGET_TOPOLOGY
   # hf_checkpoint: a local HF directory of Qwen/Qwen2.5-7B-Instruct (config.json, safetensors,
   # tokenizer files); weights stream straight into their shards.
   config.model = common.model_config(preset="qwen2_5_7b", param_dtype="float32",
@@ -54,6 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.loop = common.loop_config(total_steps=total, log_every=5, eval_every=50,
                                    checkpoint_every=50, keep_checkpoints=2)
   config.mesh = (1, -1, 1)  # (data, fsdp, tensor): FSDP over the whole slice
+  # Multi-slice (slices joined by DCN): config.mesh is one slice's mesh, dcn_mesh how the slices
+  # multiply it, e.g. (2, 1, 1); unset: data-parallel across all slices.
+  config.dcn_mesh = config_dict.placeholder(tuple)
   config.samples = ml_collections.ConfigDict(dict(num_prompts=8, max_new_tokens=256))
   config.export = ml_collections.ConfigDict(dict(dtype="bfloat16"))
   return config

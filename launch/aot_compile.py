@@ -24,9 +24,7 @@ import os
 import pathlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile-only TPU devices need no TPU backend
-# libtpu admits one process per machine (/tmp/libtpu_lockfile); compiling needs no TPU, so
-# several compiles (and a test run beside them) may share it.
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # GPU targets: no driver here
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -34,12 +32,15 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).",
                                           lock_config=False)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "GCP accelerator type (v5p-8, v5litepod-8, "
-                                "v2-8, ...) or libtpu name (v5e:2x4).", required=True)
+                                "v2-8, ...) or libtpu name (v5e:2x4); default: the config's "
+                                "target_topology.")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN.")
 _HBM_GIB = flags.DEFINE_float("hbm_gib", None, "Per-device memory budget in GiB (default: the "
                               "HBM XLA leaves a program on the topology's device).")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write PATH.md and PATH.json (or the one "
                               "file a .md / .json suffix names).")
+_FUNCTIONS = flags.DEFINE_list("functions", None, "Compile only the functions whose name "
+                               "contains one of these strings (e.g. 'actor update').")
 flags.mark_flag_as_required("config")
 
 
@@ -47,11 +48,15 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from rlaif_jax.aot import report as report_lib, topology as topo_lib
+  name = _TOPOLOGY.value or _CONFIG.value.get("target_topology")
+  if not name:
+    raise app.UsageError("--topology is required (the config names no target_topology)")
   try:
-    topology = topo_lib.parse(_TOPOLOGY.value, _NUM_SLICES.value)
+    topology = topo_lib.parse(name, _NUM_SLICES.value)
   except topo_lib.TopologyError as e:
     raise app.UsageError(str(e)) from e
-  report = report_lib.run(_CONFIG.value, topology, _HBM_GIB.value)
+  report = report_lib.run(_CONFIG.value, topology, _HBM_GIB.value,
+                         functions=_FUNCTIONS.value)
   print(report_lib.format_table(report))
   if _OUTPUT.value:
     out = pathlib.Path(_OUTPUT.value)

@@ -100,9 +100,11 @@ def format_markdown(report: Report) -> str:
 
 
 def run(config: Any, topology: topo_lib.Topology, hbm_gib: float | None = None,
-        make_jobs: Callable | None = None, log: Callable[[str], None] = print) -> Report:
+        make_jobs: Callable | None = None, log: Callable[[str], None] = print,
+        functions: list[str] | None = None) -> Report:
   """Compiles every job of `config` for `topology`. hbm_gib: the per-device budget (default:
-  what XLA says it leaves a program on that device, `topology.available_hbm_bytes`)."""
+  what XLA says it leaves a program on that device, `topology.available_hbm_bytes`, or a GPU
+  target's memory); functions: only the jobs whose name contains one of these strings."""
   from rlaif_jax.aot import stages
   from rlaif_jax.sharding import mesh as mesh_lib
   devices = topology.devices()
@@ -115,6 +117,11 @@ def run(config: Any, topology: topo_lib.Topology, hbm_gib: float | None = None,
     hbm, source = topology.hbm_bytes(devices[0])
   mesh_fn = lambda cfg: mesh_lib.mesh_from_config(cfg, devices)
   jobs = (make_jobs or stages.jobs_for)(config, mesh_fn)
+  if functions:
+    names = [j.name for j in jobs]
+    jobs = [j for j in jobs if any(f in j.name for f in functions)]
+    if not jobs:
+      raise ValueError(f"--functions {functions} match none of this config's functions {names}")
   mesh = mesh_fn(stages.first_stage(config))
   report = Report(topology.name, desc["chips"], desc["hosts"], desc["devices"], desc["slices"],
                   hbm, source, dict(mesh.shape), [])

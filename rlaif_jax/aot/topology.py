@@ -1,7 +1,8 @@
 """Accelerator topologies by the names users know, as compile-only devices for AOT compiles.
 
 `parse(name, num_slices)` understands GCP accelerator types (`v2-8`, `v4-8`, `v5p-8`,
-`v5litepod-8`, `v6e-8`, ...) and libtpu's own `v5e:2x4` form, and returns a `Topology` whose
+`v5litepod-8`, `v6e-8`, ...), libtpu's own `v5e:2x4` form and GPUs (`h100-1`, `h100-8`,
+`h200-1`: XLA:GPU target descriptions, `gpu_targets`; needs the CUDA plugin), and returns a `Topology` whose
 `devices()` are libtpu's compile-only TPU devices (`jax.experimental.topologies`): a `Mesh` over
 them lowers and compiles every jitted function for that slice without a TPU.
 
@@ -18,6 +19,8 @@ import re
 from typing import Any
 
 import jax
+
+from rlaif_jax.aot import gpu_targets
 
 _GIB = 2 ** 30
 
@@ -51,13 +54,23 @@ class Topology:
   libtpu_name: str
   kwargs: tuple[tuple[str, Any], ...] = ()
   num_slices: int = 1
+  target_config: str = ""  # GPUs: the XLA:GPU target description (gpu_targets)
 
   def devices(self) -> list[jax.Device]:
     """The compile-only devices of every slice (libtpu, no TPU needed)."""
+    import os
+
     from jax.experimental import topologies
+    # libtpu admits one process per machine (/tmp/libtpu_lockfile); compiling needs no TPU, so
+    # compiles (and tests beside them) may share it.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
-      desc = topologies.get_topology_desc(topology_name=self.libtpu_name, platform=self.platform,
-                                          **dict(self.kwargs))
+      if self.platform == "cuda":
+        desc = topologies.get_topology_desc(self.name, "cuda", target_config=self.target_config,
+                                            topology=self.libtpu_name)
+      else:
+        desc = topologies.get_topology_desc(topology_name=self.libtpu_name,
+                                            platform=self.platform, **dict(self.kwargs))
     except Exception as e:  # libtpu says why (an impossible shape, an unknown generation)
       raise TopologyError(f"topology {self.name!r} ({self.libtpu_name}, {dict(self.kwargs)}): "
                           f"libtpu cannot describe it: {e}") from e
@@ -66,6 +79,8 @@ class Topology:
   def hbm_bytes(self, device: jax.Device) -> tuple[float, str]:
     """(bytes one program may use on `device`, where the figure comes from): XLA's own limit
     (`available_hbm_bytes`), else the generation's nominal HBM per device."""
+    if self.platform == "cuda":
+      return float(gpu_targets.memory_bytes(self.target_config)), "GPU target device memory"
     probed = available_hbm_bytes(device)
     if probed is not None:
       return float(probed), "XLA's available HBM"
@@ -97,6 +112,12 @@ def parse(name: str, num_slices: int = 1) -> Topology:
   if num_slices < 1:
     raise TopologyError(f"--num_slices must be >= 1, got {num_slices}")
   extra: dict[str, Any] = {"num_slices": num_slices} if num_slices > 1 else {}
+  m = re.fullmatch(r"([a-z]\d+)-(\d+)", name)
+  if m and m.group(1) in gpu_targets.names():
+    if num_slices > 1:
+      raise TopologyError(f"{name}: --num_slices is for TPU slices")
+    return Topology(name, "cuda", f"1x1x{int(m.group(2))}",
+                    target_config=gpu_targets.target_config(m.group(1)))
   m = re.fullmatch(r"(v\d[a-z]*):(\d+(?:x\d+)+)", name)
   if m:
     return Topology(name, "tpu", name, tuple(extra.items()), num_slices)
@@ -148,3 +169,18 @@ def available_hbm_bytes(device: jax.Device) -> int | None:
     if m:
       return int(float(m.group(1)) * {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2)])
   return None
+
+
+_LOCAL = {"TPU v2": "v2", "TPU v3": "v3", "TPU v4": "v4", "TPU v5 lite": "v5litepod",
+          "TPU v5": "v5p", "TPU v6 lite": "v6e"}
+
+
+def local_name() -> str | None:
+  """The GCP name of this machine's TPU runtime (Colab's v2-8, a v5e single chip:
+  v5litepod-1), or None off TPUs (one host's devices; a pod slice names itself on GCP)."""
+  devices = jax.devices()
+  gen = _LOCAL.get(devices[0].device_kind) if devices[0].platform == "tpu" else None
+  if gen is None:
+    return None
+  per_device = 2 if gen in ("v2", "v3", "v4", "v5p") else 1  # GCP counts cores for these
+  return f"{gen}-{len(devices) * per_device}"
