@@ -1,6 +1,7 @@
 """Ahead-of-time compiles for TPU topologies (libtpu's compiler, no TPU): topology names, the
 collective parser, a tiny SFT step compiled for a v5e 2x2 slice (weights split over fsdp, the
 summary line, fits=no and a non-zero exit under an impossible HBM budget)."""
+import math
 import os
 import re
 import subprocess
@@ -78,15 +79,19 @@ def test_tiny_sft_step_compiles_for_v5e_with_weights_split_over_fsdp():
   assert rep.mesh == {"data": 1, "fsdp": 4, "tensor": 1} and rep.fits
   assert 15 < rep.hbm_bytes / 2**30 < 16  # XLA's own figure for a 16 GiB v5e chip
   row, = rep.rows
-  assert row.args > 0 and row.temp > 0 and row.alias > 0  # the state is donated
+  assert row.args > 0 and row.alias > 0.9 * row.output  # the state is donated
   import jax
   state_shardings = row.compiled.input_shardings[0][0]
-  # Every weight matrix and its AdamW moments is split over fsdp (nothing parameter-sized is
-  # replicated; only norm vectors and scalars may be), and FSDP gathers what it needs.
-  matrices = [s for s in jax.tree.leaves(state_shardings) if len(s.spec) >= 2]
-  assert len(matrices) >= 3 * 7  # params + two moments of the tiny model's weight matrices
-  assert all("fsdp" in str(s.spec) for s in matrices), [s.spec for s in matrices]
-  assert row.collectives["all-gather"] > 0
+  # Weights and AdamW moments are split over fsdp: what stays replicated (norm scales, biases,
+  # counters) is under 1% of the state, and the devices exchange data.
+  shapes = [a.shape for a in jax.tree.leaves(row.compiled.args_info[0][0])]
+  shardings = jax.tree.leaves(state_shardings)
+  assert len(shapes) == len(shardings)
+  sizes = [math.prod(shape) for shape in shapes]
+  replicated = sum(n for n, s in zip(sizes, shardings) if s.is_fully_replicated)
+  assert replicated < 0.01 * sum(sizes), (replicated, sum(sizes))
+  assert sum("fsdp" in str(s.spec) for s in shardings) >= 3 * 7  # weights, two moments
+  assert sum(row.collectives.values()) > 0
 
 
 def _cli(*args):
@@ -106,3 +111,33 @@ def test_cli_says_fits_no_and_exits_nonzero_under_an_impossible_budget(tmp_path)
   md = (tmp_path / "r.md").read_text()
   assert "sft train step" in md and "sft eval step" in md
   assert '"fits": false' in (tmp_path / "r.json").read_text()
+
+
+def test_multi_slice_mesh_is_data_parallel_across_slices_by_default():
+  from rlaif_jax.sharding import mesh as mesh_lib
+  devices = topology.parse("v5litepod-4", num_slices=2).devices()
+  mesh = mesh_lib.make_mesh((1, -1, 1), devices)  # one slice's mesh; slices over data
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+  for i in range(2):  # each data row is one slice: fsdp collectives stay on ICI
+    assert len({d.slice_index for d in mesh.devices[i].flat}) == 1
+  mesh = mesh_lib.make_mesh((1, -1, 1), devices, dcn=(1, 2, 1))  # fsdp across slices
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
+  with pytest.raises(ValueError, match="needs 4 slices"):
+    mesh_lib.make_mesh((1, -1, 1), devices, dcn=(4, 1, 1))
+  one = topology.parse("v5litepod-8").devices()
+  with pytest.raises(ValueError, match="needs 2 slices"):
+    mesh_lib.make_mesh((1, -1, 1), one, dcn=(2, 1, 1))
+
+
+def test_tpu_mesh_follows_the_physical_topology():
+  import numpy as np
+  from jax.experimental import mesh_utils
+  from rlaif_jax.sharding import mesh as mesh_lib
+  devices = topology.parse("v5litepod-8").devices()  # a 2x4 slice
+  mesh = mesh_lib.make_mesh((1, 2, 4), devices)
+  # JAX's ICI-aware order (rings along the torus), not the plain id order.
+  expected = mesh_utils.create_device_mesh((1, 2, 4), devices, allow_split_physical_axes=True)
+  assert [d.id for d in mesh.devices.flat] == [d.id for d in expected.flat]
+  assert [d.id for d in mesh.devices.flat] != sorted(d.id for d in devices)
+  cpu = mesh_lib.make_mesh((1, -1, 1))  # CPUs keep their order
+  assert [d.id for d in cpu.devices.flat] == [d.id for d in np.asarray(cpu.devices).flat]

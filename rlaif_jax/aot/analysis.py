@@ -26,18 +26,23 @@ _DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u1
 _OP_RE = re.compile(r"=\s*(.+?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
 _SHAPE_RE = re.compile(r"\b([a-z]+\d*(?:e\d+m\d+(?:fn)?)?)\[([\d,]*)\]")
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "exceeds available HBM", "Ran out of memory")
+_NEEDED_RE = re.compile(r"\(([\d.]+)([KMGT])\) exceeds available HBM")
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 @dataclasses.dataclass
 class Job:
   """A function to compile. lower() -> jax.stages.Lowered (on the topology's mesh);
   resident: {what: per-device bytes} that stays on the device beside the call;
-  model_flops: 6 N tokens (train) or 2 N tokens (forward), whole call, all devices."""
+  model_flops: 6 N tokens (train) or 2 N tokens (forward), whole call, all devices;
+  xla_view_flops: the same counting each while-loop body once, as XLA's cost analysis does
+  (`stages.model_flops`)."""
   name: str
   lower: Callable[[], Any]
   resident: dict[str, float] = dataclasses.field(default_factory=dict)
   model_flops: float = 0.0
   note: str = ""
+  xla_view_flops: float = 0.0
 
 
 @dataclasses.dataclass
@@ -54,6 +59,7 @@ class Row:
   xla_flops: float = float("nan")
   xla_bytes: float = float("nan")
   model_flops: float = 0.0
+  xla_view_flops: float = 0.0
   collectives: dict[str, float] = dataclasses.field(default_factory=dict)
   error: str = ""
   note: str = ""
@@ -125,7 +131,7 @@ def compile_row(job: Job, hbm_bytes: float) -> Row:
   other than XLA's memory refusal propagate (a bug, not a figure)."""
   t0 = time.perf_counter()
   row = Row(job.name, fits=False, resident=dict(job.resident), model_flops=job.model_flops,
-            note=job.note)
+            xla_view_flops=job.xla_view_flops or job.model_flops, note=job.note)
   try:
     compiled = job.lower().compile()
   except Exception as e:  # XLA's RESOURCE_EXHAUSTED is a result, anything else a bug
@@ -133,6 +139,9 @@ def compile_row(job: Job, hbm_bytes: float) -> Row:
       raise
     row.compile_s = time.perf_counter() - t0
     row.error = " ".join(str(e).split())[:400]
+    needed = _NEEDED_RE.search(row.error)  # what XLA says it needs: the row's temporaries
+    if needed:
+      row.temp = float(needed.group(1)) * _UNITS[needed.group(2)]
     return row
   row.compile_s = time.perf_counter() - t0
   ma = compiled.memory_analysis()

@@ -29,8 +29,8 @@ class Report:
 
   @property
   def peak(self) -> float:
-    """The largest per-device total (call + resident) over the compiled rows; a refused row
-    counts with what XLA said it needs when that is all we know (0 otherwise)."""
+    """The largest per-device total (call + resident) over the rows; a refused row counts
+    what XLA said its temporaries need plus what stays resident (a lower bound)."""
     return max((r.total for r in self.rows), default=0.0)
 
   def summary_line(self) -> str:
@@ -65,12 +65,12 @@ def table_rows(report: Report) -> list[list[str]]:
     res = "+".join(f"{k} {_gib(v)}" for k, v in r.resident.items()) or "0"
     coll = [_gib(r.collectives.get(k, 0.0)) if r.collectives else "-"
             for k in analysis.COLLECTIVES]
-    if r.error and not r.args:
-      mem = ["-"] * 4 + [res, "-"]
+    if r.error and not r.args:  # refused: XLA's stated need as temp, the total a lower bound
+      mem = ["-", _gib(r.temp) if r.temp else "-", "-", "-", res, f">={_gib(r.total)}"]
     else:
       mem = [_gib(r.args), _gib(r.temp), _gib(r.output), _gib(r.alias), res, _gib(r.total)]
-    model = r.model_flops / report.devices
-    ratio = r.xla_flops / model if model and r.xla_flops == r.xla_flops else float("nan")
+    model, seen = r.model_flops / report.devices, r.xla_view_flops / report.devices
+    ratio = r.xla_flops / seen if seen and r.xla_flops == r.xla_flops else float("nan")
     out.append([r.name, *mem, "yes" if r.fits else "no", f"{r.compile_s:.1f}",
                 _flops(r.xla_flops), _flops(model), "-" if ratio != ratio else f"{ratio:.2f}",
                 "-" if r.xla_bytes != r.xla_bytes else f"{r.xla_bytes / 1e9:.1f}", *coll])
@@ -80,7 +80,10 @@ def table_rows(report: Report) -> list[list[str]]:
 def format_table(report: Report) -> str:
   """Plain-text table: GiB per device; XLA TFLOP/GB as cost_analysis() reports them for the
   per-device program; model TFLOP per device (6 N tokens for a train step, 2 N tokens for a
-  forward, over the devices), so XLA/model shows remat's recomputation; collectives in GiB."""
+  forward, over the devices). XLA counts a while loop's body once (one layer of a scanned
+  stack, one chunk of the chunked LM head, one decode step per segment), so XLA/model divides
+  by the model FLOPs counted the same way: 1 + remat's recomputation + non-matmul work.
+  Collectives: GiB per device as written in the HLO (an op inside a loop counts once)."""
   rows = [list(COLUMNS)] + table_rows(report)
   widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
   lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from rlaif_jax.aot.analysis import Job, per_device_bytes
 from rlaif_jax.aot.stages import (_round_rows, _sds, _state, matmul_params, model_config,
-                                  scoring_job, sft_workdir_model)
+                                  model_flops, scoring_job, sft_workdir_model)
 from rlaif_jax.data import formatting
 from rlaif_jax.models import checkpoint_bridge
 from rlaif_jax.models.scalar_head import ScalarHeadModel
@@ -131,10 +131,17 @@ def rl_jobs(config: Any, mesh: Mesh, sft_stage: Any = None, rm_stage: Any = None
   resident_rollout = {"adamw moments": moments, **others}
   kv = 2 * policy_cfg.num_layers * rows * policy_cfg.num_kv_heads * policy_cfg.head_dim * (
       p + new - 1) * jnp.dtype(policy_cfg.dtype).itemsize
-  jobs = [Job("rl rollout prefill", lower_prefill, resident_rollout, 2.0 * n_lm * prompts * p,
-              note=f"{prompts} prompts x {p} tokens, n={n}"),
+  # Prefill: the trunk over every prompt token, the LM head at the last one (layers unrolled
+  # when unstacked); decode: one token per row per step, XLA counting one step per segment.
+  prefill = 2.0 * (matmul_params(policy_cfg, "scalar") * p + (n_lm - matmul_params(
+      policy_cfg, "scalar"))) * prompts
+  jobs = [Job("rl rollout prefill", lower_prefill, resident_rollout, prefill,
+              note=f"{prompts} prompts x {p} tokens, n={n}",
+              xla_view_flops=prefill if rl.unstack_layers_for_decode or not policy_cfg.scan_layers
+              else prefill / policy_cfg.num_layers),
           Job(f"rl rollout decode (segments {','.join(map(str, spans))})", lower_decode,
               resident_rollout, 2.0 * n_lm * rows * new,
+              xla_view_flops=2.0 * n_lm * rows * len(spans),
               note=f"{rows} rows x {new} new tokens; full KV cache {kv / 2**30:.2f} GiB (all "
                    "devices)")]
 
@@ -150,15 +157,16 @@ def rl_jobs(config: Any, mesh: Mesh, sft_stage: Any = None, rm_stage: Any = None
       return prepare.log_probs.lower(params, params, seq, None)
   lp_resident = {"adamw moments": moments,
                  **{k: v for k, v in others.items() if k != "reference"}}
-  jobs.append(Job("rl old + ref log-probs", lower_log_probs, lp_resident,
-                  2 * 2.0 * n_lm * rows * t))
+  full, seen = model_flops(policy_cfg, rows, t, False, head_chunk=rl.advantage.logits_chunk)
+  jobs.append(Job("rl old + ref log-probs", lower_log_probs, lp_resident, 2 * full,
+                  xla_view_flops=2 * seen))
   if uses_rm:
     rm_rows = _round_rows(config.reward.rm.batch_size, mesh)
     rm_t = max(formatting.sequence_buckets(rm_fmt))
     res = {"policy + adamw": per_device_bytes((params, actor.opt_state)),
            **{k: v for k, v in others.items() if k != "reward model"}}
     jobs.append(scoring_job("rl reward-model forward", rm_graphdef, rm_params, mesh,
-                            rm_rows, rm_t, matmul_params(rm_cfg, "scalar"), res))
+                            rm_rows, rm_t, rm_cfg, res))
   if critic is not None:
     r1 = _sds((rows,), jnp.float32, mesh_lib.data_sharding(mesh, 1))
     lp = _sds((rows, t), jnp.float32, sh2)
@@ -166,11 +174,12 @@ def rl_jobs(config: Any, mesh: Mesh, sft_stage: Any = None, rm_stage: Any = None
     def lower_finish():
       with jax.set_mesh(mesh):
         return prepare.finish.lower(lp, lp, critic.params, seq, r1, None)
+    full, seen = model_flops(policy_cfg, rows, t, False, "scalar")
     jobs.append(Job("ppo critic values (finish)", lower_finish,
                     {"policy + adamw": per_device_bytes((params, actor.opt_state)),
                      "critic adamw": per_device_bytes(critic.opt_state),
                      **{k: v for k, v in others.items() if k != "critic + adamw"}},
-                    2.0 * matmul_params(policy_cfg, "scalar") * rows * t))
+                    full, xla_view_flops=seen))
 
   # Updates: per mini-batch the critic (PPO) then the actor (rl/trainer.py::update).
   mb = _rollout_batch(mesh, rl.mini_batch_size, t)
@@ -183,16 +192,19 @@ def rl_jobs(config: Any, mesh: Mesh, sft_stage: Any = None, rm_stage: Any = None
         model, batch, rl.critic_clip, actor_cfg.agg_mode, actor_cfg.loss_scale_factor)
     critic_step = trainer_lib.make_train_step(
         critic_loss, critic_opt, mesh=mesh, shardings=ts.state_shardings(critic, mesh, critic_opt))
+    full, seen = model_flops(policy_cfg, rl.mini_batch_size, t, True, "scalar")
     jobs.append(Job("ppo critic update", lambda: critic_step.lower(critic, mb),
                     {"policy + adamw": per_device_bytes((params, actor.opt_state)),
                      **{k: v for k, v in upd_resident.items() if k != "critic + adamw"}},
-                    6.0 * matmul_params(policy_cfg, "scalar") * rl.mini_batch_size * t))
+                    full, xla_view_flops=seen))
   actor_loss = lambda model, batch, rng: losses.actor_loss(model, batch, actor_cfg)
   actor_step = trainer_lib.make_train_step(
       actor_loss, actor_opt, actor_sched, mesh=mesh,
       shardings=ts.state_shardings(actor, mesh, actor_opt))
+  full, seen = model_flops(policy_cfg, rl.mini_batch_size, t, True,
+                           head_chunk=actor_cfg.logits_chunk)
   jobs.append(Job("rl actor update", lambda: actor_step.lower(actor, mb), upd_resident,
-                  6.0 * n_lm * rl.mini_batch_size * t,
+                  full, xla_view_flops=seen,
                   note=f"{rl.mini_batch_size} rows x {t} tokens"))
   return jobs
 

@@ -65,6 +65,23 @@ def matmul_params(cfg: config_lib.ModelConfig, head: str = "lm") -> int:
   return trunk + (v * d if head == "lm" else d)
 
 
+def model_flops(cfg: config_lib.ModelConfig, rows: int, t: int, train: bool, head: str = "lm",
+                head_chunk: int = 0) -> tuple[float, float]:
+  """(model FLOPs of a call over rows x t tokens, the same as XLA's cost analysis counts them).
+
+  Model FLOPs: 6 N tokens for a train step, 2 N tokens for a forward (N: `matmul_params`).
+  XLA counts the body of a while loop once, so the second figure counts one layer of a scanned
+  stack (`cfg.scan_layers`) and one chunk of a chunked LM head (`head_chunk` tokens of t - 1):
+  XLA's FLOPs over it are 1 + the recomputation (remat) and the non-matmul work."""
+  mult, tokens = (6.0 if train else 2.0), rows * t
+  d, v, layers = cfg.hidden_size, cfg.vocab_size, cfg.num_layers
+  trunk = cfg.num_params - v * d * (1 if cfg.tie_embeddings else 2) - d  # less the final norm
+  head_n = v * d if head == "lm" else d
+  chunks = -(-(t - 1) // max(1, min(head_chunk, t - 1))) if head_chunk else 1
+  seen = trunk / layers * (1 if cfg.scan_layers else layers) + head_n / chunks
+  return mult * (trunk + head_n) * tokens, mult * seen * tokens
+
+
 def _sds(shape, dtype, sharding=None) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding)
 
@@ -88,8 +105,8 @@ def _state(abstract_module: nnx.Module, optimizer, mesh: Mesh) -> ts.TrainState:
 
 
 def _train_jobs(prefix: str, loss_fn, eval_loss_fn, optimizer, schedule, state, mesh: Mesh,
-                train_batch, eval_batch, loop, flops_n: int, train_tokens: int,
-                eval_tokens: int) -> list[Job]:
+                train_batch, eval_batch, loop, train_flops: tuple[float, float],
+                eval_flops: tuple[float, float]) -> list[Job]:
   """The Trainer's train and eval steps (trainer.Trainer._compile) as Jobs."""
   shardings = ts.state_shardings(state, mesh, optimizer)
   train = trainer_lib.make_train_step(loss_fn, optimizer, schedule, mesh=mesh,
@@ -97,9 +114,9 @@ def _train_jobs(prefix: str, loss_fn, eval_loss_fn, optimizer, schedule, state, 
                                       num_microbatches=loop.get("num_microbatches", 1))
   evaluate = trainer_lib.make_eval_step(eval_loss_fn, mesh=mesh, shardings=shardings)
   return [Job(f"{prefix} train step", lambda: train.lower(state, train_batch),
-              model_flops=6.0 * flops_n * train_tokens),
+              model_flops=train_flops[0], xla_view_flops=train_flops[1]),
           Job(f"{prefix} eval step", lambda: evaluate.lower(state, eval_batch),
-              model_flops=2.0 * flops_n * eval_tokens)]
+              model_flops=eval_flops[0], xla_view_flops=eval_flops[1])]
 
 
 def _longest(fmt: formatting.FormatConfig, multiple: int) -> int:
@@ -117,7 +134,8 @@ def sft_jobs(config: Any, mesh: Mesh) -> list[Job]:
   b, be = config.batch_size, config.eval_batch_size
   return _train_jobs("sft", sft.sft_loss, sft.sft_loss, optimizer, schedule, state, mesh,
                      _rows(mesh, b, t, keys), _rows(mesh, be, t, keys), config.loop,
-                     matmul_params(cfg), b * t, be * t)
+                     model_flops(cfg, b, t, True, head_chunk=sft.LOGITS_CHUNK),
+                     model_flops(cfg, be, t, False, head_chunk=sft.LOGITS_CHUNK))
 
 
 def rm_jobs(config: Any, mesh: Mesh, trunk: config_lib.ModelConfig | None = None,
@@ -136,18 +154,18 @@ def rm_jobs(config: Any, mesh: Mesh, trunk: config_lib.ModelConfig | None = None
   eval_batch = {**_rows(mesh, be, t, keys), reward_model.PAIR_WEIGHT_KEY:
                 _sds((be,), jnp.float32, mesh_lib.data_sharding(mesh, 1))}
   loss = reward_model._rm_loss_fn(config)
-  n = matmul_params(cfg, "scalar")
   jobs = _train_jobs("rm", loss, loss, optimizer, schedule, state, mesh, _rows(mesh, b, t, keys),
-                     eval_batch, config.loop, n, b * t, be * t)
+                     eval_batch, config.loop, model_flops(cfg, b, t, True, "scalar"),
+                     model_flops(cfg, be, t, False, "scalar"))
   rows = _round_rows(config.eval_batch_size, mesh)
   score = scoring_job("rm scoring forward", state.graphdef, state.params, mesh, rows,
-                      max(formatting.sequence_buckets(fmt)), n,
+                      max(formatting.sequence_buckets(fmt)), cfg,
                       {resident_after: per_device_bytes(state.opt_state)})
   return jobs + [score]
 
 
-def scoring_job(name: str, graphdef, params, mesh: Mesh, rows: int, t: int, n: int,
-                resident: dict[str, float]) -> Job:
+def scoring_job(name: str, graphdef, params, mesh: Mesh, rows: int, t: int,
+                cfg: config_lib.ModelConfig, resident: dict[str, float]) -> Job:
   """RewardModelScorer's jitted forward (training/reward_scoring.py) on [rows, t]."""
   @jax.jit
   def forward(state, tokens, positions, mask):
@@ -160,7 +178,8 @@ def scoring_job(name: str, graphdef, params, mesh: Mesh, rows: int, t: int, n: i
   def lower():
     with jax.set_mesh(mesh):
       return forward.lower(*args)
-  return Job(name, lower, resident, 2.0 * n * rows * t)
+  full, seen = model_flops(cfg, rows, t, False, "scalar")
+  return Job(name, lower, resident, full, xla_view_flops=seen)
 
 
 def sft_workdir_model(sft_workdir: str | None) -> config_lib.ModelConfig | None:
