@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.target_topology = TARGET_TOPOLOGY
   config.model = common.model_config(preset="qwen2_5_7b", param_dtype="float32",
                                      dtype="bfloat16", remat=True,
-                                     scan_layers=True)
+                                     scan_layers=True, remat_policy="dots")
   config.tokenizer = ml_collections.ConfigDict(dict(
       path=config_dict.placeholder(str), vocab_size=0, model_type="bpe"))
   config.init = ml_collections.ConfigDict(dict(sft_workdir=config_dict.placeholder(str)))

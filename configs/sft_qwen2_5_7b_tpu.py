@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   # tokenizer files); weights stream straight into their shards.
   config.model = common.model_config(preset="qwen2_5_7b", param_dtype="float32",
                                      dtype="bfloat16", remat=True,
-                                     scan_layers=True)
+                                     scan_layers=True, remat_policy="dots")
   config.tokenizer = ml_collections.ConfigDict(dict(
       path=config_dict.placeholder(str),  # default: the model's own directory
       vocab_size=0, model_type="bpe"))
