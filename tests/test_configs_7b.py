@@ -32,7 +32,7 @@ def test_rm_7b_config_scans_and_remats():
   from configs import rm_qwen2_5_7b_tpu
   config = rm_qwen2_5_7b_tpu.get_config()
   assert config.model.scan_layers and config.model.remat
-  assert sft.compute_options(config.model) == dict(remat=True, remat_policy="full",
+  assert sft.compute_options(config.model) == dict(remat=True, remat_policy="dots",
                                                    attention_impl="einsum")
 
 

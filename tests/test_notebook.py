@@ -32,3 +32,6 @@ def test_colab_notebook_runs_on_cpu(data_dir, tmp_path):
   outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
   assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
              for o in outputs)
+  # The TPU check: the config's SFT step compiled for Colab's v2-8 (4 chips, 8 cores) and fits.
+  text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+  assert "aot topology=v2-8 chips=4 hosts=1 " in text and "fits=yes" in text

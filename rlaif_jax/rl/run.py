@@ -184,7 +184,7 @@ def run_rl(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike,
   t0 = time.perf_counter()
   workdir, data_dir = pathlib.Path(workdir), pathlib.Path(data_dir)
   workdir.mkdir(parents=True, exist_ok=True)
-  mesh = mesh_lib.make_mesh(tuple(config.mesh))
+  mesh = mesh_lib.mesh_from_config(config)
   sft_dir = ensure_sft(config, data_dir, resolve_config)
   sft_meta = json.loads((sft_dir / checkpointing.EXPORT_DIR / "model_config.json").read_text())
   tok_path = _sft_tokenizer(sft_dir)

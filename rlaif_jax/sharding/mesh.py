@@ -34,19 +34,9 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 _RULES = dict(LOGICAL_AXIS_RULES)
 
 
-def make_mesh(shape: Sequence[int] | dict[str, int] = (1, -1, 1),
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh over (data, fsdp, tensor). One entry may be -1: it takes the remaining devices."""
-  if isinstance(shape, dict):
-    unknown = set(shape) - set(MESH_AXES)
-    if unknown:
-      raise ValueError(f"mesh axes {sorted(unknown)} unknown; use {MESH_AXES}")
-    shape = [shape.get(a, 1) for a in MESH_AXES]
-  shape = [int(s) for s in shape]
-  if len(shape) != len(MESH_AXES):
-    raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries for {MESH_AXES}")
-  devices = list(devices if devices is not None else jax.devices())
-  n = len(devices)
+def _resolve(shape: list[int], n: int) -> list[int]:
+  """`shape` with its one -1 entry replaced so the product is n; errors name the mismatch."""
+  shape = list(shape)
   if shape.count(-1) > 1:
     raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
   if -1 in shape:
@@ -57,8 +47,74 @@ def make_mesh(shape: Sequence[int] | dict[str, int] = (1, -1, 1),
   if math.prod(shape) != n:
     raise ValueError(f"mesh shape {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices; "
                      f"{n} are available")
-  dev_array = np.asarray(devices).reshape(shape)
+  return shape
+
+
+def num_slices(devices: Sequence[jax.Device]) -> int:
+  """How many TPU slices (joined over DCN) the devices span; 1 for CPUs and GPUs."""
+  return len({getattr(d, "slice_index", 0) or 0 for d in devices})
+
+
+def _device_array(shape: list[int], devices: list[jax.Device]) -> np.ndarray:
+  """Devices laid out as `shape`: on TPUs in ICI order (`mesh_utils.create_device_mesh`, so
+  neighbours on a mesh axis are neighbours on the torus), else (CPU, GPU, or a shape the TPU
+  helper cannot place) in the given order."""
+  if devices[0].platform == "tpu" and len(devices) > 1:
+    from jax.experimental import mesh_utils
+    try:
+      return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    except (ValueError, NotImplementedError, AssertionError, KeyError):
+      pass
+  return np.asarray(devices).reshape(shape)
+
+
+def make_mesh(shape: Sequence[int] | dict[str, int] = (1, -1, 1),
+              devices: Sequence[jax.Device] | None = None,
+              dcn: Sequence[int] | None = None) -> Mesh:
+  """A mesh over (data, fsdp, tensor). One entry may be -1: it takes the remaining devices.
+
+  TPU devices are ordered by their physical topology. Devices of several TPU slices (multi-slice,
+  joined by DCN): `shape` is the mesh of one slice and `dcn` (data, fsdp, tensor) says how the
+  slices multiply it (default: data-parallel across slices, (num_slices, 1, 1)); the mesh is
+  `shape * dcn` per axis, built with `mesh_utils.create_hybrid_device_mesh`.
+  """
+  if isinstance(shape, dict):
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+      raise ValueError(f"mesh axes {sorted(unknown)} unknown; use {MESH_AXES}")
+    shape = [shape.get(a, 1) for a in MESH_AXES]
+  shape = [int(s) for s in shape]
+  if len(shape) != len(MESH_AXES):
+    raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries for {MESH_AXES}")
+  devices = list(devices if devices is not None else jax.devices())
+  slices = num_slices(devices)
+  if dcn is not None:
+    dcn = [int(s) for s in dcn]
+    if len(dcn) != len(MESH_AXES) or min(dcn) < 1:
+      raise ValueError(f"dcn mesh {dcn} must have {len(MESH_AXES)} positive entries for "
+                       f"{MESH_AXES}")
+    if math.prod(dcn) != slices:
+      raise ValueError(f"dcn mesh {dict(zip(MESH_AXES, dcn))} needs {math.prod(dcn)} slices; "
+                       f"the devices span {slices}")
+  if slices == 1:
+    shape = _resolve(shape, len(devices))
+    dev_array = _device_array(shape, devices)
+  else:
+    from jax.experimental import mesh_utils
+    dcn = dcn or [slices, 1, 1]
+    if len(devices) % slices:
+      raise ValueError(f"{len(devices)} devices do not split into {slices} equal slices")
+    ici = _resolve(shape, len(devices) // slices)
+    dev_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                     allow_split_physical_axes=True)
   return Mesh(dev_array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def mesh_from_config(config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The mesh of a stage config: `config.mesh` (one slice's shape) and, for multi-slice runs,
+  the optional `config.dcn_mesh` (default: data-parallel across slices)."""
+  dcn = config.get("dcn_mesh") if hasattr(config, "get") else None
+  return make_mesh(tuple(config.mesh), devices, dcn=tuple(dcn) if dcn else None)
 
 
 def logical_to_spec(axes: Sequence[str | None] | None) -> PartitionSpec:

@@ -157,7 +157,7 @@ def run_train_rm(config: Any, workdir: str | os.PathLike, data_dir: str | os.Pat
   t0 = time.perf_counter()
   workdir, data_dir = pathlib.Path(workdir), pathlib.Path(data_dir)
   workdir.mkdir(parents=True, exist_ok=True)
-  mesh = mesh_lib.make_mesh(tuple(config.mesh))
+  mesh = mesh_lib.mesh_from_config(config)
   trunk, cfg, tok, tok_path = _trunk(config, workdir, data_dir, mesh)
   fmt = sft.format_config(config.format)
   train_pairs, test_pairs, test_file = load_pairs(config, data_dir)

@@ -278,7 +278,7 @@ def run_sft(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike
   workdir, data_dir = pathlib.Path(workdir), pathlib.Path(data_dir)
   workdir.mkdir(parents=True, exist_ok=True)
   tok, tok_path, fmt, data = _prepare(config, workdir, data_dir)
-  mesh = mesh_lib.make_mesh(tuple(config.mesh))
+  mesh = mesh_lib.mesh_from_config(config)
   cfg = model_config(config, tok)
   print(f"model: {cfg.num_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}")
   total = config.loop.total_steps
