@@ -23,7 +23,8 @@ def lowercase_share(prompts, completions):
   return [sum(c in string.ascii_lowercase for c in t) / NEW_TOKENS for t in completions]
 
 
-def make_trainer(algo, tmp_path, steps, workdir="run", checkpoint_every=10, scan_layers=False):
+def make_trainer(algo, tmp_path, steps, workdir="run", checkpoint_every=10, scan_layers=False,
+                 reward=lowercase_share):
   tok = load_tokenizer(save_tiny_tokenizer(tmp_path / "tok"))
   cfg = config_lib.tiny(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128,
                         num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
@@ -41,7 +42,7 @@ def make_trainer(algo, tmp_path, steps, workdir="run", checkpoint_every=10, scan
     copt, _ = optim.make_optimizer(3e-3, 1000, decay="constant")
   fmt = formatting.FormatConfig(max_prompt_len=32, max_response_len=16, min_bucket=16)
   prompts = lambda s: [f"q{(s * 4 + i) % 50}" for i in range(4)]
-  return rl.RLTrainer(Decoder(cfg, rngs=nnx.Rngs(0)), tok, CallableReward(lowercase_share),
+  return rl.RLTrainer(Decoder(cfg, rngs=nnx.Rngs(0)), tok, CallableReward(reward),
                       prompts, rcfg, fmt, mesh_lib.make_mesh((1, -1, 1)), tmp_path / workdir, opt,
                       sched, critic, copt)
 
@@ -68,9 +69,32 @@ def test_reward_rises_to_0_8(algo, scan_layers, tmp_path):
     assert "critic_vf_loss" in rows[-1]
 
 
-def test_resume_is_exact(tmp_path):
-  """Killed after step 2 and resumed to step 4 == 4 uninterrupted steps, bitwise (CPU), with
-  stacked layers (orbax restores the [num_layers, ...] parameters into their shardings)."""
+_VICTIM = """
+import pathlib, sys, time
+sys.path.insert(0, {tests!r})
+import test_rl_trainer as t
+calls = []
+def reward(prompts, completions):  # step 3 signals, then hangs until the test kills us
+  calls.append(1)
+  if len(calls) == 3:
+    pathlib.Path({marker!r}).touch()
+    time.sleep(600)
+  return t.lowercase_share(prompts, completions)
+trainer = t.make_trainer("grpo", pathlib.Path({tmp!r}), steps=4, workdir="resumed",
+                         checkpoint_every=2, scan_layers=True, reward=reward)
+trainer.train()
+"""
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+  """SIGKILLed in step 3 (a subprocess, after step 2's checkpoint) and resumed to step 4 == 4
+  uninterrupted steps, bitwise (CPU), with stacked layers (orbax restores the [num_layers, ...]
+  parameters into their shardings)."""
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
   from rlaif_jax.training.train_state import host_params
   straight = make_trainer("grpo", tmp_path, steps=4, workdir="straight", checkpoint_every=2,
                           scan_layers=True)
@@ -79,12 +103,23 @@ def test_resume_is_exact(tmp_path):
     want = host_params(straight.actor)
   finally:
     straight.close()
-  first = make_trainer("grpo", tmp_path, steps=2, workdir="resumed", checkpoint_every=2,
-                       scan_layers=True)
+  marker, ckpts = tmp_path / "in_step_3", tmp_path / "resumed" / "checkpoints"
+  code = _VICTIM.format(tests=os.path.dirname(os.path.abspath(__file__)), marker=str(marker),
+                        tmp=str(tmp_path))
+  victim = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
   try:
-    first.train()
+    deadline = time.time() + 300
+    while not (marker.exists() and ckpts.is_dir()
+               and any(n.isdigit() for n in os.listdir(ckpts))):  # step 2 saved
+      assert victim.poll() is None, victim.stdout.read()[-4000:]
+      assert time.time() < deadline, "the victim never reached step 3"
+      time.sleep(0.1)
   finally:
-    first.close()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+  assert victim.returncode == -signal.SIGKILL
   second = make_trainer("grpo", tmp_path, steps=4, workdir="resumed", checkpoint_every=2,
                         scan_layers=True)
   try:
