@@ -26,8 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.rm = rm_tiny_cpu.get_config()
   config.rl = grpo_tiny_cpu.get_config()
   config.reward_path = "AB"  # "A": reward model; "B": principle judge; "AB": both (the paper)
-  # The LLM judge. constrained_json: send the verdict's JSON schema as `response_format`
-  # (honoured by servers with structured output; ignored by one without, e.g. ours today).
+  # The LLM judge. constrained_json: the server implements `response_format` json_schema
+  # (vLLM, SGLang, OpenAI, launch.serve and the stand-in): the verdict schemas
+  # (judging/parsing.py) are requested, so verdicts parse; false for a server without it.
   config.judge = ml_collections.ConfigDict(dict(
       base_url=config_dict.placeholder(str), model=config_dict.placeholder(str),
       api_key_env="OPENAI_API_KEY", principles="v0", concurrency=32, max_tokens=64,

@@ -29,6 +29,11 @@ command resumes: finished generations and judgements are kept.
                   random_chars, repeated_phrase, other_occasion, cut_mid_sentence), one control
                   response per evaluation prompt, built from the SFT corpus; controls.{md,csv}.
                   Lower is better, 0 is right.
+
+Multi-host (`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on every host, or
+the JAX_* environment): every process generates (one sharded sampler) and scores with the
+reward models; process 0 alone reads and writes the output files, asks the LLM judges and
+prints the tables (`rlaif_jax/evaluation/processes.py`).
 """
 from __future__ import annotations
 
@@ -39,9 +44,9 @@ from typing import Any
 from absl import app, flags, logging
 
 from launch import common
+from rlaif_jax import distributed, storage
 from rlaif_jax.data import formatting, greetings, paths
-from rlaif_jax import storage
-from rlaif_jax.evaluation import control_eval, harness, judges as judges_lib, report
+from rlaif_jax.evaluation import control_eval, harness, judges as judges_lib, processes, report
 from rlaif_jax.judging.splits import make_splits
 
 _CHECKPOINTS = flags.DEFINE_list("checkpoints", [], "NAME=PATH or PATH items (see docstring).")
@@ -84,6 +89,7 @@ _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
                            "Model dtype (auto: bfloat16 on accelerators, float32 on CPU).")
 _MESH = flags.DEFINE_list("mesh", ["1", "-1", "1"], "Mesh shape data,fsdp,tensor (-1 = rest).")
 _RELIABILITY = flags.DEFINE_bool("reliability", False, "Also write the judge reliability table.")
+distributed.define_flags()  # several processes sample one sharded model; process 0 writes
 _CONTROLS = flags.DEFINE_bool("controls", True, "Also score every judge on the control sets "
                               "(controls.{md,csv}); --nocontrols to skip.")
 
@@ -133,13 +139,18 @@ def main(argv: list[str]) -> int:
   try:
     checkpoints = harness.parse_checkpoints(_CHECKPOINTS.value)
     judges_lib.parse_judge_specs(_JUDGES.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  distributed.initialize_from_flags()  # before JAX is used
+  try:
     generation = _generation_config(checkpoints)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   data_dir = paths.resolve_data_dir(_DATA_DIR.value)
   retrieval_examples = None
   if _LABELLED_SPLIT.value == "reliability":
-    splits = make_splits(data_dir, _SPLIT_SEED.value, output_dir=_OUTPUT_DIR.value)
+    splits = make_splits(data_dir, _SPLIT_SEED.value,
+                         output_dir=_OUTPUT_DIR.value if processes.is_main() else None)
     labelled, retrieval_examples = (splits.labelled("reliability_examples"),
                                     splits.retrieval_corpus)
   else:
@@ -154,14 +165,19 @@ def main(argv: list[str]) -> int:
   except judges_lib.JudgeSpecError as e:
     raise app.UsageError(str(e)) from e
   for j in judges:
-    print(f"judge {j.name}: {j.signature}")
+    _print(f"judge {j.name}: {j.signature}")
   try:
     _run(judges, labelled, checkpoints, data_dir, generation, mesh)
-  except storage.InputError as e:  # a stale output file from other settings
+  except storage.InputError as e:  # a stale output file from other settings (every process)
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(f"wrote {_OUTPUT_DIR.value}")
+  _print(f"wrote {_OUTPUT_DIR.value}")
   return 0
+
+
+def _print(text: str) -> None:
+  if processes.is_main():
+    print(text, flush=True)
 
 
 def _run(judges: list[judges_lib.EvalJudge], labelled: list[greetings.LabeledResponse],
@@ -172,23 +188,23 @@ def _run(judges: list[judges_lib.EvalJudge], labelled: list[greetings.LabeledRes
   if _RELIABILITY.value:
     rows = harness.judge_reliability(judges, labelled, _OUTPUT_DIR.value, _JUDGE_CHUNK.value,
                                      folds=_RELIABILITY_FOLDS.value)
-    print("Judge reliability vs human labels\n" + report.markdown_table(
+    _print("Judge reliability vs human labels\n" + report.markdown_table(
         rows, harness.RELIABILITY_COLUMNS))
   if _CONTROLS.value:
     queries = harness.select_queries(data_dir, _PROMPT_SET.value, _MAX_PROMPTS.value or None,
                                      generation.seed)
     rows = harness.evaluate_controls(judges, queries, _OUTPUT_DIR.value, data_dir,
                                      seed=generation.seed)
-    print("Excellence on the control sets (every judge must fail them: lower is better)\n"
+    _print("Excellence on the control sets (every judge must fail them: lower is better)\n"
           + control_eval.format_control_table(rows))
   if checkpoints:
     result = harness.evaluate_checkpoints(
         checkpoints, judges, _OUTPUT_DIR.value, data_dir=data_dir, prompt_set=_PROMPT_SET.value,
         max_prompts=_MAX_PROMPTS.value or None, generation=generation, mesh=mesh,
         judge_chunk_size=_JUDGE_CHUNK.value)
-    print("Excellence rate\n"
+    _print("Excellence rate\n"
           + report.markdown_table(result["excellence"], harness.EXCELLENCE_COLUMNS))
-    print("Diversity\n" + report.markdown_table(result["diversity"], harness.DIVERSITY_COLUMNS))
+    _print("Diversity\n" + report.markdown_table(result["diversity"], harness.DIVERSITY_COLUMNS))
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ def main(argv: list[str]) -> None:
   logging.info("serving %s from %s on http://%s:%d, dtype %s; request defaults: %s", name,
                policy.source, _HOST.value, _PORT.value, dtype,
                defaults.describe(defaults.effective_sampling(config.sampling_defaults, {})))
-  web.run_app(make_app(Sampler(policy.model, policy.tokenizer, mesh=mesh), config),
+  sampler = Sampler(policy.model, policy.tokenizer, mesh=mesh, pow2_prompts=True)
+  web.run_app(make_app(sampler, config),
               host=_HOST.value, port=_PORT.value, shutdown_timeout=_SHUTDOWN_TIMEOUT_S.value,
               print=lambda msg: print(msg, flush=True))
 

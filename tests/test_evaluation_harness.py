@@ -90,6 +90,19 @@ def test_judge_spec_parsing_names_and_options():
   assert specs[3].options == {"threshold": 40}
 
 
+def test_constrained_json_asks_the_backend_for_the_verdict_schemas():
+  from rlaif_jax.judging import parsing
+  on, off, curator = judges_lib.make_judges(
+      "a=llm:openai@http://h/v1#m?constrained_json=true,b=llm:openai@http://h/v1#m,"
+      "c=curator:openai@http://h/v1#m?constrained_json=true&num_examples=0",
+      length_baseline=False)
+  schema = lambda backend: getattr(backend, "response_format", {}).get("json_schema", {})
+  assert schema(on._judge.backend)["schema"] == parsing.DETECTOR_SCHEMA
+  assert schema(off._judge.backend) == {}  # plain backend: nothing is sent
+  assert schema(curator.curator.judge.backend)["schema"] == parsing.JUDGE_SCHEMA
+  assert on.signature != off.signature  # a changed setting redoes the judgements
+
+
 @pytest.mark.parametrize("spec, message", [
     ("", "empty entry"),
     ("length,,rm:/x", "empty entry"),
@@ -566,7 +579,8 @@ def test_launch_evaluate_end_to_end(hf_dirs, tmp_path):
   bad = run_evaluate(f"--checkpoints={hf_dirs[0]}", "--judges=length,llm:openai@http://h/v1",
                      f"--output_dir={out}", f"--data_dir={data}")
   assert bad.returncode != 0 and "judge entry 2" in bad.stderr
-  bad = run_evaluate("--judges=length", f"--output_dir={out}", f"--data_dir={data}")
+  bad = run_evaluate("--judges=length", "--nocontrols", f"--output_dir={out}",
+                     f"--data_dir={data}")
   assert bad.returncode != 0 and "nothing to do" in bad.stderr
 
 

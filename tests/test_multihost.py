@@ -6,7 +6,9 @@ each, fsdp=2) end where 1 process with 2 devices ends.
 * every stage through its launch CLI at micro size (`tests/multihost_configs.py`), chained: SFT
   -> reward model -> GRPO (reference and reward model kept on the host) -> PPO -> generate ->
   score -> score_pairs. Metrics, exports, the RM report, samples and job outputs must match the
-  1-process run, and every file is written once (by process 0).
+  1-process run, and every file is written once (by process 0);
+* the evaluation (`launch.evaluate`: generation, reward-model and length judges, reliability,
+  controls) on those checkpoints: the same tables and summary as the 1-process run.
 """
 import argparse
 import json
@@ -256,6 +258,38 @@ def test_every_stage_as_two_processes_ends_where_one_process_ends(stages):
   # Progress and reports are printed by process 0 only.
   log1 = (stages / "rm.multi.log.1").read_text()
   assert "process 1 of 2" in log1 and "pair accuracy" not in log1
+
+
+@pytest.fixture(scope="module")
+def evaluated(stages, data_dir) -> pathlib.Path:
+  """root/{single,multi}/eval: `launch.evaluate` on the 1-process run's SFT and GRPO exports
+  with its reward model as a judge, reliability and controls on."""
+  single = stages / "single"
+  _run_stage(stages, "evaluate", "launch.evaluate", lambda d: [
+      f"--checkpoints=sft={single / 'sft'},grpo={single / 'grpo'}",
+      f"--judges=rm:{single / 'rm'},length", f"--output_dir={d / 'eval'}",
+      f"--data_dir={data_dir}", "--max_prompts=4", "--max_new_tokens=8", "--batch_size=4",
+      "--max_labelled=12", "--reliability", "--controls", "--judge_chunk_size=4",
+      "--mesh=1,2,1"])
+  return stages
+
+
+def test_evaluation_as_two_processes_ends_where_one_process_ends(evaluated):
+  a, b = evaluated / "single" / "eval", evaluated / "multi" / "eval"
+  for name in ("excellence.csv", "diversity.csv", "reliability.csv", "controls.csv"):
+    assert (b / name).read_text() == (a / name).read_text(), name
+  sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+  assert sb["excellence"] == sa["excellence"] and sb["diversity"] == sa["diversity"]
+  assert len(sa["excellence"]) == 4  # 2 checkpoints x (rm, length)
+  for ckpt in ("sft", "grpo"):
+    ga, gb = _jsonl(a / "generations" / f"{ckpt}.jsonl"), _jsonl(b / "generations" / f"{ckpt}.jsonl")
+    assert [r["response"] for r in gb] == [r["response"] for r in ga] and len(ga) == 4
+    ja = _jsonl(a / "judgements" / ckpt / "rm_rm.jsonl")
+    jb = _jsonl(b / "judgements" / ckpt / "rm_rm.jsonl")  # written once, by process 0
+    assert [r["id"] for r in jb] == list(range(4))
+    np.testing.assert_allclose([r["score"] for r in jb], [r["score"] for r in ja], rtol=1e-5)
+  log1 = (evaluated / "evaluate.multi.log.1").read_text()
+  assert "process 1 of 2" in log1 and "Excellence rate" not in log1
 
 
 if __name__ == "__main__":

@@ -338,25 +338,38 @@ def micro_pipeline_config(path: str = "B"):
   config.sft, config.rm = multihost_configs.get_config("sft"), multihost_configs.get_config("rm")
   config.rl = multihost_configs.get_config("grpo")
   config.reward_path, config.rl_b.total_steps = path, 2
-  config.principles.update(max_examples=12, holdout_size=4, adversarial_batch=1,
-                           reflect_batch=2, max_attempts=1, max_tokens=16)
-  config.judge.update(max_tokens=16, max_attempts=1)
-  config.eval.update(max_prompts=4, max_new_tokens=8, max_labelled=12, batch_size=4,
+  config.principles.update(max_examples=8, holdout_size=2, adversarial_batch=1,
+                           reflect_batch=1, max_attempts=1, max_tokens=16)
+  config.judge.update(max_tokens=128, max_attempts=1)
+  config.eval.update(max_prompts=2, max_new_tokens=8, max_labelled=12, batch_size=4,
                      llm_signals=False)
   return config
 
 
-def test_path_b_runs_end_to_end_with_the_local_stand_in_judge(tmp_path, data_dir):
+def test_path_b_runs_end_to_end_with_the_local_stand_in_judge(tmp_path, data_dir, monkeypatch):
+  from rlaif_jax.judging import parsing
+  from rlaif_jax.training import metrics as metrics_lib
+  # Constrained decoding makes every verdict of the tiny random stand-in parse, provided it
+  # fits in max_tokens: a random model writes a string up to its cap, so a short cap keeps
+  # the reply (and this test) short.
+  short = json.loads(json.dumps(parsing.DETECTOR_SCHEMA))
+  short["properties"]["evaluation_explanation"]["maxLength"] = 8
+  monkeypatch.setattr(parsing, "DETECTOR_SCHEMA", short)
   work = tmp_path / "w"
-  text = pipeline.run_pipeline(micro_pipeline_config("B"), work, data_dir)
+  config = micro_pipeline_config("B")
+  assert config.judge.constrained_json
+  text = pipeline.run_pipeline(config, work, data_dir)
   assert (work / "principles" / "final_principles.json").is_file()
   assert (work / "principles" / "usage.json").is_file()
   assert (work / "grpo_b" / "export" / "config.json").is_file()
   assert not (work / "grpo").exists()  # path A was not asked for
-  # A tiny random judge's verdicts mostly do not parse: those rows are masked, and said so.
+  # Every reward row is a parsed verdict of the schema-constrained stand-in judge.
+  rows = [r for r in metrics_lib.read_metrics(work / "grpo_b") if "reward_mean" in r]
+  assert len(rows) == 2 and all(r["reward_invalid_frac"] == 0.0 for r in rows), rows
   assert "**The LLM judge here is a stand-in**" in text
-  assert "of the rewards were invalid" in text
-  assert "| B (principle judge) | 12 labelled examples (principle_examples split) |" in text
+  assert "of the rewards were invalid" not in text
+  assert "| B (principle judge) | 8 labelled examples (principle_examples split) |" in text
   assert "| SFT+GRPO(B) |" in text and "## Judges on the controls" in text
+  assert "signal2" not in text  # eval.llm_signals=false is honoured
   record = json.loads((work / "grpo_b" / pipeline.STAGE_CONFIG_FILE).read_text())
   assert record["reward_path"] == "B" and record["judge_checkpoint"] == "sft"

@@ -9,6 +9,7 @@ import numpy as np
 
 from rlaif_jax.data.controls import ControlItem
 from rlaif_jax.metrics import stats
+from rlaif_jax.evaluation import processes
 from rlaif_jax.evaluation.judges import EvalJudge
 
 
@@ -19,7 +20,8 @@ def control_rows(judges: Sequence[EvalJudge], control_sets: dict[str, Sequence[C
   rows = []
   for judge in judges:
     for kind, items in control_sets.items():
-      verdict = judge.judge([it.query for it in items], [it.response for it in items])
+      verdict = processes.judge(judge, [it.query for it in items],
+                                [it.response for it in items])
       labels = verdict.labels[verdict.valid].astype(np.int64)
       rows.append({"judge": judge.name, "control": kind, **stats.excellence_rate(labels),
                    "n_invalid": verdict.n_invalid})

@@ -3,6 +3,7 @@
 layout and the resume rules are in `harness.py`'s docstring)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,6 +17,7 @@ import tqdm
 
 from rlaif_jax import storage
 from rlaif_jax.data import formatting, greetings
+from rlaif_jax.evaluation import processes
 from rlaif_jax.evaluation.stale import StaleOutputError
 
 PROMPT_SETS = ("grpo_test", "eval_queries", "both")
@@ -133,8 +135,9 @@ def select_queries(data_dir: str | os.PathLike, prompt_set: str = "grpo_test",
 
 
 def _recover_generations(path: pathlib.Path, queries: Sequence[str], batch_size: int,
-                         fingerprint: str) -> tuple[storage.JsonlAppender, dict[int, dict]]:
-  """Records already written for whole batches; records of a cut batch are removed."""
+                         fingerprint: str) -> list[dict]:
+  """Records already written for whole batches, by id; records of a cut batch are removed
+  from the file."""
   appender = storage.JsonlAppender(str(path))
   records, done = appender.recover(), {}
   for n, r in enumerate(records, start=1):
@@ -154,7 +157,7 @@ def _recover_generations(path: pathlib.Path, queries: Sequence[str], batch_size:
                                            min(i - i % batch_size + batch_size, len(queries))))}
   if len(whole) < len(records):
     appender.rewrite([whole[i] for i in sorted(whole)])
-  return appender, whole
+  return [whole[i] for i in sorted(whole)]
 
 
 def _load_sampler(path: str, dtype: str, mesh: Any) -> Any:
@@ -172,10 +175,15 @@ def generate_checkpoint(path: str, queries: Sequence[str], out_path: str | os.Pa
                         ) -> list[dict[str, Any]]:
   """Generates one response per query with the checkpoint at `path` into `out_path` (JSONL,
   resumed; the model is only loaded when something is missing). Returns the records by id.
-  Raises StaleOutputError when `out_path` holds other prompts, settings or weights' samples."""
+  Raises StaleOutputError when `out_path` holds other prompts, settings or weights' samples.
+
+  Multi-host: process 0 reads and writes the file (its records reach every process); every
+  process runs the sampler."""
   out_path = pathlib.Path(out_path)
   fingerprint = cfg.fingerprint(path)
-  appender, done = _recover_generations(out_path, queries, cfg.batch_size, fingerprint)
+  done = {r["id"]: r for r in processes.on_main(
+      lambda: _recover_generations(out_path, queries, cfg.batch_size, fingerprint))}
+  appender = storage.JsonlAppender(str(out_path)) if processes.is_main() else None
   batches = [list(range(s, min(s + cfg.batch_size, len(queries))))
              for s in range(0, len(queries), cfg.batch_size)]
   pending = [k for k, ids in enumerate(batches) if any(i not in done for i in ids)]
@@ -186,8 +194,9 @@ def generate_checkpoint(path: str, queries: Sequence[str], out_path: str | os.Pa
     sampler = _load_sampler(path, cfg.dtype, mesh)
     fmt, sampling = cfg.format_config(), cfg.sampling()
     bar = tqdm.tqdm(total=sum(len(batches[k]) for k in pending), desc=f"generate {out_path.stem}",
-                    unit="prompt", dynamic_ncols=True, mininterval=1.0, disable=not progress)
-    with appender, bar:
+                    unit="prompt", dynamic_ncols=True, mininterval=1.0,
+                    disable=not progress or appender is None)
+    with appender or contextlib.nullcontext(), bar:
       for k in pending:
         encoded = [formatting.encode_prompt(sampler.tokenizer, queries[i], fmt) for i in batches[k]]
         completions = sampler.generate_encoded([ids for ids, _ in encoded], cfg.max_new_tokens,
@@ -198,6 +207,7 @@ def generate_checkpoint(path: str, queries: Sequence[str], out_path: str | os.Pa
                      "response": c.text.strip(), "finish_reason": c.finish_reason,
                      "completion_tokens": c.completion_tokens, "prompt_truncated": cut,
                      "seed": cfg.seed + k, "settings": fingerprint}
-          appender.append(done[i])
+          if appender is not None:
+            appender.append(done[i])
         bar.update(len(batches[k]))
   return [done[i] for i in range(len(queries))]

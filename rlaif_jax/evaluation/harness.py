@@ -31,7 +31,9 @@ missing ids are judged. A file written under other prompts, generation settings,
 weights (`checkpoint_identity`: a checkpoint retrained in place counts as another one) or judge
 is never mixed in: it is refused (`StaleOutputError`), or with `on_stale="restart"` moved to
 OUTPUT_DIR/stale/<time>/ with a printed note (a checkpoint's judgements with its generations)
-and written afresh. Lengths are non-whitespace characters (`diversity.char_length`),
+and written afresh. Multi-host (`processes.py`): every process generates and scores with the
+reward model; process 0 reads and writes the files and asks the LLM judges, and shares what it
+read or was told. Lengths are non-whitespace characters (`diversity.char_length`),
 except for the length judge, which thresholds len(response) as the paper's baseline does.
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ from typing import Any, Sequence
 
 from rlaif_jax import storage
 from rlaif_jax.data import controls as controls_lib, greetings
-from rlaif_jax.evaluation import control_eval, plots, report
+from rlaif_jax.evaluation import control_eval, plots, processes, report
 from rlaif_jax.metrics import diversity
 from rlaif_jax.evaluation.generation import (  # re-exported: the harness's public names
     PROMPT_SETS, GenerationConfig, checkpoint_dir, checkpoint_identity, generate_checkpoint,
@@ -115,8 +117,9 @@ def evaluate_checkpoints(checkpoints: dict[str, str], judges: Sequence[EvalJudge
             path, queries, out / "generations" / f"{name}.jsonl", generation, mesh, progress),
         also=[out / "judgements" / name])
     diversity_rows.append(diversity_row(name, gens, generation.seed, novelty_reference))
-    plots.plot_length_histogram([diversity.char_length(g["response"]) for g in gens],
-                          f"Response length: {name}", out / "plots" / f"length_{name}.png")
+    if processes.is_main():
+      plots.plot_length_histogram([diversity.char_length(g["response"]) for g in gens],
+                                  f"Response length: {name}", out / "plots" / f"length_{name}.png")
     for judge in judges:
       j_path = out / "judgements" / name / f"{judge.name}.jsonl"
       records = _fresh_if_stale(out, on_stale, lambda: judge_records(
@@ -127,14 +130,16 @@ def evaluate_checkpoints(checkpoints: dict[str, str], judges: Sequence[EvalJudge
           excellence, EXCELLENCE_COLUMNS, out / "excellence.md", out / "excellence.csv"),
       "Diversity and length": report.write_table(
           diversity_rows, DIVERSITY_COLUMNS, out / "diversity.md", out / "diversity.csv")}
-  plots.plot_bars(excellence, out / "plots" / "excellence.png")
+  if processes.is_main():
+    plots.plot_bars(excellence, out / "plots" / "excellence.png")
   settings = {"checkpoints": dict(checkpoints), "judges": [j.signature for j in judges],
               "n_prompts": len(queries), "prompt_set": source,
               "generation": dataclasses.asdict(generation),
               "novelty_reference": (None if novelty_reference is None else
                                     f"{len(novelty_reference)} distinct character 4-grams")}
   rows = {"excellence": excellence, "diversity": diversity_rows}
-  _write_summary(out, settings, tables, rows)
+  if processes.is_main():
+    _write_summary(out, settings, tables, rows)
   return rows
 
 
@@ -150,8 +155,9 @@ def evaluate_controls(judges: Sequence[EvalJudge], queries: Sequence[str],
   out = pathlib.Path(output_dir)
   sets = controls_lib.make_controls(queries, greetings.load_sft(data_dir), seed=seed)
   for kind, items in sets.items():
-    storage.write_text(str(out / "controls" / f"{kind}.jsonl"), "".join(
-        storage.dumps_line(dataclasses.asdict(it)).decode("utf-8") for it in items))
+    if processes.is_main():
+      storage.write_text(str(out / "controls" / f"{kind}.jsonl"), "".join(
+          storage.dumps_line(dataclasses.asdict(it)).decode("utf-8") for it in items))
   rows = control_eval.control_rows(judges, sets)
   report.write_table(rows, CONTROL_COLUMNS, out / "controls.md", out / "controls.csv")
   return rows

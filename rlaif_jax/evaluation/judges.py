@@ -14,14 +14,16 @@ Judge spec (`--judges`): a comma-separated list of entries
                                           batch_size=INT
   llm      BACKEND@BASE_URL#MODEL         principles=NAME|PATH (v0), template=NAME (detector),
                                           max_attempts=INT, temperature=FLOAT, max_tokens=INT,
-                                          concurrency=INT, timeout_s=FLOAT, api_key_env=NAME
+                                          concurrency=INT, timeout_s=FLOAT, api_key_env=NAME,
+                                          constrained_json=BOOL (false: see below)
   curator  BACKEND@BASE_URL#MODEL         num_examples=INT (3, retrieved from the labelled set),
                                           max_attempts, temperature, max_tokens, concurrency,
-                                          timeout_s, api_key_env
+                                          timeout_s, api_key_env, constrained_json
   length   (none)                         threshold=INT (default: fitted)
 
-BACKEND is `openai` (any OpenAI-compatible server: vLLM, SGLang, OpenAI). NAME (letters, digits,
-`_`, `.`, `-`) labels the judge in reports; by default `rm_<run dir name>`, `llm_<model>`,
+BACKEND is `openai` (any OpenAI-compatible server: vLLM, SGLang, OpenAI). constrained_json=true:
+the server implements `response_format` json_schema; the verdict schemas are then requested.
+NAME (letters, digits, `_`, `.`, `-`) labels the judge in reports; by default `rm_<run dir name>`, `llm_<model>`,
 `curator_<model>`, `length`. Paths and URLs may not contain `,` or `?`; quote the whole spec in
 a shell (`#`, `?`, `&`). Example:
 
@@ -344,7 +346,7 @@ OPTIONS: dict[str, dict[str, Callable[[str], Any]]] = {
     "rm": {"threshold": float, "debias": _bool, "batch_size": int},
     "llm": {"principles": str, "template": str, "constrained_json": _bool, **_BACKEND_OPTIONS},
     "curator": {"num_examples": int, "retriever": str, "retrieval_model": str,
-                **_BACKEND_OPTIONS},
+                "constrained_json": _bool, **_BACKEND_OPTIONS},
     "length": {"threshold": int},
 }
 NEEDS_TARGET = {"rm": "a reward-model run directory", "llm": "BACKEND@BASE_URL#MODEL",
@@ -437,24 +439,13 @@ def parse_judge_specs(spec: str) -> list[JudgeSpec]:
 # Construction.
 
 
-# The detector template's reply as a JSON schema: `constrained_json=true` sends it as the
-# request's `response_format`, so a server with structured output always returns a parsable
-# verdict (a server that ignores the field answers unconstrained).
-VERDICT_SCHEMA = {
-    "type": "object",
-    "properties": {"verdict": {"type": "string", "enum": ["Good", "Bad"]},
-                   "evaluation_explanation": {"type": "string"}},
-    "required": ["verdict", "evaluation_explanation"]}
-VERDICT_RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {
-    "name": "verdict", "schema": VERDICT_SCHEMA, "strict": True}}
-
-
 def _backend(spec: JudgeSpec) -> backends.LLMBackend:
   backend, url, model = parse_endpoint(spec.target, spec.where)
   keys = ("concurrency", "timeout_s", "api_key_env")
-  extra = ({"extra_body": {"response_format": VERDICT_RESPONSE_FORMAT}}
-           if spec.options.get("constrained_json") else {})
-  return backends.make_backend(backend, base_url=url, model=model, **extra,
+  # constrained_json: the server implements response_format json_schema; the agents' verdict
+  # schemas (judging/parsing.py) are then sent with their requests.
+  return backends.make_backend(backend, base_url=url, model=model,
+                               structured_output=spec.options.get("constrained_json", False),
                                **{k: spec.options[k] for k in keys if k in spec.options})
 
 

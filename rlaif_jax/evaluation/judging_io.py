@@ -3,6 +3,7 @@ appended chunk by chunk to JSONL) and `judge_reliability` (each judge against th
 fitted thresholds cross-fitted), the reliability table."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 from typing import Any, Sequence
@@ -12,7 +13,7 @@ import tqdm
 
 from rlaif_jax import storage
 from rlaif_jax.data import greetings
-from rlaif_jax.evaluation import report
+from rlaif_jax.evaluation import processes, report
 from rlaif_jax.metrics import agreement
 from rlaif_jax.evaluation.judges import EvalJudge
 from rlaif_jax.evaluation.stale import StaleOutputError, _check_on_stale, _fresh_if_stale
@@ -34,9 +35,41 @@ def judge_records(judge: EvalJudge, items: Sequence[dict[str, Any]], path: str |
   judge call; ids already in the file are kept, except those a backend failure left invalid
   (an LLM server that was down), which are judged again. Returns one record per item, in
   order. Raises StaleOutputError when the file holds verdicts on other responses or by another
-  judge."""
+  judge. Multi-host: process 0 reads and writes the file (`processes`)."""
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  kept = processes.on_main(lambda: _recover_judgements(judge, items, path))
+  done = {r["id"]: r for r in kept}
+  appender = storage.JsonlAppender(str(path)) if processes.is_main() else None
+  pending = [it for it in items if it["id"] not in done]
+  bar = tqdm.tqdm(total=len(pending), desc=f"judge {pathlib.Path(path).parent.name}/"
+                  f"{judge.name}", unit="item", dynamic_ncols=True, mininterval=1.0,
+                  disable=not progress or not pending or appender is None)
+  with appender or contextlib.nullcontext(), bar:
+    for start in range(0, len(pending), chunk_size):
+      chunk = pending[start:start + chunk_size]
+      result = processes.judge(judge, [c["query"] for c in chunk],
+                               [c["response"] for c in chunk])
+      for k, c in enumerate(chunk):
+        valid = bool(result.valid[k])
+        record = {"id": c["id"], "query": c["query"], "response": c["response"],
+                  "label": int(result.labels[k]) if valid else None, "valid": valid,
+                  "score": float(result.scores[k]) if valid else None,
+                  "judge": judge.signature, **result.details[k]}
+        if "human_label" in c:
+          record["human_label"] = c["human_label"]
+        if appender is not None:
+          appender.append(record)
+        done[c["id"]] = record
+      bar.update(len(chunk))
+  return [done[it["id"]] for it in items]
+
+
+def _recover_judgements(judge: EvalJudge, items: Sequence[dict[str, Any]],
+                        path: str | os.PathLike) -> list[dict[str, Any]]:
+  """The file's records to keep (those a backend failure left invalid are removed from it, to
+  be judged again); StaleOutputError when it holds verdicts on other responses or by another
+  judge."""
   appender = storage.JsonlAppender(str(path))
   by_id = {it["id"]: it for it in items}
   done: dict[Any, dict[str, Any]] = {}
@@ -56,26 +89,7 @@ def judge_records(judge: EvalJudge, items: Sequence[dict[str, Any]], path: str |
     appender.rewrite([r for r in existing if not _backend_failure(r)])
     print(f"{path}: judging {len(existing) - len(done)} record(s) again that failed on a "
           "backend error", flush=True)
-  pending = [it for it in items if it["id"] not in done]
-  bar = tqdm.tqdm(total=len(pending), desc=f"judge {pathlib.Path(path).parent.name}/"
-                  f"{judge.name}", unit="item", dynamic_ncols=True, mininterval=1.0,
-                  disable=not progress or not pending)
-  with appender, bar:
-    for start in range(0, len(pending), chunk_size):
-      chunk = pending[start:start + chunk_size]
-      result = judge.judge([c["query"] for c in chunk], [c["response"] for c in chunk])
-      for k, c in enumerate(chunk):
-        valid = bool(result.valid[k])
-        record = {"id": c["id"], "query": c["query"], "response": c["response"],
-                  "label": int(result.labels[k]) if valid else None, "valid": valid,
-                  "score": float(result.scores[k]) if valid else None,
-                  "judge": judge.signature, **result.details[k]}
-        if "human_label" in c:
-          record["human_label"] = c["human_label"]
-        appender.append(record)
-        done[c["id"]] = record
-      bar.update(len(chunk))
-  return [done[it["id"]] for it in items]
+  return list(done.values())
 
 
 def _crossfit_row(name: str, kind: str, ids: Sequence[Any], scores: np.ndarray,
@@ -106,8 +120,9 @@ def _crossfit_row(name: str, kind: str, ids: Sequence[Any], scores: np.ndarray,
   lines = [{"id": i, "fold": int(f), "threshold": fold_t[int(f)], "score": float(s),
             "label": int(p), "human_label": int(y)}
            for i, f, s, p, y in zip(ids, cv["folds"], scores, cv["predictions"], human)]
-  storage.write_text(str(out / "reliability" / CROSSFIT_DIR / f"{name}.jsonl"),
-                     "".join(storage.dumps_line(json_safe(r)).decode("utf-8") for r in lines))
+  if processes.is_main():
+    storage.write_text(str(out / "reliability" / CROSSFIT_DIR / f"{name}.jsonl"),
+                       "".join(storage.dumps_line(json_safe(r)).decode("utf-8") for r in lines))
   return row
 
 

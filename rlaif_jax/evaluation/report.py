@@ -12,6 +12,7 @@ import pathlib
 from typing import Any, Mapping, Sequence
 
 from rlaif_jax import storage
+from rlaif_jax.evaluation import processes
 
 
 def format_cell(value: Any, float_digits: int = 4) -> str:
@@ -46,7 +47,8 @@ def write_table(
   Args:
     rows: one dict per table row; keys outside `columns` are ignored, missing ones left empty.
     columns: column names in order.
-    md_path, csv_path: output files (parent folders are created).
+    md_path, csv_path: output files (parent folders are created); multi-host: written by
+      process 0 alone (`processes`).
     float_digits: decimals for floats in the markdown table.
   Returns:
     The markdown text.
@@ -59,8 +61,9 @@ def write_table(
   writer.writeheader()
   for row in rows:
     writer.writerow({c: row.get(c, "") for c in columns})
-  storage.write_text(str(md_path), text)
-  storage.write_bytes(str(csv_path), buffer.getvalue().encode("utf-8"))
+  if processes.is_main():
+    storage.write_text(str(md_path), text)
+    storage.write_bytes(str(csv_path), buffer.getvalue().encode("utf-8"))
   return text
 
 

@@ -52,11 +52,14 @@ def set_aside(output_dir: pathlib.Path, paths: Sequence[pathlib.Path], reason: s
 
 def _fresh_if_stale(output_dir: pathlib.Path, on_stale: str, fn, also: Sequence = ()):
   """fn(); on a StaleOutputError with on_stale="restart", sets its file (and `also`) aside and
-  calls fn() once more."""
+  calls fn() once more. Multi-host: every process gets the error (`processes.on_main`); process
+  0 moves the files."""
+  from rlaif_jax.evaluation import processes  # Local: processes imports this module.
   try:
     return fn()
   except StaleOutputError as e:
     if on_stale != "restart":
       raise
-    set_aside(output_dir, [e.path, *also], e.reason)
+    if processes.is_main():
+      set_aside(output_dir, [e.path, *also], e.reason)
     return fn()

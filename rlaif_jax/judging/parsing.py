@@ -256,11 +256,15 @@ def _required(obj: dict[str, Any], aliases: Sequence[str]) -> Any:
 # Explanations are capped (MAX_EXPLANATION_CHARS) so that a reply fits in the judges' max_tokens:
 # a reply cut at max_tokens is incomplete JSON, schema or not.
 MAX_EXPLANATION_CHARS = 400
+# The detector template asks for explanation and verdict; the adversarial detector adds a
+# suggestion for the generator (optional, after the verdict).
 DETECTOR_SCHEMA = {"type": "object", "properties": {
     "evaluation_explanation": {"type": "string", "maxLength": MAX_EXPLANATION_CHARS},
-    "verdict": {"enum": ["Good", "Bad"]},
-    "suggested_for_G": {"type": "string", "maxLength": MAX_EXPLANATION_CHARS}},
+    "verdict": {"enum": ["Good", "Bad"]}},
     "required": ["evaluation_explanation", "verdict"], "additionalProperties": False}
+ADVERSARIAL_DETECTOR_SCHEMA = {**DETECTOR_SCHEMA, "properties": {
+    **DETECTOR_SCHEMA["properties"],
+    "suggested_for_G": {"type": "string", "maxLength": MAX_EXPLANATION_CHARS}}}
 JUDGE_SCHEMA = {"type": "object", "properties": {
     "reason": {"type": "string", "maxLength": MAX_EXPLANATION_CHARS}, "judge": {"enum": [0, 1]}},
     "required": ["reason", "judge"], "additionalProperties": False}

@@ -65,12 +65,11 @@ def reward_overrides(config: Any, path: str, rm_dir: pathlib.Path,
   if path == "A":
     return {"sources": "rm", "rm": {"workdir": str(rm_dir)}}
   j = config.judge
-  fmt = local_judge.response_format(config)
   return {"sources": "judge", "judge": {
       "base_url": judge.base_url, "model": judge.model, "api_key_env": judge.api_key_env,
       "concurrency": j.concurrency, "principles": principles or j.principles, "fallback": 0.0,
       "max_tokens": j.max_tokens, "max_attempts": j.max_attempts,
-      "temperature": j.temperature, **({"response_format": fmt} if fmt else {})}}
+      "temperature": j.temperature, "constrained_json": bool(j.get("constrained_json", False))}}
 
 
 def _rl_config(config: Any, sft_dir: pathlib.Path, reward: dict[str, Any],
@@ -134,6 +133,7 @@ def run_pipeline(config: Any, workdir: str | os.PathLike, data_dir: str | os.Pat
         workdir, evaluation["rows"], evaluation["reliability"], timings, pngs,
         config.eval.prompt_set, controls=evaluation["controls"], paths=paths,
         local_judge=bool(endpoint and endpoint.local), data_dir=data_dir,
+        constrained_json=bool(config.judge.get("constrained_json", False)),
         rl_rows_per_step=config.rl.rl.prompts_per_step * config.rl.rl.n_samples)
     storage.write_text(str(workdir / RESULTS_FILE), text)
     print(text)

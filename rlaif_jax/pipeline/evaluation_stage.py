@@ -26,16 +26,16 @@ SIGNAL_NAMES = {"signal1": "Signal-1 (curator)", "signal2": "Signal-2 (principle
 def judge_spec(config: Any, rm_dir: pathlib.Path, endpoint: JudgeEndpoint | None,
                principles: str | None) -> str:
   """The judges of the evaluation as a `make_judges` spec: Signal-1 and Signal-2 through the
-  judge endpoint (when there is one), the reward model and the length baseline."""
+  judge endpoint (when there is one and `config.eval.llm_signals`), the reward model and the
+  length baseline."""
   parts = []
-  if endpoint is not None:
+  if endpoint is not None and config.eval.get("llm_signals", True):
     j, target = config.judge, f"openai@{endpoint.base_url}#{endpoint.model}"
     backend = (f"max_tokens={j.max_tokens}&max_attempts={j.max_attempts}"
-               f"&api_key_env={endpoint.api_key_env}&concurrency={j.concurrency}")
+               f"&api_key_env={endpoint.api_key_env}&concurrency={j.concurrency}"
+               f"&constrained_json={str(bool(j.get('constrained_json'))).lower()}")
     parts.append(f"signal1=curator:{target}?num_examples={config.eval.curator_examples}&{backend}")
-    constrained = "&constrained_json=true" if j.get("constrained_json") else ""
-    parts.append(f"signal2=llm:{target}?principles={principles or j.principles}&{backend}"
-                 f"{constrained}")
+    parts.append(f"signal2=llm:{target}?principles={principles or j.principles}&{backend}")
   return ",".join(parts + [f"rm=rm:{rm_dir}", "length"])
 
 

@@ -7,12 +7,12 @@ stopped when the `with` block ends (an error included).
 The stand-in makes path B run end to end anywhere; it is the policy's own starting point, so
 its verdicts say nothing about judge quality (results.md says so).
 
-Constrained verdicts: with `config.judge.constrained_json` the judge's requests carry
-`response_format` = `evaluation.judges.VERDICT_RESPONSE_FORMAT` (a json_schema of the detector
-template's reply), so a server that supports structured output
-(vLLM, SGLang, OpenAI; `sampling/server.py` once its json_schema decoding lands) always returns
-a parsable verdict. A server that ignores the field (ours today) answers unconstrained, and
-unparsable verdicts are masked (path B's GRPO) or counted invalid (evaluation).
+Constrained verdicts: with `config.judge.constrained_json` (default on) the judge's backends
+are built with `structured_output=True`, so every agent with a reply schema
+(`judging/parsing.py`: the detector's verdict, the curator's Judge/Reflect replies) sends it as
+`response_format` json_schema. Servers with structured output (vLLM, SGLang, OpenAI, this
+stand-in: `sampling/server.py` decodes under an xgrammar grammar) then return verdicts that
+parse unless cut at max_tokens; turn it off for a server without it (it would answer 400).
 """
 from __future__ import annotations
 
@@ -21,8 +21,6 @@ import contextlib
 import dataclasses
 import threading
 from typing import Any, Iterator
-
-from rlaif_jax.evaluation import judges
 
 LOCAL_MODEL_NAME = "sft-stand-in-judge"
 
@@ -34,11 +32,6 @@ class JudgeEndpoint:
   model: str
   api_key_env: str
   local: bool
-
-
-def response_format(config: Any) -> dict[str, Any] | None:
-  """The `response_format` request field of judge calls (None when not constrained)."""
-  return judges.VERDICT_RESPONSE_FORMAT if config.judge.get("constrained_json", False) else None
 
 
 class _ServerThread:
@@ -86,7 +79,7 @@ def serve_checkpoint(checkpoint: str, max_batch_rows: int = 64,
   policy = load_policy(checkpoint=checkpoint, mesh=mesh)
   config = ServerConfig(model_name=LOCAL_MODEL_NAME, max_batch_rows=max_batch_rows,
                         max_prompt_tokens=max_prompt_tokens, batch_window_s=0.02)
-  server = _ServerThread(make_app(Sampler(policy.model, policy.tokenizer, mesh=mesh), config))
+  server = _ServerThread(make_app(Sampler(policy.model, policy.tokenizer, mesh=mesh, pow2_prompts=True), config))
   port = server.start()
   url = f"http://127.0.0.1:{port}/v1"
   print(f"local stand-in judge: {checkpoint} served at {url}", flush=True)

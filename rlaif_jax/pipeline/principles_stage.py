@@ -28,20 +28,24 @@ FINAL_FILE = "final_principles.json"
 
 
 class CountingBackend(backends.LLMBackend):
-  """Delegates to `inner` and counts the conversations sent (`calls`), re-asks included."""
+  """Delegates to `inner` and counts the conversations sent (`calls`), re-asks included; its
+  schema views (`with_response_schema`) count into it too."""
 
-  def __init__(self, inner: backends.LLMBackend):
-    self.inner, self.calls = inner, 0
+  def __init__(self, inner: backends.LLMBackend, counter: "CountingBackend | None" = None):
+    self.inner, self.calls, self._counter = inner, 0, counter or self
 
   def __repr__(self) -> str:
     return repr(self.inner)
 
+  def with_response_schema(self, name: str, schema: dict[str, Any]) -> backends.LLMBackend:
+    return CountingBackend(self.inner.with_response_schema(name, schema), self._counter)
+
   async def generate(self, messages_batch, **sampling):
-    self.calls += len(messages_batch)
+    self._counter.calls += len(messages_batch)
     return await self.inner.generate(messages_batch, **sampling)
 
   async def generate_settled(self, messages_batch, **sampling):
-    self.calls += len(messages_batch)
+    self._counter.calls += len(messages_batch)
     return await self.inner.generate_settled(messages_batch, **sampling)
 
   async def aclose(self) -> None:
@@ -65,7 +69,8 @@ def optimise_principles(config: Any, out_dir: pathlib.Path, data_dir: pathlib.Pa
   queries = list(dict.fromkeys(r["query"] for r in labelled))
   backend = CountingBackend(backends.make_backend(
       "openai", base_url=endpoint.base_url, model=endpoint.model,
-      api_key_env=endpoint.api_key_env, concurrency=config.judge.concurrency))
+      api_key_env=endpoint.api_key_env, concurrency=config.judge.concurrency,
+      structured_output=bool(config.judge.get("constrained_json", False))))
   game = AdversarialGame(backend, _game_config(p))
   run_config = {"labeled": "principle_examples", "split_seed": p.split_seed, "queries":
                 "principle_examples queries", "seed": p.seed, "holdout_size": p.holdout_size,

@@ -114,7 +114,7 @@ def results_markdown(workdir: pathlib.Path, rows: dict[str, list[dict[str, Any]]
                      pngs: list[str], prompt_set: str = "grpo_test", *,
                      controls: list[dict[str, Any]] = (), paths: str = "A",
                      local_judge: bool = False, data_dir: pathlib.Path | None = None,
-                     rl_rows_per_step: int = 0) -> str:
+                     rl_rows_per_step: int = 0, constrained_json: bool = False) -> str:
   rm_report = reward_model.complete_pair_report(
       json.loads((workdir / "rm" / reward_model.REPORT_FILE).read_text()))
   rel = (workdir / "eval" / "reliability.md").read_text()
@@ -123,7 +123,8 @@ def results_markdown(workdir: pathlib.Path, rows: dict[str, list[dict[str, Any]]
       f", {n} prompts" if n is not None else "")
   parts = ["# rlaif_jax pipeline results", ""]
   if local_judge:
-    parts += [LOCAL_JUDGE_NOTE, ""]
+    parts += [LOCAL_JUDGE_NOTE + " " + (CONSTRAINED_NOTE if constrained_json
+                                        else UNCONSTRAINED_NOTE), ""]
   parts += [
       f"## Policies (evaluation prompts: {prompts})", "",
       _comparison_table(rows), "",
@@ -157,6 +158,12 @@ LOCAL_JUDGE_NOTE = (
     "machinery runs end to end; they say nothing about judge quality or about path B versus "
     "path A. Rerun with `--config.judge.base_url=... --config.judge.model=...` (vLLM, SGLang, "
     "OpenAI) for the paper's comparison.")
+CONSTRAINED_NOTE = (
+    "Its replies are decoded under each verdict's JSON schema (`judge.constrained_json`), so "
+    "they parse unless cut at `judge.max_tokens`.")
+UNCONSTRAINED_NOTE = (
+    "Its replies are not constrained (`judge.constrained_json=false`): a tiny model's verdicts "
+    "mostly fail to parse, and are masked (path B's GRPO) or counted invalid (evaluation).")
 EXCELLENCE_NOTE = (
     "Excellence = share of generations a judge calls excellent, over its valid verdicts (the "
     "invalid ones, replies that did not parse, are counted in brackets and left out); 95% "

@@ -112,12 +112,10 @@ def build_reward(rcfg: Any, workdir: pathlib.Path, sft_dir: pathlib.Path,
       from rlaif_jax.judging.reward import JudgeReward
       from rlaif_jax.judging.backends import SamplingParams
       j = rcfg.judge
-      # response_format: a structured-output request field (json_schema), passed through as is.
-      fmt = j.get("response_format")
-      extra = {"response_format": fmt.to_dict() if hasattr(fmt, "to_dict") else fmt} if fmt else None
+      # constrained_json: the server implements response_format json_schema (verdict schema).
       backend = make_backend("openai", base_url=j.base_url, model=j.model,
                              api_key_env=j.api_key_env, concurrency=j.concurrency,
-                             extra_body=extra)
+                             structured_output=bool(j.get("constrained_json", False)))
       source = JudgeReward(backend, j.principles, fallback=float(j.get("fallback", 0.0)),
                            max_attempts=int(j.get("max_attempts", 3)),
                            sampling=SamplingParams(temperature=float(j.get("temperature", 0.0)),

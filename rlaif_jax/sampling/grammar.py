@@ -30,13 +30,28 @@ _LOCK = threading.Lock()
 @functools.lru_cache(maxsize=4)
 def _compiler(tokenizer: Tokenizer, vocab_size: int, stop_ids: tuple[int, ...]):
   import xgrammar as xgr
-  hf = getattr(tokenizer, "hf", None)
-  if hf is None:
-    raise ValueError("response_format needs a Hugging Face tokenizer (tokenizer.json); this "
+  return xgr.GrammarCompiler(_tokenizer_info(tokenizer, vocab_size, stop_ids), max_threads=2,
+                             cache_enabled=True)
+
+
+def _tokenizer_info(tokenizer: Tokenizer, vocab_size: int, stop_ids: tuple[int, ...]):
+  """xgrammar's view of the vocabulary: a Hugging Face tokenizer's own, or a SentencePiece
+  model's pieces (byte fallback: `<0xNN>` pieces are bytes, `▁` a space; control and chat
+  pieces are special, so a grammar never allows them)."""
+  import xgrammar as xgr
+  hf, sp = getattr(tokenizer, "hf", None), getattr(tokenizer, "sp", None)
+  if hf is not None:
+    return xgr.TokenizerInfo.from_huggingface(hf, vocab_size=vocab_size,
+                                              stop_token_ids=list(stop_ids))
+  if sp is None:
+    raise ValueError("response_format needs a Hugging Face or SentencePiece tokenizer; this "
                      f"model's tokenizer is {type(tokenizer).__name__}")
-  info = xgr.TokenizerInfo.from_huggingface(hf, vocab_size=vocab_size,
-                                            stop_token_ids=list(stop_ids))
-  return xgr.GrammarCompiler(info, max_threads=2, cache_enabled=True)
+  special = set(getattr(tokenizer, "_special_ids", ())) | set(stop_ids)
+  pieces = ["" if i in special or sp.IsControl(i) or sp.IsUnknown(i) else sp.IdToPiece(i)
+            for i in range(sp.GetPieceSize())]
+  pieces += [""] * (vocab_size - len(pieces))
+  return xgr.TokenizerInfo(pieces, xgr.VocabType.BYTE_FALLBACK, vocab_size=vocab_size,
+                           stop_token_ids=list(stop_ids), add_prefix_space=True)
 
 
 def compile_format(tokenizer: Tokenizer, vocab_size: int, stop_ids: Sequence[int],
@@ -55,10 +70,12 @@ def compile_format(tokenizer: Tokenizer, vocab_size: int, stop_ids: Sequence[int
 
 
 def check_schema(schema: dict) -> str:
-  """The schema as canonical JSON text (the compile cache key); ValueError if not an object."""
+  """The schema as JSON text (the compile cache key); ValueError if not an object. Keys keep
+  their order: an object's properties are generated in the order the schema lists them (an
+  explanation before its verdict), so sorting them would change the replies."""
   if not isinstance(schema, dict):
     raise ValueError("response_format.json_schema.schema must be a JSON object")
-  return json.dumps(schema, sort_keys=True)
+  return json.dumps(schema, ensure_ascii=False)
 
 
 class GrammarHook:

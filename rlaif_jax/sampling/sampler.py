@@ -291,6 +291,10 @@ class Sampler:
     mesh: when given, every call runs under `jax.set_mesh(mesh)`; otherwise the caller's mesh
       context (if any) applies.
     prompt_bucket: `generate` pads prompt lengths to a multiple of this.
+    pow2_prompts: `generate` pads prompt lengths to a power of two (at least prompt_bucket)
+      instead: a server's prompts of any length then share log2(max_len) compiled shapes
+      (at most twice the prompt's cache), where multiples of prompt_bucket compile once per
+      32 tokens of prompt length.
     unstack_layers: a scanned model's layers are sliced out of the stacked weights once per
       call (faster decode, one transient copy of the layer weights) rather than every step.
     grow_cache_from: the KV cache starts with room for this many new tokens and doubles up to
@@ -301,7 +305,8 @@ class Sampler:
 
   def __init__(self, model: Decoder, tokenizer: Tokenizer | None = None, *,
                mesh: jax.sharding.Mesh | None = None, prompt_bucket: int = 32,
-               unstack_layers: bool = True, grow_cache_from: int | None = 64):
+               pow2_prompts: bool = False, unstack_layers: bool = True,
+               grow_cache_from: int | None = 64):
     self.unstack_layers = unstack_layers
     cache_spans(2, grow_cache_from)  # validates
     self.grow_cache_from = grow_cache_from
@@ -309,7 +314,7 @@ class Sampler:
     self.cfg = model.cfg
     self.tokenizer = tokenizer
     self.mesh = mesh
-    self.prompt_bucket = prompt_bucket
+    self.prompt_bucket, self.pow2_prompts = prompt_bucket, pow2_prompts
     self.stop_ids: tuple[int, ...] = ()
     if tokenizer is not None:
       self.stop_ids = tuple(dict.fromkeys([tokenizer.eos_id, *tokenizer.stop_ids]))
@@ -445,6 +450,8 @@ class Sampler:
       raise ValueError(f"got {len(per_prompt)} SamplingParams for {len(ids)} prompts")
     rows = comp.next_power_of_two(len(ids))
     length = comp.round_up(max(len(x) for x in ids), self.prompt_bucket)
+    if self.pow2_prompts:
+      length = comp.next_power_of_two(length)
     tokens, mask = comp.left_pad(ids, self.tokenizer.pad_id, length, rows)
     limits = [dataclasses.replace(p, max_tokens=min(p.max_tokens or max_new_tokens,
                                                     max_new_tokens)) for p in per_prompt]

@@ -5,7 +5,8 @@ shards on devices other processes own, so `np.asarray` / `jax.device_get` on it 
 host read of a device value therefore goes through `to_host`: a plain copy when this process
 holds every shard, a `process_allgather` (a collective: every process must call it, in the same
 order) otherwise. Files are written by process 0 only (`is_main`); `barrier` makes the others
-wait for them. Decisions every process must take alike go through `broadcast`.
+wait for them. Decisions every process must take alike go through `broadcast` (numbers and
+arrays) or `broadcast_json` (records, texts).
 
 `offload` / `reload` keep a model's weights in host memory between uses (`rl.ref_on_host`,
 `reward.rm.on_host`): each process keeps only the shards of its own devices.
@@ -13,6 +14,7 @@ wait for them. Decisions every process must take alike go through `broadcast`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import jax
@@ -59,6 +61,17 @@ def broadcast(value: Any) -> Any:
   if not is_multiprocess():
     return value
   return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(value))
+
+
+def broadcast_json(value: Any) -> Any:
+  """Process 0's JSON-ready `value` on every process (the others' `value` is ignored), sent as
+  UTF-8 bytes, length first. As JSON does: tuples come back as lists, dict keys as strings."""
+  if not is_multiprocess():
+    return value
+  data = json.dumps(value, ensure_ascii=False).encode("utf-8") if is_main() else b""
+  n = int(broadcast(np.int64(len(data))))
+  buf = np.frombuffer(data, np.uint8) if is_main() else np.zeros(n, np.uint8)
+  return json.loads(bytes(broadcast(buf)).decode("utf-8"))
 
 
 def agreed_flag(flag: bool) -> bool:
