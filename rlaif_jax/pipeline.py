@@ -263,7 +263,7 @@ def run_pipeline(config: Any, workdir: str | os.PathLike, data_dir: str | os.Pat
     rl_cfg.policy.sft_workdir = str(sft_dir)
     rl_cfg.reward.rm.workdir = str(rm_dir)
     if config.reward_path == "B":
-      rl_cfg.reward.sources = "judge"
+      rl_cfg.reward.use = ("judge",)
       rl_cfg.reward.judge.update(config.judge.to_dict())
     timed("grpo", lambda: rl_run.run_rl(rl_cfg, rl_dir, data_dir))
   _stage("evaluation", False)

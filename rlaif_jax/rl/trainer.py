@@ -25,9 +25,9 @@ from rlaif_jax.data import formatting
 from rlaif_jax.models.decoder import Decoder
 from rlaif_jax.models.scalar_head import ScalarHeadModel
 from rlaif_jax.rl import algorithms, losses, rollout as rollout_lib, rollout_buffer
-from rlaif_jax.rl.reward_sources import RewardSource, checked_scores, set_step, valid_mask
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
+from rlaif_jax.scoring.contract import Rollout, Scorer, require_scores, token_space_id
 from rlaif_jax.sharding import host, mesh as mesh_lib
 from rlaif_jax.tokenizers.base import Tokenizer
 from rlaif_jax.training import checkpointing, metrics as metrics_lib
@@ -92,10 +92,21 @@ class RLConfig:
 PromptSchedule = Callable[[int], Sequence[str]]  # step -> the step's requests (pure function)
 
 
-class RLTrainer:
-  """Trains `policy` against `reward`, writing metrics/checkpoints to `workdir`."""
+def part_means(extras: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, float]:
+  """`reward_<name>`: the mean over valid rows of each part of a weighted-sum reward (the
+  float32 extras `scoring.WeightedSum` returns under the part's name)."""
+  out = {}
+  for key, value in extras.items():
+    if "." not in key and np.asarray(value).dtype == np.float32 and valid.any():
+      out[f"reward_{key}"] = float(np.asarray(value)[valid].mean())
+  return out
 
-  def __init__(self, policy: Decoder, tokenizer: Tokenizer, reward: RewardSource,
+
+class RLTrainer:
+  """Trains `policy` against `reward` (a `scoring.Scorer`), writing metrics/checkpoints to
+  `workdir`."""
+
+  def __init__(self, policy: Decoder, tokenizer: Tokenizer, reward: Scorer,
                prompts: PromptSchedule, cfg: RLConfig, fmt: formatting.FormatConfig, mesh: Mesh,
                workdir: str | pathlib.Path, actor_optimizer, actor_schedule=None,
                critic: ScalarHeadModel | None = None, critic_optimizer=None,
@@ -105,6 +116,7 @@ class RLTrainer:
     self.cfg, self.tok, self.reward, self.prompts, self.fmt = cfg, tokenizer, reward, prompts, fmt
     self.mesh, self.workdir = mesh, pathlib.Path(workdir)
     self.meta = dict(meta or {})
+    self.token_space = token_space_id(tokenizer)  # lets a same-tokenizer RM score the ids
     # (query, completion, reward) of the latest rollout, reward NaN for an item the source could
     # not score; empty until a step runs (a rerun of a finished run runs none).
     self.last_texts: list[tuple[str, str, float]] = []
@@ -197,8 +209,15 @@ class RLTrainer:
     seq = rollout_buffer.assemble_sequences(
         np.repeat(enc["tokens"], cfg.n_samples, 0), np.repeat(enc["attention_mask"], cfg.n_samples, 0),
         out.tokens, np.asarray(out.response_mask))
+    # For the scorers: the policy's prompt ids [B, P] and the response-only ids [B, R].
+    seq.update(prompt_ids=np.repeat(enc["tokens"], cfg.n_samples, 0).astype(np.int32),
+               prompt_mask=np.repeat(enc["attention_mask"], cfg.n_samples, 0).astype(bool),
+               completion_ids=np.asarray(out.tokens, np.int32),
+               completion_mask=np.asarray(out.response_mask).astype(bool))
     seq = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.data_sharding(self.mesh, np.ndim(x))),
                        seq)
+    ids = {k: seq.pop(k) for k in ("prompt_ids", "prompt_mask", "completion_ids",
+                                   "completion_mask")}
     ref = self.ref_params
     if self.cfg.ref_on_host:
       ref = host.reload(ref)
@@ -216,11 +235,15 @@ class RLTrainer:
     del ref
     t2 = time.perf_counter()
     rep_queries = [q for q in queries for _ in range(cfg.n_samples)]
-    set_step(self.reward, step)  # e.g. the offline exchange names its files by the step
-    rewards = checked_scores("reward", self.reward.score(rep_queries, texts), len(texts))
-    # Items the source could not score (a failed judge call) carry a placeholder reward, not a
+    rollout = Rollout(rep_queries, texts, np.asarray(out.stopped, bool), step=step,
+                      columns={"query": rep_queries,
+                               "group": np.repeat(np.arange(len(queries)), cfg.n_samples)},
+                      token_space=self.token_space, **ids)
+    scores = require_scores(getattr(self.reward, "name", "reward"), self.reward.score(rollout),
+                            rollout.size)
+    # Items the scorer could not score (a failed judge call) carry a placeholder reward, not a
     # verdict: they are masked out of the update and the group statistics, never trained on.
-    valid = valid_mask(self.reward, len(texts))
+    rewards, valid = scores.values, scores.valid
     t3 = time.perf_counter()
     critic_params = self.critic.params if self.critic is not None else None
     row_sharding = mesh_lib.data_sharding(self.mesh, 1)
@@ -235,7 +258,7 @@ class RLTrainer:
              "response_len": float(lengths.mean()),
              "response_chars": float(np.mean([len(t) for t in texts])),
              "truncated_frac": float(np.mean(~out.stopped)), "t_generate": t1 - t0,
-             "t_score": t3 - t2}
+             "t_score": t3 - t2, **part_means(scores.extras, valid)}
     self.last_texts = list(zip(rep_queries, texts, np.where(valid, rewards, np.nan).tolist()))
     return batch, stats
 

@@ -162,8 +162,12 @@ class LoopConfig:
 
   @classmethod
   def from_config(cls, cfg: Any) -> "LoopConfig":
-    """From a ConfigDict with these field names (missing ones keep their defaults)."""
+    """From a ConfigDict with these field names (missing ones keep their defaults); a key that
+    is not a field is refused, naming it (a typo would otherwise be silently ignored)."""
     names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(k for k in cfg.keys() if k not in names)
+    if unknown:
+      raise ValueError(f"config.loop: unknown key(s) {unknown}; known: {sorted(names)}")
     return cls(**{k: cfg[k] for k in names if k in cfg})
 
 
