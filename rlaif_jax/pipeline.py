@@ -96,8 +96,10 @@ def stage_records(config: Any) -> dict[str, dict[str, Any]]:
   if not config.sft.model.get("hf_checkpoint"):
     records["initial"] = {"sft": {k: sft_cfg.get(k) for k in ("seed", "model", "tokenizer")}}
   records["rm"] = {"sft": sft_cfg, "rm": rm_cfg}
-  grpo: dict[str, Any] = {"sft": sft_cfg, "rl": _plain(config.rl),
-                          "reward_path": config.reward_path}
+  rl_cfg = _plain(config.rl)  # only the reward's scorer blocks in use decide what GRPO makes
+  use = ["judge"] if config.reward_path == "B" else list(rl_cfg["reward"]["use"])
+  rl_cfg["reward"] = {k: v for k, v in rl_cfg["reward"].items() if k in use or k == "use"}
+  grpo: dict[str, Any] = {"sft": sft_cfg, "rl": rl_cfg, "reward_path": config.reward_path}
   if config.reward_path == "B":
     grpo["judge"] = _plain(config.judge)
   else:

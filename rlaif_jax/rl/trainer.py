@@ -27,7 +27,8 @@ from rlaif_jax.models.scalar_head import ScalarHeadModel
 from rlaif_jax.rl import algorithms, losses, rollout as rollout_lib, rollout_buffer
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
-from rlaif_jax.scoring.contract import Rollout, Scorer, require_scores, token_space_id
+from rlaif_jax.scoring.contract import (Rollout, Scorer, Scores, require_scores,
+                                        token_space_id)
 from rlaif_jax.sharding import host, mesh as mesh_lib
 from rlaif_jax.tokenizers.base import Tokenizer
 from rlaif_jax.training import checkpointing, metrics as metrics_lib
@@ -90,6 +91,19 @@ class RLConfig:
 
 
 PromptSchedule = Callable[[int], Sequence[str]]  # step -> the step's requests (pure function)
+
+
+def rollout_stats(rollout: Rollout, scores: Scores, lengths: np.ndarray) -> dict[str, float]:
+  """A step's reward and length metrics: reward mean/std over valid rows, the invalid share,
+  response tokens and characters, the share cut at the token limit, each reward part."""
+  scored = scores.values[scores.valid]
+  return {"reward_mean": float(scored.mean()) if scored.size else 0.0,
+          "reward_std": float(scored.std()) if scored.size else 0.0,
+          "reward_invalid_frac": float(1.0 - scores.valid.mean()),
+          "response_len": float(np.mean(lengths)),
+          "response_chars": float(np.mean([len(t) for t in rollout.completions])),
+          "truncated_frac": float(np.mean(~rollout.stopped)),
+          **part_means(scores.extras, scores.valid)}
 
 
 def part_means(extras: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, float]:
@@ -206,33 +220,8 @@ class RLTrainer:
     lengths = out.lengths
     texts = [self.tok.decode(out.tokens[i, :lengths[i]]) for i in range(len(lengths))]
     t1 = time.perf_counter()
-    seq = rollout_buffer.assemble_sequences(
-        np.repeat(enc["tokens"], cfg.n_samples, 0), np.repeat(enc["attention_mask"], cfg.n_samples, 0),
-        out.tokens, np.asarray(out.response_mask))
-    # For the scorers: the policy's prompt ids [B, P] and the response-only ids [B, R].
-    seq.update(prompt_ids=np.repeat(enc["tokens"], cfg.n_samples, 0).astype(np.int32),
-               prompt_mask=np.repeat(enc["attention_mask"], cfg.n_samples, 0).astype(bool),
-               completion_ids=np.asarray(out.tokens, np.int32),
-               completion_mask=np.asarray(out.response_mask).astype(bool))
-    seq = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.data_sharding(self.mesh, np.ndim(x))),
-                       seq)
-    ids = {k: seq.pop(k) for k in ("prompt_ids", "prompt_mask", "completion_ids",
-                                   "completion_mask")}
-    ref = self.ref_params
-    if self.cfg.ref_on_host:
-      ref = host.reload(ref)
-    sampler_lp = None
-    if cfg.old_log_probs_from_sampler:
-      sampler_lp = jax.device_put(
-          rollout_lib.sampler_log_probs_on_sequence(enc["tokens"].shape[1], out.logprobs),
-          mesh_lib.data_sharding(self.mesh, 2))
-    # The old and reference log-probs need no reward: dispatched first, the device computes
-    # them while the host scores (a remote judge, the reward model's tokenizer).
-    with jax.set_mesh(self.mesh):
-      old_lp, ref_lp = self.prepare.log_probs(self.actor.params, ref, seq, sampler_lp)
-    if self.cfg.ref_on_host:  # the reference leaves the device before a reward model arrives
-      jax.block_until_ready((old_lp, ref_lp))
-    del ref
+    seq, ids = self._device_sequences(enc, out)
+    old_lp, ref_lp = self._log_probs(seq, enc, out)
     t2 = time.perf_counter()
     rep_queries = [q for q in queries for _ in range(cfg.n_samples)]
     rollout = Rollout(rep_queries, texts, np.asarray(out.stopped, bool), step=step,
@@ -251,16 +240,41 @@ class RLTrainer:
       batch = self.prepare.finish(old_lp, ref_lp, critic_params, seq,
                                   jax.device_put(rewards, row_sharding),
                                   None if valid.all() else jax.device_put(valid, row_sharding))
-    scored = rewards[valid]
-    stats = {"reward_mean": float(scored.mean()) if scored.size else 0.0,
-             "reward_std": float(scored.std()) if scored.size else 0.0,
-             "reward_invalid_frac": float(1.0 - valid.mean()),
-             "response_len": float(lengths.mean()),
-             "response_chars": float(np.mean([len(t) for t in texts])),
-             "truncated_frac": float(np.mean(~out.stopped)), "t_generate": t1 - t0,
-             "t_score": t3 - t2, **part_means(scores.extras, valid)}
+    stats = {**rollout_stats(rollout, scores, lengths), "t_generate": t1 - t0,
+             "t_score": t3 - t2}
     self.last_texts = list(zip(rep_queries, texts, np.where(valid, rewards, np.nan).tolist()))
     return batch, stats
+
+  def _device_sequences(self, enc: dict, out) -> tuple[dict, dict]:
+    """(seq, ids) on the devices, rows over the data axes: seq the [B, P+R] rows of
+    `rollout_buffer.assemble_sequences`; ids the scorers' view, the policy's prompt ids
+    [B, P] and the response-only ids [B, R] with their masks (`Rollout` fields)."""
+    n = self.cfg.n_samples
+    prompts, prompt_mask = np.repeat(enc["tokens"], n, 0), np.repeat(enc["attention_mask"], n, 0)
+    seq = rollout_buffer.assemble_sequences(prompts, prompt_mask, out.tokens,
+                                            np.asarray(out.response_mask))
+    ids = dict(prompt_ids=prompts.astype(np.int32), prompt_mask=prompt_mask.astype(bool),
+               completion_ids=np.asarray(out.tokens, np.int32),
+               completion_mask=np.asarray(out.response_mask).astype(bool))
+    return jax.tree.map(
+        lambda x: jax.device_put(x, mesh_lib.data_sharding(self.mesh, np.ndim(x))), (seq, ids))
+
+  def _log_probs(self, seq: dict, enc: dict, out) -> tuple[jax.Array, jax.Array]:
+    """(old, ref) log-probs f32[B, P+R], dispatched before scoring: they need no reward, so the
+    device computes them while the host scores (a remote judge, the reward model's tokenizer)."""
+    ref = self.ref_params
+    if self.cfg.ref_on_host:
+      ref = host.reload(ref)
+    sampler_lp = None
+    if self.cfg.old_log_probs_from_sampler:
+      sampler_lp = jax.device_put(
+          rollout_lib.sampler_log_probs_on_sequence(enc["tokens"].shape[1], out.logprobs),
+          mesh_lib.data_sharding(self.mesh, 2))
+    with jax.set_mesh(self.mesh):
+      old_lp, ref_lp = self.prepare.log_probs(self.actor.params, ref, seq, sampler_lp)
+    if self.cfg.ref_on_host:  # the reference leaves the device before a reward model arrives
+      jax.block_until_ready((old_lp, ref_lp))
+    return old_lp, ref_lp
 
   def update(self, batch: rollout_buffer.RolloutBatch, step: int) -> dict[str, float]:
     cfg = self.cfg
