@@ -24,6 +24,12 @@ transformers is never imported. When transformers also runs on the GPU, JAX gets
 XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 (unless an XLA_PYTHON_CLIENT_* memory variable is set) so
 that torch has room beside it. Batch sizes run in the order given: put the one that matters
 first, a time limit then cuts the others.
+
+`--constrained` adds a constrained-decoding row at the first batch size: the same greedy
+generation with every row under a JSON-schema grammar (xgrammar masks from the host step hook,
+`rlaif_jax.sampling.grammar`), over a byte-level BPE tokenizer built with the model's vocabulary
+size (`benchmarks.grammar_libs.build_tokenizer`), no stop ids (so both runs take new_tokens
+steps), printed as ms per step and as a ratio to the unconstrained run of the same process.
 """
 import math
 import os
@@ -64,6 +70,8 @@ _ROW_TOKENS = flags.DEFINE_integer(
     "row_tokens", None, "Rows end after this many tokens (a per-row limit) inside a buffer of "
     "--new_tokens: a rollout whose responses end early. transformers generates the same count. "
     "Default: --new_tokens.")
+_CONSTRAINED = flags.DEFINE_bool("constrained", False, "Add the constrained-decoding row (see "
+                                  "the module docstring).")
 _GROW = flags.DEFINE_integer("grow_cache_from", 64, "Sampler(grow_cache_from=...): the KV cache "
                              "starts with room for this many new tokens and doubles; 0: whole.")
 
@@ -210,6 +218,53 @@ def decode_bytes_per_step(cfg: config_lib.ModelConfig, batch: int, cache_len: fl
   return float(weights * itemsize + kv)
 
 
+CONSTRAINED_SCHEMA = {"type": "object", "properties": {
+    "explanation": {"type": "string"}, "verdict": {"enum": ["Good", "Bad"]}},
+    "required": ["explanation", "verdict"], "additionalProperties": False}
+
+
+def time_constrained(sampler: Sampler, cfg: config_lib.ModelConfig, b: int, p: int,
+                     n: int) -> tuple[float, float, float]:
+  """(unconstrained s, constrained s, fraction of row-steps whose mask was computed) for one
+  greedy generation of b rows x n steps, warm (each timed after one untimed run)."""
+  import json
+  from benchmarks.grammar_libs import build_tokenizer
+  from rlaif_jax.sampling import decode_step, grammar
+
+  class HFOnly:  # what grammar.GrammarHook reads of a tokenizer
+    hf = build_tokenizer(cfg.vocab_size)
+  tokenizer = HFOnly()
+  eos = tokenizer.hf.eos_token_id
+  fmt = ("json_schema", json.dumps(CONSTRAINED_SCHEMA))
+  tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, (b, p)).astype(np.int32)
+  mask = np.ones((b, p), bool)
+  greedy = SamplingParams.greedy()
+  filled = [0]
+
+  def run(constrained: bool) -> float:
+    handle = None
+    if constrained:
+      hook = grammar.GrammarHook(tokenizer, [fmt] * b, cfg.vocab_size, (eos,))
+
+      def counting(step, prev, lengths, done, bitmask, cancel):
+        hook(step, prev, lengths, done, bitmask, cancel)
+        filled[0] += sum(not m.is_terminated() for m in hook.matchers.values())
+      handle = decode_step.register_hook(counting)
+    start = time.perf_counter()
+    try:
+      out = sampler.generate_ids(None, tokens, mask, n, greedy, 0, stop_ids=(), step_hook=handle)
+      jax.block_until_ready(out.tokens)
+    finally:
+      if handle is not None:
+        decode_step.unregister_hook(handle)
+    return time.perf_counter() - start
+
+  run(False), run(True)  # compile
+  filled[0] = 0
+  plain, constrained = run(False), run(True)
+  return plain, constrained, filled[0] / (b * n)
+
+
 def _torch_threads() -> int:
   import torch
   return torch.get_num_threads()
@@ -274,6 +329,12 @@ def main(argv: list[str]) -> None:
           cfg, b, mean_cache_slots(p, n, sampler.grow_cache_from, k), itemsize)
       row += f" {moved / step_s / (hbm_gbps * 1e9):>8.1%}"
     print(row, flush=True)
+  if _CONSTRAINED.value:
+    b = batch_sizes[0]
+    plain, constrained, masked = time_constrained(sampler, cfg, b, p, n)
+    print(f"constrained decoding (json_schema, xgrammar, batch {b}, {n} steps): "
+          f"{1e3 * constrained / n:.2f} ms/step vs {1e3 * plain / n:.2f} unconstrained, ratio "
+          f"{constrained / plain:.2f} (masks computed on {masked:.0%} of row-steps)", flush=True)
   if _TRACE_TOP.value:
     print_trace(sampler, cfg, max(batch_sizes), p, n, _TRACE_TOP.value)
   print("tokens/s ratio ours/transformers: " + ", ".join(f"b{b}={r:.2f}"

@@ -31,7 +31,7 @@ import pathlib
 import sys
 from typing import Any
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from launch import common
 from rlaif_jax.data import formatting, greetings, paths
@@ -58,9 +58,12 @@ _SPLIT_SEED = flags.DEFINE_integer("split_seed", 0, "Seed of the leak-free split
 _MAX_LABELLED = flags.DEFINE_integer("max_labelled", 0, "Use the first N labelled records for "
                                      "calibration and reliability; 0 = all.")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "New tokens per response.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0 = greedy).")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus mass in (0, 1]; 1 = off.")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens; 0 = off.")
+_TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature (0 = greedy); "
+                                  "default: the first checkpoint's generation_config.json, else 1.")
+_TOP_P = flags.DEFINE_float("top_p", None, "Nucleus mass in (0, 1]; 1 = off (default: "
+                            "generation_config.json, else 1).")
+_TOP_K = flags.DEFINE_integer("top_k", None, "Keep the k most likely tokens; 0 = off (default: "
+                              "generation_config.json, else 0).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed; generation batch k uses seed + k.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Prompts per sampler call.")
 _JUDGE_CHUNK = flags.DEFINE_integer("judge_chunk_size", 64, "Items per judge call (resume unit).")
@@ -72,18 +75,43 @@ _PROMPT_TEMPLATE = flags.DEFINE_string("prompt_template", formatting.GRPO_PROMPT
 _CHAT_TEMPLATE = flags.DEFINE_bool("chat_template", True, "Wrap prompts in the chat template.")
 _SYSTEM_PROMPT = flags.DEFINE_string("system_prompt", None, "Optional system message.")
 _MAX_PROMPT_LEN = flags.DEFINE_integer("max_prompt_len", 256, "Prompt token budget.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model dtype.")
+_DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
+                           "Model dtype (auto: bfloat16 on accelerators, float32 on CPU).")
 _MESH = flags.DEFINE_list("mesh", ["1", "-1", "1"], "Mesh shape data,fsdp,tensor (-1 = rest).")
 _RELIABILITY = flags.DEFINE_bool("reliability", False, "Also write the judge reliability table.")
 
 
-def _generation_config() -> harness.GenerationConfig:
-  return harness.GenerationConfig(
-      max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
-      top_k=_TOP_K.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
-      prompt_template=_PROMPT_TEMPLATE.value, use_chat_template=_CHAT_TEMPLATE.value,
-      system_prompt=_SYSTEM_PROMPT.value, max_prompt_len=_MAX_PROMPT_LEN.value,
-      dtype=_DTYPE.value)
+def _sampling_defaults(checkpoints: dict[str, str]) -> dict[str, Any]:
+  """The first checkpoint's generation_config.json sampling values (one setting for all
+  checkpoints, so that they are compared alike), logged."""
+  from rlaif_jax.sampling import defaults, loading  # Local: JAX after the flags are checked.
+  found: dict[str, Any] = {}
+  for path in list(checkpoints.values())[:1]:
+    try:
+      found = defaults.generation_defaults(loading.resolve_checkpoint(path))
+    except FileNotFoundError:
+      found = {}
+  unused = {k: v for k, v in found.items() if k not in ("temperature", "top_p", "top_k")}
+  if unused:
+    logging.warning("generation_config.json sets %s; the evaluation harness samples with "
+                    "temperature / top_p / top_k only, so these are not applied", unused)
+  return found
+
+
+def _generation_config(checkpoints: dict[str, str]) -> harness.GenerationConfig:
+  from rlaif_jax.sampling import defaults  # Local: JAX after the flags are checked.
+  found = _sampling_defaults(checkpoints)
+  pick = lambda flag, key, builtin: (flag.value if flag.value is not None
+                                     else found.get(key, builtin))
+  config = harness.GenerationConfig(
+      max_new_tokens=_MAX_NEW_TOKENS.value, temperature=pick(_TEMPERATURE, "temperature", 1.0),
+      top_p=pick(_TOP_P, "top_p", 1.0), top_k=pick(_TOP_K, "top_k", 0), seed=_SEED.value,
+      batch_size=_BATCH_SIZE.value, prompt_template=_PROMPT_TEMPLATE.value,
+      use_chat_template=_CHAT_TEMPLATE.value, system_prompt=_SYSTEM_PROMPT.value,
+      max_prompt_len=_MAX_PROMPT_LEN.value, dtype=defaults.resolve_dtype(_DTYPE.value))
+  logging.info("generation: temperature=%s top_p=%s top_k=%s dtype=%s", config.temperature,
+               config.top_p, config.top_k, config.dtype)
+  return config
 
 
 def main(argv: list[str]) -> int:
@@ -98,7 +126,7 @@ def main(argv: list[str]) -> int:
   try:
     checkpoints = harness.parse_checkpoints(_CHECKPOINTS.value)
     judges_lib.parse_judge_specs(_JUDGES.value)
-    generation = _generation_config()
+    generation = _generation_config(checkpoints)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   data_dir = paths.resolve_data_dir(_DATA_DIR.value)

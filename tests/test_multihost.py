@@ -158,9 +158,10 @@ def _run_stage(root: pathlib.Path, name: str, module: str, args) -> None:
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory, data_dir) -> pathlib.Path:
   """root/{single,multi}/ after every stage ran in both modes (tokenizer trained once)."""
+  from rlaif_jax.data import greetings
   from rlaif_jax.tokenizers import train as tok_train
   root = tmp_path_factory.mktemp("stages")
-  tok = tok_train.train_sentencepiece(tok_train.greeting_corpus(data_dir), root / "tok" / "tok",
+  tok = tok_train.train_sentencepiece(greetings.greeting_corpus(data_dir), root / "tok" / "tok",
                                       vocab_size=3200)
   queries = ["新年祝福", "生日快乐", "给老师的祝福", "中秋节", "端午安康"]
   (root / "prompts.jsonl").write_text("".join(json.dumps({"id": i, "prompt": q}) + "\n"
@@ -168,6 +169,10 @@ def stages(tmp_path_factory, data_dir) -> pathlib.Path:
   (root / "records.jsonl").write_text("".join(
       json.dumps({"id": i, "query": q, "response": q * (i + 1)}) + "\n"
       for i, q in enumerate(queries)))
+  # The RM report and score_pairs score a test file: 24 of the paper's test pairs keep it short.
+  pairs = json.loads((data_dir / "reward_model" / "reward_data_test.json").read_text())
+  small_pairs = root / "test_pairs.json"
+  small_pairs.write_text(json.dumps(pairs[:24], ensure_ascii=False))
   cfg = f"--config={ROOT / 'tests' / 'multihost_configs.py'}"
   data = f"--data_dir={data_dir}"
   rl_flags = lambda d: [f"--config.policy.sft_workdir={d / 'sft'}",
@@ -175,7 +180,8 @@ def stages(tmp_path_factory, data_dir) -> pathlib.Path:
   _run_stage(root, "sft", "launch.sft", lambda d: [
       f"{cfg}:sft", f"--workdir={d / 'sft'}", data, f"--config.tokenizer.path={tok}"])
   _run_stage(root, "rm", "launch.train_rm", lambda d: [
-      f"{cfg}:rm", f"--workdir={d / 'rm'}", data, f"--config.init.sft_workdir={d / 'sft'}"])
+      f"{cfg}:rm", f"--workdir={d / 'rm'}", data, f"--config.init.sft_workdir={d / 'sft'}",
+      f"--config.data.test_file={small_pairs}"])
   _run_stage(root, "grpo", "launch.rl", lambda d: [
       f"{cfg}:grpo", f"--workdir={d / 'grpo'}", *rl_flags(d), "--config.rl.ref_on_host=True",
       "--config.reward.rm.on_host=True"])
@@ -188,7 +194,7 @@ def stages(tmp_path_factory, data_dir) -> pathlib.Path:
       f"--workdir={d / 'rm'}", f"--input={root / 'records.jsonl'}",
       f"--output={d / 'scored.jsonl'}", "--batch_size=2"])
   _run_stage(root, "score_pairs", "launch.score_pairs", lambda d: [
-      f"--workdir={d / 'rm'}", f"--pairs={data_dir / 'reward_model' / 'reward_data_test.json'}",
+      f"--workdir={d / 'rm'}", f"--pairs={small_pairs}",
       f"--output={d / 'pairs.jsonl'}"])
   return root
 

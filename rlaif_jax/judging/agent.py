@@ -109,7 +109,12 @@ class Agent(Generic[T]):
 
   def __init__(self, backend: base.LLMBackend, template: str, parse: Callable[[str], T], *,
                sampling: base.SamplingParams = base.SamplingParams(), max_attempts: int = 3,
-               retry_temperature: float | None = 0.7, system_prompt: str | None = None):
+               retry_temperature: float | None = 0.7, system_prompt: str | None = None,
+               response_schema: dict[str, Any] | None = None):
+    """``response_schema``: the JSON Schema of a reply, requested from backends that support
+    structured output (``LLMBackend.with_response_schema``); the reply is parsed as usual."""
+    if response_schema is not None:
+      backend = backend.with_response_schema(template, response_schema)
     self.backend = backend
     self.template = prompts.load_template(template)
     self.parse = parse

@@ -24,6 +24,9 @@ def define_backend_flags() -> None:
   flags.DEFINE_integer("max_retries", 5, "openai: retries per request on 429/5xx/timeouts.")
   flags.DEFINE_float("retry_base_delay_s", 1.0, "openai: first backoff delay; doubles per retry.")
   flags.DEFINE_float("retry_max_delay_s", 60.0, "openai: cap of the backoff delay.")
+  flags.DEFINE_bool("structured_output", False, "openai: the server implements response_format "
+                    "json_schema (launch.serve, vLLM, OpenAI): request the verdict schema, so "
+                    "verdicts always parse.")
   flags.DEFINE_string("local_fn", None, "local: 'pkg.module:function' generate_fn "
                       "(prompts_messages, max_tokens, temperature) -> list[str], or a factory of "
                       "one when --local_fn_kwargs is given.")
@@ -55,7 +58,8 @@ def backend_from_flags(f: Any = flags.FLAGS) -> LLMBackend:
                         concurrency=f.concurrency, timeout_s=f.timeout_s,
                         retry=RetryPolicy(max_attempts=f.max_retries + 1,
                                           base_delay_s=f.retry_base_delay_s,
-                                          max_delay_s=f.retry_max_delay_s))
+                                          max_delay_s=f.retry_max_delay_s),
+                        structured_output=f.structured_output)
   if not f.local_fn:
     raise app.UsageError("--backend=local needs --local_fn=pkg.module:function")
   return make_backend("local", generate_fn=f.local_fn, factory_kwargs=f.local_fn_kwargs,

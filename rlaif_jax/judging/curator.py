@@ -54,8 +54,10 @@ class MultiAgentCurator:
     kwargs = dict(sampling=sampling, max_attempts=max_attempts)
     self.positive = Agent(backend, "positive_agent", parsing.parse_points, **kwargs)
     self.negative = Agent(backend, "negative_agent", parsing.parse_points, **kwargs)
-    self.judge = Agent(backend, "judge_agent", parsing.parse_judge, **kwargs)
-    self.reflect = Agent(backend, "reflect_agent", parsing.parse_judge, **kwargs)
+    self.judge = Agent(backend, "judge_agent", parsing.parse_judge,
+                       response_schema=parsing.JUDGE_SCHEMA, **kwargs)
+    self.reflect = Agent(backend, "reflect_agent", parsing.parse_judge,
+                         response_schema=parsing.JUDGE_SCHEMA, **kwargs)
 
   @property
   def fingerprint(self) -> str:

@@ -44,7 +44,7 @@ class PrincipleJudge:
     self.principles = load_principles(principles) if isinstance(principles, str) else principles
     self._agent = Agent(backend, template, parsing.parse_detector, sampling=sampling,
                         max_attempts=max_attempts, retry_temperature=retry_temperature,
-                        system_prompt=system_prompt)
+                        system_prompt=system_prompt, response_schema=parsing.DETECTOR_SCHEMA)
 
   @property
   def backend(self) -> base.LLMBackend:

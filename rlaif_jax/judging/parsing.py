@@ -251,6 +251,21 @@ def _required(obj: dict[str, Any], aliases: Sequence[str]) -> Any:
   return value
 
 
+# The JSON Schemas of the verdicts, requested from servers with structured output
+# (`Agent(response_schema=...)`); the parsers below accept more (aliases, prose around the JSON).
+# Explanations are capped (MAX_EXPLANATION_CHARS) so that a reply fits in the judges' max_tokens:
+# a reply cut at max_tokens is incomplete JSON, schema or not.
+MAX_EXPLANATION_CHARS = 400
+DETECTOR_SCHEMA = {"type": "object", "properties": {
+    "evaluation_explanation": {"type": "string", "maxLength": MAX_EXPLANATION_CHARS},
+    "verdict": {"enum": ["Good", "Bad"]},
+    "suggested_for_G": {"type": "string", "maxLength": MAX_EXPLANATION_CHARS}},
+    "required": ["evaluation_explanation", "verdict"], "additionalProperties": False}
+JUDGE_SCHEMA = {"type": "object", "properties": {
+    "reason": {"type": "string", "maxLength": MAX_EXPLANATION_CHARS}, "judge": {"enum": [0, 1]}},
+    "required": ["reason", "judge"], "additionalProperties": False}
+
+
 def parse_detector(text: str) -> DetectorReply:
   """``{"verdict": "Good"|"Bad", "evaluation_explanation": ..., "suggested_for_G"?: ...}``."""
   def build(obj: dict[str, Any]) -> DetectorReply:

@@ -22,6 +22,8 @@ class Completion:
   text: decoded response (special tokens skipped), cut before the first stop string.
   finish_reason: "stop" (stop id or stop string) or "length".
   prompt_tokens: number of prompt ids the model saw.
+  top_logprobs: per token of `token_ids`, the [(id, log-prob)] of the step's most likely
+    tokens under the raw logits (`SamplingParams.top_logprobs` of them), or None.
   """
   prompt_index: int
   sample_index: int
@@ -31,6 +33,7 @@ class Completion:
   processed_logprobs: list[float]
   finish_reason: str
   prompt_tokens: int
+  top_logprobs: list[list[tuple[int, float]]] | None = None
 
   @property
   def completion_tokens(self) -> int:
@@ -140,3 +143,19 @@ def finish_row(tokenizer: Tokenizer, ids: Sequence[int], logprobs: Sequence[floa
     m = _shortest_prefix_with_stop(tokenizer, ids, stop)
     ids, lps, plps = ids[:m], lps[:m], plps[:m]
   return text, ids, lps, plps, reason
+
+
+def completion_from_row(tokenizer: Tokenizer, out, row: int, prompt_index: int,
+                        sample_index: int, prompt_tokens: int, params) -> Completion:
+  """The Completion of row `row` of a host `GenerationOutput` sampled with SamplingParams
+  `params` (stop strings applied; top log-probs cut to the same tokens)."""
+  k = int(out.lengths[row])
+  text, tok, lps, plps, reason = finish_row(tokenizer, out.tokens[row, :k], out.logprobs[row, :k],
+                                            out.processed_logprobs[row, :k],
+                                            bool(out.stopped[row]), params.stop)
+  top = None
+  if params.top_logprobs:
+    ids = out.top_ids[row, :len(tok), :params.top_logprobs].tolist()
+    values = out.top_logprobs[row, :len(tok), :params.top_logprobs].tolist()
+    top = [list(zip(i, v)) for i, v in zip(ids, values)]
+  return Completion(prompt_index, sample_index, text, tok, lps, plps, reason, prompt_tokens, top)

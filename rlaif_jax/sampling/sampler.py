@@ -22,6 +22,7 @@ axis rules of `rlaif_jax.sharding.mesh`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 from typing import Callable, Sequence
 
@@ -32,7 +33,9 @@ from flax import nnx
 
 from rlaif_jax.models.decoder import Decoder, KVCache, positions_from_mask
 from rlaif_jax.sampling import completions as comp
-from rlaif_jax.sampling.logits_processing import SamplingArrays, SamplingParams, sample_step
+from rlaif_jax.sampling import decode_step
+from rlaif_jax.sampling.decode_step import StepHook, record
+from rlaif_jax.sampling.logits_processing import SamplingArrays, SamplingParams
 from rlaif_jax.sampling.state import GenerationOutput, SamplerState
 from rlaif_jax.sharding import host
 from rlaif_jax.sharding.mesh import shard_activation
@@ -50,27 +53,6 @@ def _shard_cache(cache: KVCache) -> KVCache:
   return cache.replace(k=tuple(shard_activation(k, _KV_AXES) for k in cache.k),
                        v=tuple(shard_activation(v, _KV_AXES) for v in cache.v),
                        mask=_shard_rows(cache.mask))
-
-
-def _record(state: SamplerState, logits: jax.Array) -> SamplerState:
-  """Samples token number `state.step` from logits f32[B, V] and updates the bookkeeping."""
-  step = state.step
-  keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.keys, step)
-  tok, lp, plp = sample_step(keys, logits, state.params)
-  running = ~state.done
-  tok = jnp.where(running, tok, state.pad_id)
-  lp, plp = jnp.where(running, lp, 0.0), jnp.where(running, plp, 0.0)
-
-  def put(buf: jax.Array, col: jax.Array) -> jax.Array:
-    return jax.lax.dynamic_update_slice(buf, col[:, None].astype(buf.dtype), (0, step))
-
-  lengths = state.lengths + running.astype(jnp.int32)
-  hit_stop = running & jnp.any(tok[:, None] == state.stop_ids[None, :], axis=-1)
-  done = state.done | hit_stop | (lengths >= state.params.max_tokens)
-  return state.replace(tokens=put(state.tokens, tok), logprobs=put(state.logprobs, lp),
-                       processed_logprobs=put(state.processed_logprobs, plp), next_token=tok,
-                       lengths=lengths, done=done, stopped=state.stopped | hit_stop,
-                       step=step + 1)
 
 
 def cache_spans(max_new_tokens: int, grow_from: int | None) -> tuple[int, ...]:
@@ -115,14 +97,17 @@ def _row_keys(key: jax.Array, rows: int, n: int) -> jax.Array:
 def _prefill(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, mask: jax.Array,
              sampling: SamplingArrays, stop_ids: jax.Array, pad_id: jax.Array, key: jax.Array,
              max_new_tokens: int, n: int = 1, unstack: bool = True,
-             first_span: int | None = None) -> SamplerState:
+             first_span: int | None = None, penalties: bool = False, top_logprobs: int = 0,
+             hook: jax.Array | None = None) -> SamplerState:
   """Runs the prompts i32[B, P] (left-padded, mask bool[B, P]) through the model into a fresh
   cache of P + first_span - 1 slots (first_span defaults to max_new_tokens; `_decode` grows the
   cache to P + max_new_tokens - 1) and samples the first new token of every row.
 
   With n > 1 each prompt is prefilled once and its cache rows and last logits are repeated n
   times (rows [i*n, (i+1)*n) share prompt i): the n samples of a GRPO group cost one prefill.
-  `sampling` already has B * n rows. `unstack`: see `_decode`.
+  `sampling` already has B * n rows. `unstack`: see `_decode`. `penalties`: keep the token
+  counts [B, V] the penalties need; `top_logprobs`: record that many top log-probs per step;
+  `hook`: i32[1] step-hook handle (`decode_step`) or None.
   """
   model = nnx.merge(graphdef, params)
   model = model.unstacked() if unstack else model
@@ -133,11 +118,15 @@ def _prefill(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, mask:
   cache = _shard_cache(KVCache.zeros(model.cfg, b, p + span - 1))
   hidden, cache = model.hidden_states(tokens, positions, mask, cache)
   logits = model.logits_from_hidden(hidden[:, -1:])[:, 0]  # only the last position is needed
+  vocab = logits.shape[-1]
+  seen = jnp.zeros((b, vocab if penalties else 0), bool)
+  if penalties:
+    seen = seen.at[jnp.arange(b)[:, None], tokens].max(mask)
   if n > 1:
     rep = lambda x: jnp.repeat(x, n, axis=0)
     cache = cache.replace(k=tuple(map(rep, cache.k)), v=tuple(map(rep, cache.v)),
                           mask=rep(cache.mask))
-    logits, positions, mask = rep(logits), rep(positions), rep(mask)
+    logits, positions, mask, seen = rep(logits), rep(positions), rep(mask), rep(seen)
     b *= n
   cache, logits = _shard_cache(cache), _shard_rows(logits)
   empty = ~jnp.any(mask, axis=-1)  # padding rows added by bucketing: finished from the start
@@ -147,8 +136,12 @@ def _prefill(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, mask:
       logprobs=zeros_f, processed_logprobs=zeros_f, next_token=jnp.zeros((b,), jnp.int32),
       next_position=positions[:, -1] + 1, lengths=jnp.zeros((b,), jnp.int32), done=empty,
       stopped=jnp.zeros((b,), bool), step=jnp.zeros((), jnp.int32),
-      keys=_row_keys(key, b, n), params=sampling, stop_ids=stop_ids, pad_id=pad_id)
-  return _record(state, logits)
+      keys=_row_keys(key, b, n), params=sampling, stop_ids=stop_ids, pad_id=pad_id,
+      counts=_shard_rows(jnp.zeros(seen.shape, jnp.int32)), prompt_seen=_shard_rows(seen),
+      top_ids=jnp.zeros((b, max_new_tokens, top_logprobs), jnp.int32),
+      top_logprobs=jnp.zeros((b, max_new_tokens, top_logprobs), jnp.float32),
+      hook=jnp.zeros((0,), jnp.int32) if hook is None else jnp.asarray(hook, jnp.int32))
+  return record(state, logits)
 
 
 def _decode(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState,
@@ -181,7 +174,7 @@ def _decode(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState,
   def body(s: SamplerState) -> SamplerState:
     logits, cache = model(s.next_token[:, None], s.next_position[:, None], ones, s.cache)
     s = s.replace(cache=cache, next_position=s.next_position + 1)
-    return _record(s, logits[:, 0])
+    return record(s, logits[:, 0])
 
   for end in spans or (n,):
     state = state.replace(cache=_grow_cache(state.cache, prompt_len + end - 1))
@@ -193,12 +186,14 @@ def _decode(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState,
 def _output(state: SamplerState) -> GenerationOutput:
   return GenerationOutput(tokens=state.tokens, logprobs=state.logprobs,
                           processed_logprobs=state.processed_logprobs, lengths=state.lengths,
-                          stopped=state.stopped, steps=state.step)
+                          stopped=state.stopped, steps=state.step, top_ids=state.top_ids,
+                          top_logprobs=state.top_logprobs)
 
 
 # Module-level jits: the compile cache is shared by every Sampler with the same graphdef.
 _prefill_jit = jax.jit(_prefill, static_argnums=(0,),
-                       static_argnames=("max_new_tokens", "n", "unstack", "first_span"))
+                       static_argnames=("max_new_tokens", "n", "unstack", "first_span",
+                                        "penalties", "top_logprobs"))
 _decode_jit = jax.jit(_decode, static_argnums=(0, 3, 4), donate_argnums=(2,))
 
 
@@ -246,6 +241,27 @@ def decode_call(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState, 
   return _decode_growing_jit, (graphdef, params, state.replace(cache=None), state.cache, unstack,
                                spans)
 _output_jit = jax.jit(_output, donate_argnums=(0,))
+
+
+def _prompt_keys(seed: int, rows: int, per_prompt: Sequence[SamplingParams],
+                 prompt_seeds: Sequence[int] | None) -> jax.Array | int:
+  """The key argument of `generate_ids` for `generate_encoded` (see there): `seed`, or one key
+  per prompt row (`rows` of them, bucket rows included)."""
+  if prompt_seeds is None and all(p.seed is None for p in per_prompt):
+    return seed
+  if prompt_seeds is not None and len(prompt_seeds) != len(per_prompt):
+    raise ValueError(f"got {len(prompt_seeds)} prompt_seeds for {len(per_prompt)} prompts")
+  # Bucket rows (no prompt) take seeds no real prompt uses; they produce nothing anyway.
+  seeds = [int(x) for x in prompt_seeds] if prompt_seeds is not None else list(
+      range(len(per_prompt)))
+  seeds += [-1 - r for r in range(rows - len(per_prompt))]
+  as_u32 = lambda xs: jnp.asarray(np.asarray(xs, np.int64) % (1 << 32), jnp.uint32)
+  keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), as_u32(seeds))
+  own = [i for i, p in enumerate(per_prompt) if p.seed is not None]
+  if own:  # a request's own seed: key(seed), whatever batch or row it lands in
+    own_keys = jax.vmap(jax.random.key)(as_u32([per_prompt[i].seed for i in own]))
+    keys = keys.at[np.asarray(own)].set(own_keys)
+  return keys
 
 
 def _check_left_padded(mask: np.ndarray) -> None:
@@ -314,7 +330,8 @@ class Sampler:
                    sampling: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
                    key: jax.Array | int = 0, *, n: int = 1,
                    stop_ids: Sequence[int] | None = None,
-                   stop_check: StopCheck | None = None) -> GenerationOutput:
+                   stop_check: StopCheck | None = None, top_logprobs: int = 0,
+                   step_hook: np.ndarray | None = None) -> GenerationOutput:
     """Samples up to `max_new_tokens` per row.
 
     Args:
@@ -334,6 +351,12 @@ class Sampler:
         the rows it returns end there. Only segment boundaries are checked, so it needs
         `grow_cache_from` (with one segment it never runs). `generate` passes one for stop
         strings.
+      top_logprobs: K > 0 records each step's K most likely tokens and their log-probabilities
+        (`GenerationOutput.top_ids / top_logprobs`; one compile per K).
+      step_hook: a handle from `decode_step.register_hook`: that host function runs every step
+        (grammar masks, cancelled rows). None: no host callback in the loop.
+    Penalties (`SamplingParams.repetition_penalty` etc.) keep token counts [B*n, V] in the loop
+    when any row uses one (one more compile for that case; the values are traced).
     Returns:
       GenerationOutput with device arrays of B*n rows.
     """
@@ -361,7 +384,9 @@ class Sampler:
     with self._mesh_context():
       state = _prefill_jit(graphdef, params, tokens, mask, arrays, stop, pad_id, _as_key(key),
                            max_new_tokens=int(max_new_tokens), n=int(n),
-                           unstack=self.unstack_layers, first_span=spans[0])
+                           unstack=self.unstack_layers, first_span=spans[0],
+                           penalties=any(p.penalized for p in per_prompt),
+                           top_logprobs=int(top_logprobs), hook=step_hook)
       if stop_check is not None and len(spans) > 1:
         state = _decode_checked(graphdef, params, state, self.unstack_layers, spans,
                                 int(tokens.shape[1]), stop_check)
@@ -395,12 +420,18 @@ class Sampler:
                        sampling: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
                        *, n: int = 1, seed: int | None = None, params: nnx.State | None = None,
                        stop_ids: Sequence[int] | None = None,
-                       prompt_seeds: Sequence[int] | None = None) -> list[comp.Completion]:
+                       prompt_seeds: Sequence[int] | None = None,
+                       step_hook: StepHook | None = None) -> list[comp.Completion]:
     """`generate` for prompts already encoded (lists of ids, e.g. from `encode_prompts`).
 
     `prompt_seeds`: one int per prompt; prompt i then draws with fold_in(key(seed),
     prompt_seeds[i]) whatever batch it is in (a resumed batch job regenerates what an
-    uninterrupted one wrote). Default: the batch's rows split one key.
+    uninterrupted one wrote). Default: the batch's rows split one key, except prompts whose
+    SamplingParams has a `seed`: they draw with key(that seed) whatever their batch.
+    Rows with a `response_format` are constrained by a grammar (`grammar.GrammarHook`, a host
+    step hook); `step_hook` (`decode_step.StepHook`) is another one to run every step (the
+    server's streaming), after the grammar's. Completions carry `top_logprobs` when a prompt
+    asked for them.
     """
     if self.tokenizer is None:
       raise ValueError("Sampler.generate needs a tokenizer; pass tokenizer= to Sampler(...)")
@@ -415,19 +446,11 @@ class Sampler:
     rows = comp.next_power_of_two(len(ids))
     length = comp.round_up(max(len(x) for x in ids), self.prompt_bucket)
     tokens, mask = comp.left_pad(ids, self.tokenizer.pad_id, length, rows)
-    limits = [SamplingParams(p.temperature, p.top_k, p.top_p,
-                             min(p.max_tokens or max_new_tokens, max_new_tokens))
-              for p in per_prompt]
+    limits = [dataclasses.replace(p, max_tokens=min(p.max_tokens or max_new_tokens,
+                                                    max_new_tokens)) for p in per_prompt]
     limits += [SamplingParams.greedy()] * (rows - len(ids))
     seed = next(self._seed_counter) if seed is None else seed
-    key: jax.Array | int = seed
-    if prompt_seeds is not None:
-      if len(prompt_seeds) != len(ids):
-        raise ValueError(f"got {len(prompt_seeds)} prompt_seeds for {len(ids)} prompts")
-      # Bucket rows (no prompt) take seeds no real prompt uses; they produce nothing anyway.
-      seeds = [int(x) for x in prompt_seeds] + [-1 - r for r in range(rows - len(ids))]
-      key = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
-          jax.random.key(seed), jnp.asarray(np.asarray(seeds, np.int64) % (1 << 32), jnp.uint32))
+    key = _prompt_keys(seed, rows, per_prompt, prompt_seeds)
     row_stops = [p.stop for p in per_prompt for _ in range(n)]
     stop_check = None
     if any(row_stops):
@@ -437,18 +460,23 @@ class Sampler:
           if stop and not done[r]:
             end[r] = comp.first_stop(self.tokenizer.decode(tokens[r, :lengths[r]]), stop) >= 0
         return end
-    out = self.generate_ids(params, tokens, mask, comp.next_power_of_two(max_new_tokens), limits,
-                            key, n=n, stop_ids=stop_ids, stop_check=stop_check).to_numpy()
-    results = []
-    for i, (prompt_ids, p) in enumerate(zip(ids, per_prompt)):
-      for j in range(n):
-        r = i * n + j
-        k = int(out.lengths[r])
-        text, tok, lps, plps, reason = comp.finish_row(
-            self.tokenizer, out.tokens[r, :k], out.logprobs[r, :k],
-            out.processed_logprobs[r, :k], bool(out.stopped[r]), p.stop)
-        results.append(comp.Completion(i, j, text, tok, lps, plps, reason, len(prompt_ids)))
-    return results
+    hooks = [] if step_hook is None else [step_hook]
+    if any(p.response_format for p in per_prompt):
+      from rlaif_jax.sampling import grammar  # the grammar library is an optional dependency
+      hooks.insert(0, grammar.GrammarHook(self.tokenizer, [p.response_format for p in per_prompt
+                                                           for _ in range(n)],
+                                          self.cfg.vocab_size, self.stop_ids))
+    handle = decode_step.register_hook(decode_step.chain(hooks)) if hooks else None
+    try:
+      out = self.generate_ids(
+          params, tokens, mask, comp.next_power_of_two(max_new_tokens), limits, key, n=n,
+          stop_ids=stop_ids, stop_check=stop_check, step_hook=handle,
+          top_logprobs=max(p.top_logprobs for p in per_prompt)).to_numpy()
+    finally:
+      if handle is not None:
+        decode_step.unregister_hook(handle)
+    return [comp.completion_from_row(self.tokenizer, out, i * n + j, i, j, len(prompt_ids), p)
+            for i, (prompt_ids, p) in enumerate(zip(ids, per_prompt)) for j in range(n)]
 
   def make_generate_fn(self, *, use_chat_template: bool = True
                        ) -> Callable[[list[list[dict]], int, float], list[str]]:

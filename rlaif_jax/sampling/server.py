@@ -1,302 +1,127 @@
-"""An OpenAI-compatible HTTP server over the sampler (non-streaming).
+"""An OpenAI-compatible HTTP server over the sampler.
 
-Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health.
-Honoured request fields: messages / prompt (str or list of str), n, temperature, top_p, top_k
-(an extension, as in vLLM), max_tokens (chat also max_completion_tokens), stop (str or list).
-Other OpenAI fields are accepted and ignored; `stream: true` is refused.
+Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,
+GET /metrics (Prometheus).
 
-Concurrent requests are batched: the `BatchingEngine` waits `batch_window_s` after the first
-pending request for others (up to `max_batch_rows` rows, a request with n samples counts n), runs
-one `Sampler.generate` on a worker thread, and hands each request its rows. Every row keeps its
-own temperature, top-p, max_tokens and stop strings. A malformed request gets 400 with
-{"error": {"message", "type": "invalid_request_error"}}; a failure while generating gets 500
-with type "server_error"; neither stops the server.
+Honoured request fields: messages / prompt (str or list of str), n, temperature, top_p, top_k,
+min_p, repetition_penalty, presence_penalty, frequency_penalty, seed, stop (str or list),
+stop_token_ids, max_tokens (chat also max_completion_tokens), logprobs (+ top_logprobs for chat;
+an int for completions; vLLM's return_tokens_as_token_ids), response_format (json_object / json_schema: grammar-constrained, see
+`grammar`), stream (+ stream_options.include_usage). Any other field gets a 400 that names it
+(`server_requests.check_fields`). Fields a request omits take the model's generation_config.json
+values (`ServerConfig.sampling_defaults`), else OpenAI's defaults.
+
+Concurrent requests are batched: the `BatchingEngine` (server_engine) waits `batch_window_s`
+after the first pending request for others (up to `max_batch_rows` rows, a request with n samples
+counts n), runs one `Sampler.generate_encoded` on a worker thread, and hands each request its
+rows. Every row keeps its own sampling settings. At most `max_queue` requests wait; beyond that
+a request gets 429 with Retry-After. A client that disconnects has its rows ended at the next
+decode step and its results dropped. A malformed request gets 400 with {"error": {"message",
+"type": "invalid_request_error"}}; a failure while generating gets 500 with type "server_error";
+neither stops the server. On shutdown (SIGTERM under `launch.serve`) the listening socket closes,
+requests in flight are finished, new ones get 503.
 """
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
-import math
 import time
-import uuid
 
 from aiohttp import web
 
-from rlaif_jax.sampling.completions import Completion, EmptyPromptError, Prompt, encode_prompt
+from rlaif_jax.sampling.completions import Prompt
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
+from rlaif_jax.sampling.server_engine import BatchingEngine, QueueFull, _Job  # noqa: F401
+from rlaif_jax.sampling import server_requests as req
+from rlaif_jax.sampling.server_requests import RequestError, ServerConfig, prompts_from_request
+from rlaif_jax.sampling.server_metrics import Metrics
+from rlaif_jax.sampling import server_responses as resp
 
-_ROLES = ("system", "user", "assistant")
-
-
-class RequestError(ValueError):
-  """A request the server refuses with HTTP 400; the message names the field."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerConfig:
-  """model_name: what /v1/models lists and responses echo. max_tokens_limit: largest max_tokens
-  accepted; default_max_tokens: used when a request gives none; max_prompt_tokens: longest
-  prompt accepted; max_n: largest n; max_batch_rows / batch_window_s: batching (see module)."""
-  model_name: str = "rlaif-jax"
-  default_max_tokens: int = 256
-  max_tokens_limit: int = 2048
-  max_prompt_tokens: int = 2048
-  max_n: int = 16
-  max_batch_rows: int = 64
-  batch_window_s: float = 0.005
-
-  def __post_init__(self):
-    for name in ("max_tokens_limit", "max_prompt_tokens", "max_n", "max_batch_rows"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")
-    if not 1 <= self.default_max_tokens <= self.max_tokens_limit:
-      raise ValueError(f"ServerConfig.default_max_tokens must be in [1, max_tokens_limit="
-                       f"{self.max_tokens_limit}], got {self.default_max_tokens}")
-    if not (math.isfinite(self.batch_window_s) and self.batch_window_s >= 0):
-      raise ValueError(f"ServerConfig.batch_window_s must be >= 0, got {self.batch_window_s}")
-
-
-@dataclasses.dataclass
-class _Job:
-  prompts: list[Prompt]
-  params: SamplingParams
-  n: int
-  future: asyncio.Future
-
-
-class BatchingEngine:
-  """Queues jobs and runs them in batched `Sampler.generate` calls, one batch at a time."""
-
-  def __init__(self, sampler: Sampler, config: ServerConfig):
-    self.sampler = sampler
-    self.config = config
-    self.stats = {"batches": 0, "requests": 0, "rows": 0}
-    self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-    self._held: _Job | None = None  # taken from the queue but left for the next batch
-    self._task: asyncio.Task | None = None
-
-  def start(self) -> None:
-    self._task = asyncio.get_running_loop().create_task(self._loop())
-
-  async def stop(self) -> None:
-    if self._task is not None:
-      self._task.cancel()
-      try:
-        await self._task
-      except asyncio.CancelledError:
-        pass
-
-  async def submit(self, prompts: list[Prompt], params: SamplingParams, n: int
-                   ) -> list[Completion]:
-    """Completions for `prompts`, n each, prompt-major (prompt_index/sample_index set)."""
-    job = _Job(prompts, params, n, asyncio.get_running_loop().create_future())
-    await self._queue.put(job)
-    return await job.future
-
-  async def _collect(self) -> list[_Job]:
-    """The next batch: at most `max_batch_rows` rows, except that a single larger job runs
-    alone. A job that does not fit is held back to start the next batch."""
-    first, self._held = self._held, None
-    jobs = [first if first is not None else await self._queue.get()]
-    rows = len(jobs[0].prompts) * jobs[0].n
-    deadline = time.monotonic() + self.config.batch_window_s
-    while rows < self.config.max_batch_rows:
-      timeout = deadline - time.monotonic()
-      if timeout <= 0:
-        break
-      try:
-        job = await asyncio.wait_for(self._queue.get(), timeout)
-      except asyncio.TimeoutError:
-        break
-      if rows + len(job.prompts) * job.n > self.config.max_batch_rows:
-        self._held = job
-        break
-      jobs.append(job)
-      rows += len(job.prompts) * job.n
-    return jobs
-
-  def _encode(self, job: _Job) -> list[list[int]]:
-    """The job's prompt ids; a prompt the tokenizer or chat template refuses (or one with no
-    tokens, or too many) raises RequestError for this job alone."""
-    out = []
-    for i, prompt in enumerate(job.prompts):
-      field = ("'messages'" if not isinstance(prompt, str) else
-               "'prompt'" if len(job.prompts) == 1 else f"'prompt'[{i}]")
-      try:
-        ids = encode_prompt(self.sampler.tokenizer, prompt, use_chat_template=False)
-      except EmptyPromptError:
-        raise RequestError(f"{field} encodes to no tokens; the model needs at least one") from None
-      except Exception as e:  # e.g. a chat template that raises for some roles
-        raise RequestError(f"{field} cannot be encoded for this model: "
-                           f"{type(e).__name__}: {e}") from None
-      if len(ids) > self.config.max_prompt_tokens:
-        raise RequestError(f"prompt has {len(ids)} tokens; this server accepts at most "
-                           f"{self.config.max_prompt_tokens}")
-      out.append(ids)
-    return out
-
-  def _generate(self, jobs: list[_Job]) -> list[list[Completion] | Exception]:
-    """Runs all jobs as one batch of rows (each prompt repeated n times) and splits the result.
-    Runs on the worker thread, so the tokenizer is only ever used there. A job whose prompt
-    cannot be encoded or is too long gets a RequestError instead of completions; the other jobs
-    of the batch are generated as usual."""
-    results: list[list[Completion] | Exception] = []
-    ids, params, owners = [], [], []
-    for j, job in enumerate(jobs):
-      try:
-        encoded = self._encode(job)
-      except RequestError as e:
-        results.append(e)
-        continue
-      results.append([])
-      for p, x in enumerate(encoded):
-        for s in range(job.n):
-          ids.append(x)
-          params.append(job.params)
-          owners.append((j, p, s))
-    if ids:
-      max_new = max(p.max_tokens for p in params)
-      outs = self.sampler.generate_encoded(ids, max_new, params)
-      for (j, p, s), c in zip(owners, outs):
-        results[j].append(dataclasses.replace(c, prompt_index=p, sample_index=s))
-    return results
-
-  async def _loop(self) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-      jobs = await self._collect()
-      try:
-        results = await loop.run_in_executor(None, self._generate, jobs)
-      except Exception as e:  # Failures go to the waiting requests; the loop keeps serving.
-        results = [e] * len(jobs)
-      else:
-        self.stats["batches"] += 1
-        self.stats["requests"] += len(jobs)
-        self.stats["rows"] += sum(len(r) for r in results if isinstance(r, list))
-      for job, result in zip(jobs, results):
-        if job.future.done():  # the client went away
-          continue
-        if isinstance(result, Exception):
-          job.future.set_exception(result)
-        else:
-          job.future.set_result(result)
-
-
-# ---------------------------------------------------------------------------------------------
-# Request parsing.
-
-
-def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open=False) -> float:
-  value = body.get(name)
-  if value is None:
-    return default
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise RequestError(f"'{name}' must be a number, got {value!r:.50}")
-  if isinstance(value, float) and not math.isfinite(value):
-    raise RequestError(f"'{name}' must be a finite number, got {value}")
-  if value < lo or value > hi or (lo_open and value == lo):
-    raise RequestError(f"'{name}' must be in {'(' if lo_open else '['}{lo}, {hi}], got {value}")
-  return float(value)
-
-
-def _integer(body: dict, name: str, default: int, lo: int, hi: int) -> int:
-  value = body.get(name)
-  if value is None:
-    return default
-  if isinstance(value, bool) or not isinstance(value, int):
-    raise RequestError(f"'{name}' must be an integer, got {value!r:.50}")
-  if not lo <= value <= hi:
-    raise RequestError(f"'{name}' must be in [{lo}, {hi}], got {value}")
-  return value
-
-
-def _stop(body: dict) -> tuple[str, ...]:
-  stop = body.get("stop")
-  if stop is None:
-    return ()
-  stop = [stop] if isinstance(stop, str) else stop
-  if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-    raise RequestError("'stop' must be a non-empty string or a list of at most 4 of them")
-  return tuple(stop)
+__all__ = ["BatchingEngine", "RequestError", "ServerConfig", "make_app", "prompts_from_request",
+           "sampling_from_request"]
 
 
 def sampling_from_request(body: dict, config: ServerConfig,
-                          chat: bool) -> tuple[SamplingParams, int]:
-  """(SamplingParams, n) from the OpenAI fields of `body`."""
-  if body.get("stream"):
-    raise RequestError("'stream': true is not supported by this server")
+                          chat: bool, vocab_size: int = 1 << 31) -> tuple[SamplingParams, int]:
+  """(SamplingParams, n) from the OpenAI / vLLM fields of `body`; omitted fields take
+  `config.sampling_defaults`."""
+  d = config.sampling_defaults
   max_tokens = body.get("max_completion_tokens") if chat else None
   key = "max_completion_tokens" if max_tokens is not None else "max_tokens"
-  max_tokens = _integer(body, key, config.default_max_tokens, 1, config.max_tokens_limit)
-  fields = dict(temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-                top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
-                top_k=_integer(body, "top_k", 0, 0, 1 << 30), max_tokens=max_tokens,
-                stop=_stop(body))
+  max_tokens = req.integer(body, key, config.default_max_tokens, 1, config.max_tokens_limit)
+  top = req.top_logprobs(body, config, chat)
+  seed = req.integer(body, "seed", None, -(1 << 63), (1 << 64) - 1)
+  fields = dict(temperature=req.number(body, "temperature", d.get("temperature", 1.0), 0.0, 2.0),
+                top_p=req.number(body, "top_p", d.get("top_p", 1.0), 0.0, 1.0, lo_open=True),
+                top_k=req.integer(body, "top_k", d.get("top_k", 0), -1, 1 << 30),
+                min_p=req.number(body, "min_p", d.get("min_p", 0.0), 0.0, 1.0),
+                repetition_penalty=req.number(body, "repetition_penalty",
+                                              d.get("repetition_penalty", 1.0), 0.0, 1e4,
+                                              lo_open=True),
+                presence_penalty=req.number(body, "presence_penalty", 0.0, -2.0, 2.0),
+                frequency_penalty=req.number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+                max_tokens=max_tokens, stop=req.stop_strings(body),
+                stop_token_ids=req.stop_token_ids(body, vocab_size), top_logprobs=max(top, 0),
+                seed=None if seed is None else seed % (1 << 32),
+                response_format=req.response_format(body, config))
+  fields["top_k"] = max(fields["top_k"], 0)  # vLLM: -1 = off
   try:
     params = SamplingParams(**fields)
   except ValueError as e:
     raise RequestError(str(e)) from None
-  return params, _integer(body, "n", 1, 1, config.max_n)
+  return params, req.integer(body, "n", 1, 1, config.max_n)
 
 
-def prompts_from_request(body: dict, chat: bool) -> list[Prompt]:
-  """Chat: one message list; completions: the prompt string(s), used verbatim."""
-  if chat:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-      raise RequestError("'messages' must be a non-empty list of {role, content}")
-    for i, m in enumerate(messages):
-      if not isinstance(m, dict) or m.get("role") not in _ROLES:
-        raise RequestError(f"messages[{i}].role must be one of {list(_ROLES)}")
-      if not isinstance(m.get("content"), str):
-        raise RequestError(f"messages[{i}].content must be a string")
-    return [[{"role": m["role"], "content": m["content"]} for m in messages]]
-  prompt = body.get("prompt")
-  prompts = [prompt] if isinstance(prompt, str) else prompt
-  if not isinstance(prompts, list) or not prompts or not all(
-      isinstance(p, str) and p for p in prompts):
-    raise RequestError("'prompt' must be a non-empty string or a list of non-empty strings")
-  return prompts
-
-
-# ---------------------------------------------------------------------------------------------
-# HTTP.
-
-
-def _error(status: int, message: str, kind: str) -> web.Response:
-  return web.json_response({"error": {"message": message, "type": kind}}, status=status)
-
-
-@web.middleware
-async def _errors_as_json(request: web.Request, handler):
-  try:
-    return await handler(request)
-  except RequestError as e:
-    return _error(400, str(e), "invalid_request_error")
-  except web.HTTPException as e:
-    return _error(e.status, e.reason, "invalid_request_error")
-  except Exception as e:  # Never let one request take the server down.
-    return _error(500, f"{type(e).__name__}: {e}", "server_error")
+def _error(status: int, message: str, kind: str, headers: dict | None = None) -> web.Response:
+  return web.json_response({"error": {"message": message, "type": kind}}, status=status,
+                           headers=headers)
 
 
 ENGINE_KEY = web.AppKey("engine", BatchingEngine)
+METRICS_KEY = web.AppKey("metrics", Metrics)
 
 
 def make_app(sampler: Sampler, config: ServerConfig = ServerConfig()) -> web.Application:
   """The aiohttp application; its BatchingEngine starts and stops with the app."""
-  app = web.Application(middlewares=[_errors_as_json], client_max_size=8 * 2**20)
-  engine = BatchingEngine(sampler, config)
+  metrics = Metrics()
+  draining = []  # non-empty once shutdown began
+
+  @web.middleware
+  async def errors_as_json(request: web.Request, handler):
+    start = time.monotonic()
+    try:
+      response = await handler(request)
+    except RequestError as e:
+      response = _error(400, str(e), "invalid_request_error")
+    except QueueFull as e:
+      response = _error(429, str(e), "rate_limit_error",
+                        {"Retry-After": str(config.retry_after_s)})
+    except web.HTTPException as e:
+      response = _error(e.status, e.reason, "invalid_request_error")
+    except Exception as e:  # Never let one request take the server down.
+      response = _error(500, f"{type(e).__name__}: {e}", "server_error")
+    if request.path.startswith("/v1/"):
+      metrics.requests.labels(request.path, str(response.status)).inc()
+      metrics.latency.labels(request.path).observe(time.monotonic() - start)
+    return response
+
+  app = web.Application(middlewares=[errors_as_json], client_max_size=8 * 2**20)
+  engine = BatchingEngine(sampler, config, metrics)
   app[ENGINE_KEY] = engine
+  app[METRICS_KEY] = metrics
 
   async def on_startup(_):
     engine.start()
+
+  async def on_shutdown(_):
+    draining.append(True)
 
   async def on_cleanup(_):
     await engine.stop()
 
   app.on_startup.append(on_startup)
+  app.on_shutdown.append(on_shutdown)
   app.on_cleanup.append(on_cleanup)
 
   async def read_body(request: web.Request) -> dict:
@@ -310,33 +135,53 @@ def make_app(sampler: Sampler, config: ServerConfig = ServerConfig()) -> web.App
       raise RequestError("request body must be a JSON object")
     return body
 
-  async def complete(request: web.Request, chat: bool) -> web.Response:
+  async def complete(request: web.Request, chat: bool) -> web.StreamResponse:
+    if draining:
+      return _error(503, "the server is shutting down", "server_error")
     body = await read_body(request)
-    prompts = prompts_from_request(body, chat)
-    params, n = sampling_from_request(body, config, chat)
+    req.check_fields(body, chat)
+    prompts: list[Prompt] = prompts_from_request(body, chat)
+    params, n = sampling_from_request(body, config, chat, sampler.cfg.vocab_size)
+    stream, include_usage = req.stream_options(body)
+    top = req.top_logprobs(body, config, chat)
+    if stream and top >= 0:
+      raise RequestError("'logprobs' with 'stream': true is not supported by this server")
     if len(prompts) * n > config.max_batch_rows:
       raise RequestError(f"{len(prompts)} prompts x n={n} is more than this server's "
                          f"max_batch_rows={config.max_batch_rows}")
-    outs = await engine.submit(prompts, params, n)
-    prompt_tokens = sum(c.prompt_tokens for c in outs if c.sample_index == 0)
-    completion_tokens = sum(c.completion_tokens for c in outs)
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}
-    if chat:
-      choices = [{"index": i, "message": {"role": "assistant", "content": c.text},
-                  "finish_reason": c.finish_reason, "logprobs": None} for i, c in enumerate(outs)]
-    else:
-      choices = [{"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
-                 for i, c in enumerate(outs)]
-    return web.json_response({
-        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-        "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-        "model": config.model_name, "choices": choices, "usage": usage})
+    job = engine.enqueue(prompts, params, n, stream=stream)
+    watcher = asyncio.get_running_loop().create_task(resp.watch_disconnect(request, job))
+    try:
+      if not stream:
+        outs = await job.future
+        return web.json_response(resp.completion_body(
+            sampler.tokenizer, outs, config.model_name, chat, top,
+            req.flag(body, "return_tokens_as_token_ids")))
+      first = await job.events.get()
+      if first[0] == "end":
+        job.future.result()  # a request error found while encoding: a plain 400 / 500
+      response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                             "Cache-Control": "no-cache"})
+      await response.prepare(request)
+      writer = resp.SSEWriter(response, config.model_name, chat)
+      metrics.first_token.observe(time.monotonic() - job.enqueued)
+      try:
+        await resp.stream_answer(writer, job, first, len(prompts) * n, include_usage)
+      except (ConnectionResetError, asyncio.CancelledError):
+        job.cancelled = True  # the client went away mid-stream: its rows end next step
+        raise
+      await response.write_eof()
+      return response
+    except asyncio.CancelledError:
+      job.cancelled = True
+      raise
+    finally:
+      watcher.cancel()
 
-  async def chat_completions(request: web.Request) -> web.Response:
+  async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await complete(request, chat=True)
 
-  async def completions(request: web.Request) -> web.Response:
+  async def completions(request: web.Request) -> web.StreamResponse:
     return await complete(request, chat=False)
 
   async def models(_: web.Request) -> web.Response:
@@ -344,10 +189,17 @@ def make_app(sampler: Sampler, config: ServerConfig = ServerConfig()) -> web.App
         {"id": config.model_name, "object": "model", "created": 0, "owned_by": "rlaif_jax"}]})
 
   async def health(_: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", **engine.stats})
+    return web.json_response({"status": "draining" if draining else "ok",
+                              "queue_depth": engine.queue_depth, "busy": engine.busy,
+                              **engine.stats}, status=503 if draining else 200)
+
+  async def metrics_endpoint(_: web.Request) -> web.Response:
+    body, content_type = metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
   app.router.add_post("/v1/chat/completions", chat_completions)
   app.router.add_post("/v1/completions", completions)
   app.router.add_get("/v1/models", models)
   app.router.add_get("/health", health)
+  app.router.add_get("/metrics", metrics_endpoint)
   return app

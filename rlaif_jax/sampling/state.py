@@ -28,6 +28,11 @@ class SamplerState:
   params: per-row SamplingArrays.
   stop_ids: i32[S] ids that end a row (-1 = unused slot).
   pad_id: i32[] written into `tokens` after a row ends.
+  counts: i32[B, V] how often each token was sampled per row, prompt_seen: bool[B, V] the row's
+    prompt tokens; both [B, 0] when no row has a penalty (then they are not maintained).
+  top_ids / top_logprobs: i32 / f32[B, N, K] the K most likely tokens of each step and their
+    log-probabilities (raw logits); K = 0 when not requested.
+  hook: i32[1] handle of the host step hook (`decode_step`), or i32[0] for none.
   """
   cache: KVCache
   tokens: jax.Array
@@ -43,6 +48,11 @@ class SamplerState:
   params: SamplingArrays
   stop_ids: jax.Array
   pad_id: jax.Array
+  counts: jax.Array
+  prompt_seen: jax.Array
+  top_ids: jax.Array
+  top_logprobs: jax.Array
+  hook: jax.Array
 
   @property
   def max_new_tokens(self) -> int:
@@ -63,6 +73,8 @@ class GenerationOutput:
   lengths: i32[B]; stopped: bool[B] (True: ended on a stop id -> finish_reason "stop").
   steps: i32[] tokens sampled per row before the loop exited (== max(lengths) unless every row
     was empty): the decode loop stops as soon as all rows are done.
+  top_ids / top_logprobs: i32 / f32[B, N, K]: each step's K most likely tokens under the raw
+    logits and their log-probabilities (K = 0 unless `generate_ids(top_logprobs=K)`).
   """
   tokens: jax.Array
   logprobs: jax.Array
@@ -70,6 +82,8 @@ class GenerationOutput:
   lengths: jax.Array
   stopped: jax.Array
   steps: jax.Array
+  top_ids: jax.Array
+  top_logprobs: jax.Array
 
   @property
   def response_mask(self) -> jax.Array:

@@ -102,6 +102,13 @@ class LLMBackend(abc.ABC):
                      max_tokens: int = 1024, stop: list[str] | None = None) -> list[str]:
     """Returns one reply per conversation, in order; raises ``BackendError`` on failure."""
 
+  def with_response_schema(self, name: str, schema: dict[str, Any]) -> "LLMBackend":
+    """This backend asking for replies that follow the JSON Schema ``schema`` where it can
+    (``OpenAIChatBackend(structured_output=True)`` sends it as ``response_format``); by default
+    the backend itself, unchanged. Replies are parsed robustly either way."""
+    del name, schema
+    return self
+
   async def generate_settled(self, messages_batch: list[Conversation], *,
                              temperature: float = 0.0, max_tokens: int = 1024,
                              stop: list[str] | None = None) -> list[str | BackendError]:

@@ -4,6 +4,11 @@ Fault tolerance: at most ``concurrency`` requests in flight; each has a total ti
 5xx, timeouts, connection errors and unreadable 200 bodies are retried with exponential backoff
 and jitter (never sooner than the server's Retry-After); other 4xx fail fast.
 
+Structured output (``structured_output=True``, for servers that implement OpenAI's
+``response_format`` json_schema, e.g. ``launch.serve``, vLLM, OpenAI): ``with_response_schema``
+gives a view of the backend whose requests carry the caller's JSON Schema, so a judge's verdicts
+follow it; the robust parsing stays, for servers without it (flag off: nothing is sent).
+
 The API key is read from the environment variable *named* by ``api_key_env`` and only ever sent
 in the Authorization header: it is not stored in reprs, logs or exception text (server replies
 quoted in errors are redacted too).
@@ -54,7 +59,7 @@ class OpenAIChatBackend(base.LLMBackend):
   def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
                require_api_key: bool = False, concurrency: int = 16, timeout_s: float = 120.0,
                retry: RetryPolicy | None = None, extra_body: dict[str, Any] | None = None,
-               seed: int | None = None):
+               seed: int | None = None, structured_output: bool = False):
     """Args:
       base_url: server root, e.g. ``http://127.0.0.1:8000/v1`` (see ``chat_completions_url``).
       model: model name sent in each request.
@@ -66,6 +71,8 @@ class OpenAIChatBackend(base.LLMBackend):
       retry: backoff policy; ``RetryPolicy()`` by default.
       extra_body: extra JSON fields merged into every request (e.g. ``{"top_p": 0.9}``).
       seed: seeds the backoff jitter (tests).
+      structured_output: the server implements ``response_format`` json_schema; callers' schemas
+        (``with_response_schema``) are then sent with their requests.
     """
     if not base_url:
       raise ValueError("OpenAIChatBackend: base_url is empty; pass e.g. "
@@ -84,6 +91,7 @@ class OpenAIChatBackend(base.LLMBackend):
     self.timeout_s = timeout_s
     self.retry = retry or RetryPolicy()
     self._extra_body = dict(extra_body or {})
+    self.structured_output = structured_output
     # Keys pasted with a trailing newline are common; inner control characters or spaces would
     # make aiohttp refuse the header on the first request, so they are refused here instead.
     self._api_key = os.environ.get(api_key_env, "").strip() if api_key_env else ""
@@ -103,7 +111,8 @@ class OpenAIChatBackend(base.LLMBackend):
   def __repr__(self) -> str:
     return (f"OpenAIChatBackend(url={self.url!r}, model={self.model!r}, "
             f"api_key_env={self.api_key_env!r}, concurrency={self.concurrency}, "
-            f"timeout_s={self.timeout_s})")
+            f"timeout_s={self.timeout_s}"
+            + (", structured_output=True)" if self.structured_output else ")"))
 
   def _redact(self, text: str) -> str:
     if self._api_key and len(self._api_key) >= 4:
@@ -141,12 +150,21 @@ class OpenAIChatBackend(base.LLMBackend):
       headers["Authorization"] = f"Bearer {self._api_key}"
     return headers
 
+  def with_response_schema(self, name: str, schema: dict[str, Any]) -> base.LLMBackend:
+    if not self.structured_output:
+      return self
+    return _SchemaView(self, {"type": "json_schema",
+                              "json_schema": {"name": name, "schema": schema, "strict": True}})
+
   def _payload(self, conversation: base.Conversation, temperature: float, max_tokens: int,
-               stop: list[str] | None) -> dict[str, Any]:
+               stop: list[str] | None,
+               response_format: dict[str, Any] | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {"model": self.model, "messages": conversation,
                                "temperature": temperature, "max_tokens": max_tokens}
     if stop:
       payload["stop"] = list(stop)
+    if response_format is not None:
+      payload["response_format"] = response_format
     payload.update(self._extra_body)
     return payload
 
@@ -178,9 +196,10 @@ class OpenAIChatBackend(base.LLMBackend):
             f"${self.api_key_env})", status=resp.status)
 
   async def complete(self, conversation: base.Conversation, *, temperature: float = 0.0,
-                     max_tokens: int = 1024, stop: list[str] | None = None) -> str:
+                     max_tokens: int = 1024, stop: list[str] | None = None,
+                     response_format: dict[str, Any] | None = None) -> str:
     """One conversation -> reply text, with retries; raises ``BackendError``."""
-    payload = self._payload(conversation, temperature, max_tokens, stop)
+    payload = self._payload(conversation, temperature, max_tokens, stop, response_format)
     last_error = "no attempt made"
     for attempt in range(self.retry.max_attempts):
       retry_after = None
@@ -204,21 +223,55 @@ class OpenAIChatBackend(base.LLMBackend):
         f"last error: {last_error}")
 
   async def generate(self, messages_batch: list[base.Conversation], *, temperature: float = 0.0,
-                     max_tokens: int = 1024, stop: list[str] | None = None) -> list[str]:
+                     max_tokens: int = 1024, stop: list[str] | None = None,
+                     response_format: dict[str, Any] | None = None) -> list[str]:
     base.validate_messages_batch(messages_batch)
     return list(await asyncio.gather(*[
-        self.complete(c, temperature=temperature, max_tokens=max_tokens, stop=stop)
-        for c in messages_batch]))
+        self.complete(c, temperature=temperature, max_tokens=max_tokens, stop=stop,
+                      response_format=response_format) for c in messages_batch]))
 
   async def generate_settled(self, messages_batch: list[base.Conversation], *,
                              temperature: float = 0.0, max_tokens: int = 1024,
-                             stop: list[str] | None = None) -> list[str | base.BackendError]:
+                             stop: list[str] | None = None,
+                             response_format: dict[str, Any] | None = None
+                             ) -> list[str | base.BackendError]:
     base.validate_messages_batch(messages_batch)
 
     async def one(conversation: base.Conversation) -> str | base.BackendError:
       try:
         return await self.complete(conversation, temperature=temperature, max_tokens=max_tokens,
-                                   stop=stop)
+                                   stop=stop, response_format=response_format)
       except base.BackendError as e:
         return e
     return list(await asyncio.gather(*[one(c) for c in messages_batch]))
+
+
+class _SchemaView(base.LLMBackend):
+  """An OpenAIChatBackend whose requests carry one ``response_format`` (same session, limits
+  and retries as the backend it views)."""
+
+  name = "openai"
+
+  def __init__(self, backend: OpenAIChatBackend, response_format: dict[str, Any]):
+    self.backend = backend
+    self.response_format = response_format
+
+  def __repr__(self) -> str:
+    schema = json.dumps(self.response_format, sort_keys=True, ensure_ascii=False)
+    return f"{self.backend!r}.with_response_schema({schema})"
+
+  async def generate(self, messages_batch: list[base.Conversation], *, temperature: float = 0.0,
+                     max_tokens: int = 1024, stop: list[str] | None = None) -> list[str]:
+    return await self.backend.generate(messages_batch, temperature=temperature,
+                                       max_tokens=max_tokens, stop=stop,
+                                       response_format=self.response_format)
+
+  async def generate_settled(self, messages_batch: list[base.Conversation], *,
+                             temperature: float = 0.0, max_tokens: int = 1024,
+                             stop: list[str] | None = None) -> list[str | base.BackendError]:
+    return await self.backend.generate_settled(messages_batch, temperature=temperature,
+                                               max_tokens=max_tokens, stop=stop,
+                                               response_format=self.response_format)
+
+  async def aclose(self) -> None:
+    await self.backend.aclose()

@@ -1,0 +1,85 @@
+"""Grammar-constrained decoding (OpenAI `response_format`) with xgrammar.
+
+Why xgrammar: `python -m benchmarks.grammar_libs` (2-core CPU, 151,665-id byte-level BPE, batch
+32, a judge-verdict JSON schema; BUILD_NOTES "Serving as vLLM users expect") filled the 32 rows'
+next-token masks and advanced them in 0.18 ms per step with xgrammar, 1.6 ms with llguidance,
+30 ms with outlines-core.
+
+`GrammarHook` is a host step hook (`decode_step.StepHook`): every decode step it advances each
+constrained row's matcher with the row's previous token and writes the row's allowed-token
+bitmask for the next one; unconstrained rows keep the all-ones mask. When the grammar is
+complete the mask allows only the stop ids (eos / end of turn), so a constrained row ends with
+finish_reason "stop" and its text parses; a row that reaches max_tokens first is cut ("length").
+JSON is generated compactly (no free whitespace: a sampled model could otherwise emit blanks
+forever).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from rlaif_jax.tokenizers.base import Tokenizer
+
+_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4)
+def _compiler(tokenizer: Tokenizer, vocab_size: int, stop_ids: tuple[int, ...]):
+  import xgrammar as xgr
+  hf = getattr(tokenizer, "hf", None)
+  if hf is None:
+    raise ValueError("response_format needs a Hugging Face tokenizer (tokenizer.json); this "
+                     f"model's tokenizer is {type(tokenizer).__name__}")
+  info = xgr.TokenizerInfo.from_huggingface(hf, vocab_size=vocab_size,
+                                            stop_token_ids=list(stop_ids))
+  return xgr.GrammarCompiler(info, max_threads=2, cache_enabled=True)
+
+
+def compile_format(tokenizer: Tokenizer, vocab_size: int, stop_ids: Sequence[int],
+                   response_format: tuple[str, str]):
+  """An xgrammar CompiledGrammar for ("json_object", "") or ("json_schema", schema JSON text);
+  raises ValueError for a schema xgrammar cannot compile."""
+  kind, schema = response_format
+  with _LOCK:
+    compiler = _compiler(tokenizer, vocab_size, tuple(stop_ids))
+    try:
+      if kind == "json_object":
+        return compiler.compile_json_schema('{"type": "object"}', any_whitespace=False)
+      return compiler.compile_json_schema(schema, any_whitespace=False)
+    except Exception as e:  # xgrammar raises RuntimeError / InvalidJSONError for bad schemas
+      raise ValueError(f"response_format json_schema cannot be compiled: {e}") from None
+
+
+def check_schema(schema: dict) -> str:
+  """The schema as canonical JSON text (the compile cache key); ValueError if not an object."""
+  if not isinstance(schema, dict):
+    raise ValueError("response_format.json_schema.schema must be a JSON object")
+  return json.dumps(schema, sort_keys=True)
+
+
+class GrammarHook:
+  """Step hook constraining the rows whose `formats[r]` is not None (see module docstring)."""
+
+  def __init__(self, tokenizer: Tokenizer, formats: Sequence[tuple[str, str] | None],
+               vocab_size: int, stop_ids: Sequence[int]):
+    import xgrammar as xgr
+    self.matchers = {r: xgr.GrammarMatcher(compile_format(tokenizer, vocab_size, stop_ids, f))
+                     for r, f in enumerate(formats) if f is not None}
+    self.accepted = {r: 0 for r in self.matchers}
+
+  def __call__(self, step: int, prev_tokens: np.ndarray, lengths: np.ndarray, done: np.ndarray,
+               bitmask: np.ndarray, cancel: np.ndarray) -> None:
+    del step
+    for r, matcher in self.matchers.items():
+      if r >= len(lengths):
+        continue
+      if lengths[r] > self.accepted[r]:
+        self.accepted[r] = int(lengths[r])
+        if not matcher.is_terminated():
+          matcher.accept_token(int(prev_tokens[r]))
+      if not done[r] and not matcher.is_terminated():
+        matcher.fill_next_token_bitmask(bitmask, r)
