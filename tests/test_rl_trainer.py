@@ -125,7 +125,7 @@ def test_old_log_probs_from_sampler_equal_recomputed(tmp_path):
 
 def test_log_probs_are_dispatched_before_scoring(tmp_path):
   """The old/reference log-probs need no reward, so the rollout dispatches them before it calls
-  the reward source: the device computes them while the host waits for a remote judge."""
+  the scorer: the device computes them while the host waits for a remote judge."""
   import dataclasses
   trainer = make_trainer("grpo", tmp_path, steps=1)
   calls = []
@@ -135,9 +135,9 @@ def test_log_probs_are_dispatched_before_scoring(tmp_path):
     calls.append("log_probs")
     return log_probs(*args)
 
-  def traced_score(prompts, completions):
+  def traced_score(rollout):
     calls.append("score")
-    return score(prompts, completions)
+    return score(rollout)
 
   trainer.prepare = dataclasses.replace(trainer.prepare, log_probs=traced_log_probs)
   trainer.reward.score = traced_score

@@ -169,6 +169,7 @@ class RewardModelScorer:
     for start in range(0, n, rows_per_call):
       count = min(rows_per_call, n - start)
       rows = np.minimum(np.arange(start, start + rows_per_call), n - 1).astype(np.int32)
+      (rows,) = self._place([rows])  # a global array in a multi-host run, as the others
       scores = host.to_host(self._forward_ids(state, rows, p_tok, p_mask, ids, ids_mask, stop))
       out[start:start + count] = scores[:count]
     return out
