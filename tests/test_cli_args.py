@@ -87,6 +87,8 @@ def test_make_judges_takes_the_rl_judge_block_and_typed_configs():
   assert judge.signature == judges_lib.make_judges([shorthand])[0].signature
   typed = scoring_config.LengthConfig(name="len", threshold=3)
   assert [(j.name, j.threshold) for j in judges_lib.make_judges([typed])] == [("len", 3)]
+  with pytest.raises(judges_lib.JudgeSpecError, match="weight and config .* are RL reward"):
+    judges_lib.make_judges("rm:/runs/rm?config=rm_tiny_cpu&threshold=0")
   with pytest.raises(judges_lib.JudgeSpecError, match="kind 'offline' cannot judge"):
     judges_lib.make_judges([scoring_config.OfflineConfig(name="o", where="x")])
 

@@ -223,6 +223,9 @@ def test_rl_reward_refuses_a_threshold():
   c = cfg_lib.LengthConfig(name="len", threshold=3, where="config.reward.len")
   with pytest.raises(cfg_lib.ScorerConfigError, match="config.reward.len.threshold=3"):
     scorers.build_reward(cfg_lib.RewardConfig((c,)))
+  curator = cfg_lib.CuratorConfig(name="c", base_url="http://h/v1", model="m", where="r.c")
+  with pytest.raises(cfg_lib.ScorerConfigError, match="r.c.num_examples=3: an RL reward"):
+    scorers.build_reward(cfg_lib.RewardConfig((curator,)))
   reward = scorers.build_reward(cfg_lib.RewardConfig(
       (cfg_lib.LengthConfig(name="len", weight=2.0),
        cfg_lib.CallableConfig(name="one", fn=f"{__name__}:one_reward"))))

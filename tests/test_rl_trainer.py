@@ -329,7 +329,8 @@ def test_non_finite_update_stops_with_the_last_good_checkpoint(tmp_path):
   def nan_critic(batch, step):
     return {**real_update(batch, step), "critic_grad_norm": float("nan")}
   trainer.update = nan_critic
-  with pytest.raises(NonFiniteLossError, match=r"\['critic_grad_norm'\] not finite.*step None"):
+  with pytest.raises(NonFiniteLossError, match=r"RL step 1: critic_grad_norm=nan is not finite"
+                                                 r".*no checkpoint was written yet"):
     trainer.train()
   with pytest.raises(ValueError, match="group_size=8 must equal rl.n_samples=4"):
     rl.RLConfig(n_samples=4, advantage=rollout_lib.AdvantageConfig(group_size=8))

@@ -298,6 +298,9 @@ def judge_from_config(c: cfg_lib.ScorerConfig, *, mesh: Any = None,
   if c.kind not in cfg_lib.JUDGE_KINDS:
     raise JudgeSpecError(f"{c.where}: kind {c.kind!r} cannot judge an evaluation; one of "
                          f"{list(cfg_lib.JUDGE_KINDS)}")
+  if c.weight != 1.0 or getattr(c, "config", None) is not None:
+    raise JudgeSpecError(f"{c.where}: weight and config (train the RM first) are RL reward "
+                         "settings; an evaluation judge takes neither")
   if c.kind == "length":
     return LengthJudge(c.threshold, name=c.name)
   try:

@@ -103,6 +103,9 @@ def build_reward(reward: cfg_lib.RewardConfig, *, mesh: Any = None,
     if getattr(c, "threshold", None) is not None:
       raise cfg_lib.ScorerConfigError(f"{c.where}.threshold={c.threshold!r}: a threshold turns "
                                       "scores into evaluation verdicts; an RL reward has none")
+    if isinstance(c, cfg_lib.CuratorConfig) and c.num_examples > 0:
+      raise cfg_lib.ScorerConfigError(f"{c.where}.num_examples={c.num_examples}: an RL reward "
+                                      "has no labelled pool to retrieve examples from; set 0")
     scorer = build_scorer(c, mesh=mesh, workdir=workdir)
     parts.append((OnMainProcess(scorer) if c.kind in HOST_SIDE else scorer, c.weight))
   if len(parts) == 1 and parts[0][1] == 1.0:

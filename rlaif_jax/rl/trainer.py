@@ -91,6 +91,8 @@ class RLConfig:
 
 
 PromptSchedule = Callable[[int], Sequence[str]]  # step -> the step's requests (pure function)
+# The NaN guard's metrics: a diverged critic must not be saved either.
+WATCHED = ("loss", "grad_norm", "kl", "critic_loss", "critic_grad_norm", "critic_vf_loss")
 
 
 def rollout_stats(rollout: Rollout, scores: Scores, lengths: np.ndarray) -> dict[str, float]:
@@ -320,22 +322,13 @@ class RLTrainer:
              "kl": self._kl_to_ref(batch), "t_update": t_update}
       row["tokens_per_sec"] = float(host.to_host(batch.response_mask).sum()) / max(
           stats["t_generate"] + stats["t_score"] + t_update, 1e-9)
-      watched = ("loss", "grad_norm", "kl", "critic_loss", "critic_grad_norm",
-                 "critic_vf_loss")  # a diverged critic must not be saved either
-      bad = [k for k in watched if not np.isfinite(row.get(k, 0.0))]
-      if bad:
-        self.actor_ckpt.wait()
-        last, where = self.actor_ckpt.latest_step(), self.actor_ckpt.directory
-        self.close()
-        raise trainer_lib.NonFiniteLossError(
-            f"RL step {step}: {bad} not finite; stopped without saving; the last good checkpoint "
-            f"is step {last} in {where}")
-      if step % cfg.log_every == 0 or step == cfg.total_steps:
+      trainer_lib.stop_if_not_finite("RL", step, row, WATCHED, self.actor_ckpt, self.close)
+      if trainer_lib.due(step, cfg.log_every, cfg.total_steps):
         self.writer.write(step, row)
       bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.4f}",
                       invalid=f"{row.get('reward_invalid_frac', 0.0):.2f}",
                       tok_s=f"{row['tokens_per_sec']:.0f}")
-      if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
+      if trainer_lib.due(step, cfg.checkpoint_every, cfg.total_steps):
         self.save(step)
     bar.close()
     self.actor_ckpt.wait()

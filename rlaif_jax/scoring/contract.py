@@ -10,6 +10,8 @@ dataclasses, never as attributes set before a call or read back after it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -144,7 +146,6 @@ class CallableScorer:
     self.name = name or getattr(fn, "__name__", "callable")
 
   def _kwargs(self, rollout: Rollout) -> dict[str, Any]:
-    import inspect
     available = {**{k: list(v) for k, v in rollout.columns.items()},
                  "stopped": rollout.stopped.tolist()}
     try:
@@ -231,7 +232,6 @@ class OnMainProcess:
 def token_space_id(tok: Any) -> str:
   """A fingerprint of a tokenizer's id -> text map and special ids: two tokenizers with equal
   fingerprints give the same ids the same meaning (so a scorer may reuse the policy's ids)."""
-  import hashlib
   h = hashlib.sha256()
   h.update(repr((tok.vocab_size, tok.eos_id, tok.pad_id, tok.bos_id, tok.eot_id,
                  tuple(tok.stop_ids))).encode())
