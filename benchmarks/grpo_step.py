@@ -5,13 +5,13 @@ GPU (one H100), issue 10's breakdown at 1.5B with the reward-model reward:
       --param_dtype=bfloat16 --dtype=bfloat16 --prompts=32 --new_tokens=512
 
 Where the time of one GRPO step goes: `RLTrainer.rollout` (generate: the jitted sampler;
-score: the reward model `RewardModelScorer` on the decoded texts, plus `--reward_latency_s` of
-host-side waiting as a remote judge has; prepare: the rest of the rollout, i.e. old/reference
-log-probs and advantages, synchronised here) and `RLTrainer.update` (the actor's minibatch
-updates), the real trainer code on random weights. Every phase is synchronised before its clock
-stops, except that the log-probs are dispatched before scoring and overlap it: their device time
-shows up in "score" when the reward model shares the device, and is hidden behind a judge's
-latency. The paper's shape by default: 4 samples per prompt, minibatch 16 prompts x 4, k3 KL
+score: the reward model `RewardModelScorer` on the rollout (its token ids: it shares the
+policy's tokenizer), plus `--reward_latency_s` of host-side waiting as a remote judge has;
+prepare: the rest of the rollout, i.e. old/reference log-probs and advantages, synchronised
+here) and `RLTrainer.update` (the actor's minibatch updates), the real trainer code on random
+weights. Every phase is synchronised before its clock stops, except that the log-probs are
+dispatched before scoring and overlap it: their device time shows up in "score" when the
+reward model shares the device, and is hidden behind a judge's latency. The paper's shape by default: 4 samples per prompt, minibatch 16 prompts x 4, k3 KL
 0.001, one epoch.
 
 Random weights need a tokenizer for any vocabulary: `IdTokenizer` maps id i to the code point
@@ -146,9 +146,13 @@ class _SlowReward:
   def __init__(self, inner, latency_s: float):
     self.inner, self.latency_s = inner, latency_s
 
-  def score(self, prompts, completions):
+  @property
+  def name(self) -> str:
+    return self.inner.name
+
+  def score(self, rollout):
     time.sleep(self.latency_s)
-    return self.inner.score(prompts, completions)
+    return self.inner.score(rollout)
 
 
 def time_step(trainer: rl.RLTrainer, step: int) -> dict[str, float]:

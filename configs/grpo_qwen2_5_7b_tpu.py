@@ -9,7 +9,7 @@ bf16 weights and moments, `--config.reward.rm.on_host`, `--config.rl.mini_batch_
 The paper (verl): n=4 samples per prompt, lr 3e-7, KL loss coefficient 0.001 with the k3
 "low_var_kl" estimator, no KL in the reward, entropy coefficient 0, batch 32 prompts, mini-batch
 16 prompts, prompt <= 256 and response <= 512 tokens, 5 epochs over the 3200 prompts (500 steps).
-Path B: `--config.reward.sources=judge --config.reward.judge.base_url=... --config.reward.judge.model=...`.
+Path B: `--config.reward.use=judge --config.reward.judge.base_url=... --config.reward.judge.model=...`.
 
 Target slice: `config.target_topology` = v5p-8 (4 chips). `python -m launch.aot_compile
 --config=configs/grpo_qwen2_5_7b_tpu.py` compiles every function of an RL step for it: the actor
@@ -49,12 +49,12 @@ def get_config():
   config.format.max_prompt_len = 256
   config.format.max_response_len = 512
   config.format.min_bucket = 128
-  config.rl.total_steps = EPOCHS * PROMPTS // BATCH
+  config.loop.total_steps = EPOCHS * PROMPTS // BATCH
   config.rl.prompts_per_step = BATCH
   config.rl.n_samples = 4
   config.rl.mini_batch_size = 64  # 16 prompts x 4 samples
   config.rl.max_new_tokens = 512
-  config.rl.checkpoint_every = 50
+  config.loop.checkpoint_every = 50
   config.rl.ref_on_host = False  # True: the frozen reference lives in host memory between uses
   config.rl.grow_cache_from = 64  # KV cache grows 64 -> 512 new tokens; 0: whole from the start
   config.reward.rm.on_host = False  # True: so does the reward model (placed on device to score)

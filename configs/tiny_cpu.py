@@ -7,15 +7,15 @@ principle judge), the reward model and the length baseline, plus controls and ef
   python -m launch.pipeline --config=configs/tiny_cpu.py --workdir=runs/tiny --data_dir=$RLAIF_DATA_DIR
 
 Sub-configs are the stage configs (configs/sft_tiny_cpu.py, rm_tiny_cpu.py, grpo_tiny_cpu.py),
-overridable as `--config.sft.loop.total_steps=100`, `--config.rl.rl.total_steps=20`, ...
+overridable as `--config.sft.loop.total_steps=100`, `--config.rl.loop.total_steps=20`, ...
 `--config.reward_path=A|B|AB` (default AB: both paths). The LLM judge (path B's reward,
-Signal-1, Signal-2): `--config.judge.base_url=http://127.0.0.1:8000/v1 --config.judge.model=NAME`
+Signal-1, Signal-2) is one block, `config.judge` (the same ConfigDict as GRPO's
+`config.rl.reward.judge`): `--config.judge.base_url=http://127.0.0.1:8000/v1 --config.judge.model=NAME`
 (any OpenAI-compatible server: vLLM, SGLang, OpenAI, `python -m launch.serve`); without them the
 pipeline serves its own SFT checkpoint as a stand-in judge (results.md says its figures mean
 nothing about judge quality). `--config.eval.llm_signals=false` leaves Signal-1/2 out.
 """
 import ml_collections
-from ml_collections import config_dict
 
 from configs import grpo_tiny_cpu, rm_tiny_cpu, sft_tiny_cpu
 
@@ -26,18 +26,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.rm = rm_tiny_cpu.get_config()
   config.rl = grpo_tiny_cpu.get_config()
   config.reward_path = "AB"  # "A": reward model; "B": principle judge; "AB": both (the paper)
-  # The LLM judge. constrained_json: the server implements `response_format` json_schema
-  # (vLLM, SGLang, OpenAI, launch.serve and the stand-in): the verdict schemas
-  # (judging/parsing.py) are requested, so verdicts parse; false for a server without it.
-  config.judge = ml_collections.ConfigDict(dict(
-      base_url=config_dict.placeholder(str), model=config_dict.placeholder(str),
-      api_key_env="OPENAI_API_KEY", principles="v0", concurrency=32, max_tokens=64,
-      max_attempts=2, temperature=0.0, constrained_json=True, max_batch_rows=64))
+  # The LLM judge: one definition, GRPO's reward block (scoring.config.LLMJudgeConfig). With
+  # constrained_json the verdict schemas (judging/parsing.py) are requested as `response_format`
+  # (vLLM, SGLang, OpenAI, launch.serve and the stand-in implement it), so verdicts parse; a
+  # schema reply with its explanation needs room: max_tokens 512.
+  config.judge = config.rl.reward.judge
+  config.judge.update(dict(concurrency=32, max_tokens=512, max_attempts=2, temperature=0.0,
+                           constrained_json=True))
+  # The stand-in judge server (the SFT checkpoint) when no endpoint is given.
+  config.local_judge = ml_collections.ConfigDict(dict(max_batch_rows=64))
   # Path B's offline stage: the adversarial game on the principle_examples split.
   config.principles = ml_collections.ConfigDict(dict(
       iterations=1, max_examples=48, holdout_size=16, adversarial_batch=2, reflect_batch=4,
-      max_attempts=2, max_tokens=64, split_seed=0, seed=0))
-  # Path B's GRPO: config.rl with these config.rl.rl overrides (judge calls cost more than the
+      max_attempts=2, max_tokens=512, split_seed=0, seed=0))
+  # Path B's GRPO: config.rl with these config.rl.loop overrides (judge calls cost more than the
   # reward model's, so fewer steps at this size).
   config.rl_b = ml_collections.ConfigDict(dict(total_steps=12))
   config.eval = ml_collections.ConfigDict(dict(

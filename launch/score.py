@@ -114,7 +114,7 @@ def main(argv: list[str]) -> int:
                                           debias=_DEBIAS.value)
 
   async def score_chunk(chunk):
-    scores = scorer.score([r["query"] for r in chunk], [r["response"] for r in chunk])
+    scores = scorer.score_texts([r["query"] for r in chunk], [r["response"] for r in chunk])
     return [{"query": r["query"], "response": r["response"], "score": float(s),
              FINGERPRINT_KEY: fingerprint} for r, s in zip(chunk, scores)]
 

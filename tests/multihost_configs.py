@@ -41,8 +41,8 @@ def _rl(base) -> ml_collections.ConfigDict:
   config = base.get_config()
   config.format.update(max_prompt_len=32, max_response_len=16)
   config.data.max_prompts = 16
-  config.rl.update(total_steps=2, prompts_per_step=2, mini_batch_size=4, max_new_tokens=8,
-                   checkpoint_every=1, grow_cache_from=0)
+  config.rl.update(prompts_per_step=2, mini_batch_size=4, max_new_tokens=8, grow_cache_from=0)
+  config.loop.update(total_steps=2, checkpoint_every=1)
   config.reward.rm.batch_size = 8
   if config.rl.algorithm == "ppo":  # one sample per prompt
     config.rl.prompts_per_step = 4

@@ -72,6 +72,27 @@ def test_make_judges_keeps_a_given_length_judge_and_avoids_name_clashes():
   assert [j.kind for j in judges_lib.make_judges(LLM)] == ["llm"]
 
 
+def test_make_judges_takes_the_rl_judge_block_and_typed_configs():
+  """One judge definition: the GRPO config's reward.judge block judges the evaluation, as the
+  same typed config the shorthand gives."""
+  from configs import grpo_tiny_cpu
+  from rlaif_jax.scoring import config as scoring_config
+  block = grpo_tiny_cpu.get_config().reward.judge
+  with pytest.raises(scoring_config.ScorerConfigError, match="set base_url, model"):
+    judges_lib.make_judges([block], LABELLED)
+  block.base_url, block.model = "http://127.0.0.1:9/v1", "m"
+  (judge, length) = judges_lib.make_judges([block], LABELLED)
+  assert (judge.name, judge.kind, length.kind) == ("judge1", "llm", "length")
+  (shorthand,) = scoring_config.parse_judge_specs(LLM + "?concurrency=16")
+  assert judge.signature == judges_lib.make_judges([shorthand])[0].signature
+  typed = scoring_config.LengthConfig(name="len", threshold=3)
+  assert [(j.name, j.threshold) for j in judges_lib.make_judges([typed])] == [("len", 3)]
+  with pytest.raises(judges_lib.JudgeSpecError, match="weight and config .* are RL reward"):
+    judges_lib.make_judges("rm:/runs/rm?config=rm_tiny_cpu&threshold=0")
+  with pytest.raises(judges_lib.JudgeSpecError, match="kind 'offline' cannot judge"):
+    judges_lib.make_judges([scoring_config.OfflineConfig(name="o", where="x")])
+
+
 def test_launch_evaluate_help_mentions_the_length_baseline():
   proc = _run("launch.evaluate", "--helpfull")
   assert "length baseline" in proc.stdout + proc.stderr

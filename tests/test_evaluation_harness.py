@@ -23,6 +23,7 @@ from rlaif_jax.data.greetings import LabeledResponse
 from rlaif_jax.evaluation import harness
 from rlaif_jax.metrics import diversity, stats
 from rlaif_jax.evaluation import judges as judges_lib
+from rlaif_jax.scoring.contract import Scores, checked
 from tests import tiny_hf
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -84,10 +85,16 @@ def test_judge_spec_parsing_names_and_options():
   assert [(s.name, s.kind) for s in specs] == [
       ("rm_rm_a", "rm"), ("qwen", "llm"), ("curator_Qwen_Qwen2.5-7B", "curator"),
       ("length", "length")]
-  assert specs[1].options == {"principles": "v1", "max_attempts": 2}
-  assert judges_lib.parse_endpoint(specs[2].target, "x") == ("openai", "http://h:1/v1",
-                                                              "Qwen/Qwen2.5-7B")
-  assert specs[3].options == {"threshold": 40}
+  assert (specs[0].workdir, specs[0].threshold) == ("/runs/rm_a/", None)
+  assert (specs[1].principles, specs[1].max_attempts, specs[1].template) == ("v1", 2, "detector")
+  assert (specs[2].backend, specs[2].base_url, specs[2].model, specs[2].num_examples) == (
+      "openai", "http://h:1/v1", "Qwen/Qwen2.5-7B", 0)
+  assert specs[3].threshold == 40
+  # The shorthand parses into the same typed configs as a config block.
+  from rlaif_jax.scoring import config as scoring_config
+  assert specs[1] == scoring_config.scorer_config(
+      dict(kind="llm", base_url="http://127.0.0.1:8000/v1", model="Qwen2.5-72B",
+           principles="v1", max_attempts=2), "qwen", "x")
 
 
 def test_constrained_json_asks_the_backend_for_the_verdict_schemas():
@@ -147,10 +154,13 @@ def test_parse_checkpoints():
 
 
 class CountGoodScorer:
-  """Reward = number of 好 in the response, NaN for an empty response."""
+  """Reward = number of 好 in the response; an empty response is not scored."""
+  name = "count"
 
-  def score(self, queries, responses):
-    return np.array([r.count("好") if r else np.nan for r in responses], np.float32)
+  def score(self, rollout):
+    responses = rollout.completions
+    return Scores(np.array([r.count("好") for r in responses], np.float32),
+                  np.array([bool(r) for r in responses]))
 
 
 def test_best_score_threshold_by_hand():
@@ -167,7 +177,7 @@ def test_reward_model_and_length_judges():
   got = rm.judge(["q"] * 3, ["好好", "", "好"])
   assert got.labels.tolist() == [1, judges_lib.INVALID, 0]
   assert got.valid.tolist() == [True, False, True] and got.n_invalid == 1
-  assert got.details[1] == {"error": "non-finite score"}
+  assert got.details[1] == {"error": "not scored"}
   assert rm.signature == "rm threshold=1.5"
   length = judges_lib.LengthJudge(threshold=3)
   got = length.judge(["q", "q"], ["ab", "a c"])
@@ -194,7 +204,7 @@ def test_reward_model_judge_calibrates_a_real_scorer(hf_dirs):
   queries, responses, labels = (list(x) for x in zip(*[(r.query, r.response, r.label)
                                                        for r in LABELLED]))
   judge.calibrate(queries, responses, labels)
-  scores = scorer.score(queries, responses).astype(np.float64)
+  scores = scorer.score_texts(queries, responses).astype(np.float64)
   got = judge.judge(queries, responses)
   assert got.labels.tolist() == (scores >= judge.threshold).astype(int).tolist()
   np.testing.assert_array_equal(got.scores, scores)
@@ -271,8 +281,11 @@ class TableScorer:
   def __init__(self, table):
     self.table = table
 
-  def score(self, queries, responses):
-    return np.array([self.table[r] for r in responses], np.float32)
+  name = "table"
+
+  def score(self, rollout):
+    return checked(self.name, [self.table[r] for r in rollout.completions],
+                   len(rollout.completions))
 
 
 def test_reliability_of_fitted_thresholds_is_cross_fitted_by_hand(tmp_path):

@@ -188,7 +188,7 @@ def stages(tmp_path_factory, data_dir) -> pathlib.Path:
       f"{cfg}:grpo", f"--workdir={d / 'grpo'}", *rl_flags(d), "--config.rl.ref_on_host=True",
       "--config.reward.rm.on_host=True"])
   _run_stage(root, "ppo", "launch.rl", lambda d: [
-      f"{cfg}:ppo", f"--workdir={d / 'ppo'}", *rl_flags(d), "--config.rl.total_steps=1"])
+      f"{cfg}:ppo", f"--workdir={d / 'ppo'}", *rl_flags(d), "--config.loop.total_steps=1"])
   _run_stage(root, "generate", "launch.generate", lambda d: [
       f"--checkpoint={d / 'grpo'}", f"--prompts={root / 'prompts.jsonl'}",
       f"--output={d / 'generated.jsonl'}", "--n=2", "--max_new_tokens=8", "--batch_size=8"])

@@ -73,11 +73,11 @@ def test_a_finished_stage_under_another_config_is_refused(tmp_path):
   config = tiny_cpu.get_config()
   work = finished_workdir(tmp_path / "w", config)
   pipeline.check_stage_configs(work, pipeline.stage_records(config))  # unchanged: fine
-  config.rl.rl.total_steps = 120
+  config.rl.loop.total_steps = 120
   with pytest.raises(pipeline.StageConfigError) as e:
     pipeline.run_pipeline(config, work, tmp_path / "data")  # refused before anything runs
   message = str(e.value)
-  assert f"grpo ({work / 'grpo'}):\n    rl.rl.total_steps: 60 -> 120" in message
+  assert f"grpo ({work / 'grpo'}):\n    rl.loop.total_steps: 60 -> 120" in message
   # config.rl is both paths' GRPO config
   assert f"delete {work / 'grpo'} {work / 'grpo_b'} to redo those stages" in message
   assert "new --workdir" in message

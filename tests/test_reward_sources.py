@@ -1,4 +1,5 @@
-"""Reward sources: length checks, weighting, and the offline file exchange."""
+"""The scoring contract: length checks, TRL-style callables with row columns, weighting and
+validity, the offline file exchange (named by the rollout's step), the typed configs."""
 import json
 import threading
 import time
@@ -6,55 +7,81 @@ import time
 import numpy as np
 import pytest
 
-from rlaif_jax.rl.reward_sources import (CallableReward, OfflineFileReward, RewardError,
-                                         WeightedSum, checked_scores, valid_mask)
+from rlaif_jax.scoring import config as cfg_lib
+from rlaif_jax.scoring.contract import (CallableScorer, LengthScorer, Rollout, Scores,
+                                        ScoringError, WeightedSum, checked)
+from rlaif_jax.scoring.offline import OfflineFileScorer
+
+
+def texts(prompts, completions, **kwargs):
+  return Rollout.from_texts(prompts, completions, **kwargs)
 
 
 def test_wrong_length_is_refused():
-  src = CallableReward(lambda p, c: [1.0], name="short")
-  with pytest.raises(RewardError, match=r"'short' returned shape \(1,\) for a batch of 3"):
-    src.score(["a"] * 3, ["x"] * 3)
-  with pytest.raises(RewardError, match="non-finite"):
-    checked_scores("nan", [0.0, float("nan")], 2)
+  src = CallableScorer(lambda p, c: [1.0], name="short")
+  with pytest.raises(ScoringError, match=r"'short' returned shape \(1,\) for a batch of 3"):
+    src.score(texts(["a"] * 3, ["x"] * 3))
+  with pytest.raises(ScoringError, match="non-finite"):
+    checked("nan", [0.0, float("nan")], 2)
+  with pytest.raises(ValueError, match="2 prompts, 3 completions"):
+    texts(["a"] * 2, ["x"] * 3)
+
+
+def test_callable_gets_the_row_columns_it_asks_for():
+  seen = {}
+
+  def reward(prompts, completions, group, stopped):
+    seen.update(group=group, stopped=stopped)
+    return [float(g) for g in group]
+
+  def everything(prompts, completions, **columns):
+    seen["all"] = sorted(columns)
+    return [0.0] * len(completions)
+  rollout = texts(["q", "q", "r"], ["a", "b", "c"], stopped=[True, False, True],
+                  columns={"group": [0, 0, 1], "query": ["q", "q", "r"]})
+  np.testing.assert_array_equal(CallableScorer(reward).score(rollout).values, [0, 0, 1])
+  assert seen["group"] == [0, 0, 1] and seen["stopped"] == [True, False, True]
+  CallableScorer(everything).score(rollout)
+  assert seen["all"] == ["group", "query", "stopped"]
+  got = CallableScorer(lambda p, c: [1.0] * len(c)).score(rollout)  # no keywords: plain TRL
+  assert got.valid.all()
 
 
 def test_weighted_sum():
-  a = CallableReward(lambda p, c: [len(x) for x in c], name="len")
-  b = CallableReward(lambda p, c: [1.0 if "好" in x else 0.0 for x in c], name="good")
-  total = WeightedSum([("len", a, 0.5), ("good", b, 2.0)])
-  np.testing.assert_allclose(total.score(["q", "q"], ["好好", "abc"]), [3.0, 1.5])
-  assert set(total.last_components) == {"len", "good"}
+  a = CallableScorer(lambda p, c: [len(x) for x in c], name="len")
+  b = CallableScorer(lambda p, c: [1.0 if "好" in x else 0.0 for x in c], name="good")
+  total = WeightedSum([(a, 0.5), (b, 2.0)]).score(texts(["q", "q"], ["好好", "abc"]))
+  np.testing.assert_allclose(total.values, [3.0, 1.5])
+  np.testing.assert_allclose(total.extras["len"], [2, 3])
+  assert {"len", "good", "len_valid", "good_valid"} <= set(total.extras)
+  np.testing.assert_array_equal(LengthScorer().score(texts(["q"], ["abc"])).values, [3.0])
 
 
 class Masked:
-  """A source that could not score some items: `last_valid_mask` marks them False."""
+  """A scorer that could not score some items: `valid` marks them False."""
 
-  def __init__(self, valid, fallback=0.0):
-    self.valid, self.fallback = list(valid), fallback
+  def __init__(self, name, valid, fallback=0.0):
+    self.name, self.valid, self.fallback = name, list(valid), fallback
 
-  def score(self, prompts, completions):
-    self.last_valid_mask = np.array(self.valid, dtype=bool)
-    return [1.0 if v else self.fallback for v in self.valid]
+  def score(self, rollout):
+    return Scores(np.array([1.0 if v else self.fallback for v in self.valid], np.float32),
+                  np.array(self.valid, bool), {"reason": np.array(["r"] * len(self.valid))})
 
 
-def test_valid_mask_of_plain_and_weighted_sources():
-  plain = CallableReward(lambda p, c: [0.5] * len(c), name="plain")
-  plain.score(["q"] * 3, ["a"] * 3)
-  assert valid_mask(plain, 3).tolist() == [True, True, True]  # no mask: all scored
-  a, b = Masked([True, False, True, True], -7.0), Masked([True, True, False, True])
-  total = WeightedSum([("a", a, 1.0), ("plain", plain, 2.0), ("b", b, 0.5)])
-  np.testing.assert_allclose(total.score(["q"] * 4, ["x"] * 4), [2.5, -5.5, 2.0, 2.5])
-  # Valid only where every part with a mask is valid; parts without one count as valid.
-  assert total.last_valid_mask.tolist() == [True, False, False, True]
-  assert valid_mask(total, 4).tolist() == [True, False, False, True]
-  assert valid_mask(WeightedSum([("p", plain, 1.0)]), 0).shape == (0,)  # before any call
-  with pytest.raises(RewardError, match=r"last_valid_mask of shape \(4,\) after scoring a batch "
-                                        r"of 3"):
-    valid_mask(a, 3)
+def test_validity_of_plain_and_weighted_scorers():
+  plain = CallableScorer(lambda p, c: [0.5] * len(c), name="plain")
+  assert plain.score(texts(["q"] * 3, ["a"] * 3)).valid.tolist() == [True] * 3
+  a, b = Masked("a", [True, False, True, True], -7.0), Masked("b", [True, True, False, True])
+  total = WeightedSum([(a, 1.0), (plain, 2.0), (b, 0.5)]).score(texts(["q"] * 4, ["x"] * 4))
+  np.testing.assert_allclose(total.values, [2.5, -5.5, 2.0, 2.5])
+  assert total.valid.tolist() == [True, False, False, True]  # valid where every part is
+  assert total.extras["a.reason"].tolist() == ["r"] * 4
+  with pytest.raises(ScoringError, match=r"'a' returned shape \(4,\) for a batch of 3"):
+    WeightedSum([(a, 1.0)]).score(texts(["q"] * 3, ["x"] * 3))
 
 
 def test_offline_exchange_waits_for_scorer(tmp_path):
-  src = OfflineFileReward(tmp_path, timeout_s=20, poll_s=0.05, fallback=-1.0)
+  src = OfflineFileScorer(tmp_path, timeout_s=20, poll_s=0.05, fallback=-1.0)
   out, scored = src.paths(0)
 
   def scorer():
@@ -70,18 +97,19 @@ def test_offline_exchange_waits_for_scorer(tmp_path):
 
   t = threading.Thread(target=scorer)
   t.start()
-  scores = src.score(["p1", "p2", "p3"], ["c1", "c2", "c3"])
+  scores = src.score(texts(["p1", "p2", "p3"], ["c1", "c2", "c3"], stopped=[True, False, True]))
   t.join()
-  np.testing.assert_allclose(scores, [0.25, 1.0, -1.0])
-  assert src.last_valid_mask.tolist() == [True, True, False]  # the error line is not a score
-  assert valid_mask(src, 3).tolist() == [True, True, False]
+  np.testing.assert_allclose(scores.values, [0.25, 1.0, -1.0])
+  assert scores.valid.tolist() == [True, True, False]  # the error line is not a score
+  assert [json.loads(line).get("stopped", True) for line in out.read_text().splitlines()] == [
+      True, False, True]  # a cut completion is sent as cut
   assert src.index == 1
 
 
 def test_offline_timeout_names_file(tmp_path):
-  src = OfflineFileReward(tmp_path, timeout_s=0.2, poll_s=0.05)
-  with pytest.raises(RewardError, match=r"rollout_000000\.scored\.jsonl has 0 of 2 ids"):
-    src.score(["p", "q"], ["a", "b"])
+  src = OfflineFileScorer(tmp_path, timeout_s=0.2, poll_s=0.05)
+  with pytest.raises(ScoringError, match=r"rollout_000000\.scored\.jsonl has 0 of 2 ids"):
+    src.score(texts(["p", "q"], ["a", "b"]))
 
 
 def _score_file(path, rewards):
@@ -91,15 +119,13 @@ def _score_file(path, rewards):
 def test_offline_files_are_named_by_rl_step_so_a_resumed_run_reads_its_own(tmp_path):
   """A run scored steps 1-2; the resumed run's step 3 must not read the first run's files
   (a per-process call counter restarted at 0 used to read rollout_000000's old scores)."""
-  from rlaif_jax.rl.reward_sources import set_step
-  first = OfflineFileReward(tmp_path, timeout_s=5, poll_s=0.02)
+  first = OfflineFileScorer(tmp_path, timeout_s=5, poll_s=0.02)
   for step, rewards in ((1, [1.0, 2.0]), (2, [3.0, 4.0])):
     _score_file(first.paths(step)[1], rewards)
-    set_step(first, step)
-    np.testing.assert_allclose(first.score(["q", "q"], [f"a{step}", f"b{step}"]), rewards)
-  resumed = WeightedSum([("offline", OfflineFileReward(tmp_path, timeout_s=5, poll_s=0.02),
-                          1.0)])
-  out, scored = resumed.sources[0][1].paths(3)
+    got = first.score(texts(["q", "q"], [f"a{step}", f"b{step}"], step=step))
+    np.testing.assert_allclose(got.values, rewards)
+  resumed = WeightedSum([(OfflineFileScorer(tmp_path, timeout_s=5, poll_s=0.02), 1.0)])
+  out, scored = resumed.parts[0][0].paths(3)
 
   def scorer():
     while not out.exists():
@@ -108,43 +134,106 @@ def test_offline_files_are_named_by_rl_step_so_a_resumed_run_reads_its_own(tmp_p
 
   t = threading.Thread(target=scorer)
   t.start()
-  set_step(resumed, 3)  # WeightedSum forwards the step to its parts
-  scores = resumed.score(["q", "q"], ["new1", "new2"])
+  scores = resumed.score(texts(["q", "q"], ["new1", "new2"], step=3))  # the step travels along
   t.join()
-  np.testing.assert_allclose(scores, [7.0, 8.0])
+  np.testing.assert_allclose(scores.values, [7.0, 8.0])
   assert [json.loads(line)["response"] for line in out.read_text().splitlines()] == [
       "new1", "new2"]
 
 
 def test_offline_refuses_a_stale_rollout_file_with_other_completions(tmp_path):
-  src = OfflineFileReward(tmp_path, timeout_s=5, poll_s=0.02)
+  src = OfflineFileScorer(tmp_path, timeout_s=5, poll_s=0.02)
   out, scored = src.paths(4)
-  src.set_step(4)
   _score_file(scored, [0.5, 0.25])
-  np.testing.assert_allclose(src.score(["p", "q"], ["a", "b"]), [0.5, 0.25])
+  np.testing.assert_allclose(src.score(texts(["p", "q"], ["a", "b"], step=4)).values,
+                             [0.5, 0.25])
   # The same step redone with the same batch (resume after a crash) reuses the scores ...
-  again = OfflineFileReward(tmp_path, timeout_s=5, poll_s=0.02)
-  again.set_step(4)
-  np.testing.assert_allclose(again.score(["p", "q"], ["a", "b"]), [0.5, 0.25])
+  again = OfflineFileScorer(tmp_path, timeout_s=5, poll_s=0.02)
+  np.testing.assert_allclose(again.score(texts(["p", "q"], ["a", "b"], step=4)).values,
+                             [0.5, 0.25])
   # ... a different batch for that file is refused, naming it.
-  again.set_step(4)
-  with pytest.raises(RewardError, match=r"rollout_000004\.jsonl exists but holds a different "
-                                        r"batch .*first difference at id 1"):
-    again.score(["p", "q"], ["a", "other"])
-  with pytest.raises(RewardError, match=r"rollout_000004\.jsonl exists but holds a different"):
-    again.score(["p", "q", "r"], ["a", "b", "c"])
+  with pytest.raises(ScoringError, match=r"rollout_000004\.jsonl exists but holds a different "
+                                         r"batch .*first difference at id 1"):
+    again.score(texts(["p", "q"], ["a", "other"], step=4))
+  with pytest.raises(ScoringError, match=r"rollout_000004\.jsonl exists but holds a different"):
+    again.score(texts(["p", "q", "r"], ["a", "b", "c"], step=4))
 
 
-def test_cut_responses_are_flagged_when_the_rm_would_score_them_as_finished():
-  import types
+# ---- typed configs ----------------------------------------------------------------------------
+
+
+def test_reward_config_from_the_grpo_config_and_unknown_keys_named():
+  from configs import grpo_tiny_cpu
+  reward = grpo_tiny_cpu.get_config().reward
+  got = cfg_lib.reward_config(reward)
+  assert [(c.kind, c.name, c.weight) for c in got.scorers] == [("rm", "rm", 1.0)]
+  assert got.scorers[0].config == "rm_tiny_cpu"
+  reward.use = ("rm", "judge")
+  reward.judge.weight = 0.5
+  both = cfg_lib.reward_config(reward).scorers
+  assert [(c.kind, c.weight) for c in both] == [("rm", 1.0), ("llm", 0.5)]
+  assert isinstance(both[1], cfg_lib.LLMJudgeConfig) and both[1].principles == "v0"
+  with pytest.raises(cfg_lib.ScorerConfigError, match="config.reward.judge: set base_url, model"):
+    cfg_lib.check_required(both[1])
+  with reward.unlocked():
+    reward.judge.princples = "v1"
+  with pytest.raises(cfg_lib.ScorerConfigError,
+                     match=r"config.reward.judge: unknown key\(s\) \['princples'\] for kind 'llm'"):
+    cfg_lib.reward_config(reward)
+  with pytest.raises(cfg_lib.ScorerConfigError, match=r"use names \['jugde'\]"):
+    cfg_lib.reward_config({"use": ("jugde",), "rm": {"kind": "rm"}})
+  with pytest.raises(cfg_lib.ScorerConfigError, match=r"config.reward.x.kind='bleu'"):
+    cfg_lib.reward_config({"use": ("x",), "x": {"kind": "bleu"}})
+
+
+def test_rl_config_refuses_unknown_and_misplaced_keys():
+  from configs import grpo_tiny_cpu, ppo_tiny_cpu
   from rlaif_jax.rl import run
-  from rlaif_jax.rl.reward_sources import WeightedSum
-  rm = types.SimpleNamespace(fmt=types.SimpleNamespace(max_response_len=128),
-                             score=lambda p, c: [0.0] * len(c))
-  [note] = run.cut_responses_notes(rm, 64)
-  assert "rl.max_new_tokens=64" in note and "127" in note
-  assert run.cut_responses_notes(rm, 127) == []
-  judge_like = types.SimpleNamespace(score=lambda p, c: [0.0] * len(c))
-  assert len(run.cut_responses_notes(WeightedSum([("rm", rm, 1.0), ("j", judge_like, 1.0)]),
-                                     64)) == 1
-  assert run.cut_responses_notes(judge_like, 64) == []
+  config = grpo_tiny_cpu.get_config()
+  cfg = run.rl_config(config)
+  assert (cfg.total_steps, cfg.log_every, cfg.checkpoint_every, cfg.keep_checkpoints) == (
+      60, 1, 20, 2)
+  assert run.rl_config(ppo_tiny_cpu.get_config()).advantage.estimator == "gae"
+  with config.unlocked():
+    config.rl.total_steps = 5  # a loop field belongs in config.loop
+  with pytest.raises(ValueError, match=r"config.rl: unknown key\(s\) \['total_steps'\]"):
+    run.rl_config(config)
+  config = grpo_tiny_cpu.get_config()
+  with config.unlocked():
+    config.loop.eval_every = 5  # RL has no eval loop: refused, not ignored
+    config.rl.actor.kl_cof = 0.1
+  with pytest.raises(ValueError, match=r"config.rl.actor: unknown key\(s\) \['kl_cof'\]"):
+    run.rl_config(config)
+  del config.rl.actor["kl_cof"]
+  with pytest.raises(ValueError, match=r"config.loop: unknown key\(s\) \['eval_every'\]"):
+    run.rl_config(config)
+
+
+def test_loop_config_refuses_unknown_keys():
+  import ml_collections
+
+  from rlaif_jax.training.trainer import LoopConfig
+  assert LoopConfig.from_config(ml_collections.ConfigDict(dict(total_steps=3))).total_steps == 3
+  with pytest.raises(ValueError, match=r"config.loop: unknown key\(s\) \['log_evry'\]"):
+    LoopConfig.from_config(ml_collections.ConfigDict(dict(total_steps=3, log_evry=2)))
+
+
+def test_rl_reward_refuses_a_threshold():
+  from rlaif_jax.judging import scorers
+  c = cfg_lib.LengthConfig(name="len", threshold=3, where="config.reward.len")
+  with pytest.raises(cfg_lib.ScorerConfigError, match="config.reward.len.threshold=3"):
+    scorers.build_reward(cfg_lib.RewardConfig((c,)))
+  curator = cfg_lib.CuratorConfig(name="c", base_url="http://h/v1", model="m", where="r.c")
+  with pytest.raises(cfg_lib.ScorerConfigError, match="r.c.num_examples=3: an RL reward"):
+    scorers.build_reward(cfg_lib.RewardConfig((curator,)))
+  reward = scorers.build_reward(cfg_lib.RewardConfig(
+      (cfg_lib.LengthConfig(name="len", weight=2.0),
+       cfg_lib.CallableConfig(name="one", fn=f"{__name__}:one_reward"))))
+  with pytest.raises(ScoringError, match=r"'one' returned shape \(1,\) for a batch of 2"):
+    reward.score(texts(["q", "q"], ["ab", "c"]))  # checked, never broadcast
+  with pytest.raises(cfg_lib.ScorerConfigError, match="cannot be imported"):
+    scorers.build_scorer(cfg_lib.CallableConfig(name="x", fn=f"{__name__}:nope"))
+
+
+def one_reward(prompts, completions):
+  return [1.0]

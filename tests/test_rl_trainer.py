@@ -9,7 +9,7 @@ from rlaif_jax.data import formatting
 from rlaif_jax.models import Decoder, config as config_lib
 from rlaif_jax.models.scalar_head import ScalarHeadModel
 from rlaif_jax.rl import losses, rollout as rollout_lib, trainer as rl
-from rlaif_jax.rl.reward_sources import CallableReward
+from rlaif_jax.scoring.contract import CallableScorer
 from rlaif_jax.sharding import mesh as mesh_lib
 from rlaif_jax.tokenizers import load_tokenizer
 from rlaif_jax.training import optim
@@ -42,7 +42,7 @@ def make_trainer(algo, tmp_path, steps, workdir="run", checkpoint_every=10, scan
     copt, _ = optim.make_optimizer(3e-3, 1000, decay="constant")
   fmt = formatting.FormatConfig(max_prompt_len=32, max_response_len=16, min_bucket=16)
   prompts = lambda s: [f"q{(s * 4 + i) % 50}" for i in range(4)]
-  return rl.RLTrainer(Decoder(cfg, rngs=nnx.Rngs(0)), tok, CallableReward(reward),
+  return rl.RLTrainer(Decoder(cfg, rngs=nnx.Rngs(0)), tok, CallableScorer(reward),
                       prompts, rcfg, fmt, mesh_lib.make_mesh((1, -1, 1)), tmp_path / workdir, opt,
                       sched, critic, copt)
 
@@ -160,7 +160,7 @@ def test_old_log_probs_from_sampler_equal_recomputed(tmp_path):
 
 def test_log_probs_are_dispatched_before_scoring(tmp_path):
   """The old/reference log-probs need no reward, so the rollout dispatches them before it calls
-  the reward source: the device computes them while the host waits for a remote judge."""
+  the scorer: the device computes them while the host waits for a remote judge."""
   import dataclasses
   trainer = make_trainer("grpo", tmp_path, steps=1)
   calls = []
@@ -170,9 +170,9 @@ def test_log_probs_are_dispatched_before_scoring(tmp_path):
     calls.append("log_probs")
     return log_probs(*args)
 
-  def traced_score(prompts, completions):
+  def traced_score(rollout):
     calls.append("score")
-    return score(prompts, completions)
+    return score(rollout)
 
   trainer.prepare = dataclasses.replace(trainer.prepare, log_probs=traced_log_probs)
   trainer.reward.score = traced_score
@@ -186,28 +186,41 @@ def test_log_probs_are_dispatched_before_scoring(tmp_path):
 
 def test_rerun_of_a_finished_run_trains_nothing_and_still_finishes(tmp_path):
   """Killed after the final checkpoint but before the export: the rerun runs no step, so the
-  trainer has no rollout; run_rl must still export and write samples.txt. Also: the reward
-  source is told each step (the offline exchange names its files by it) and Dr. GRPO's
-  normaliser defaults to the response width."""
+  trainer has no rollout; run_rl must still export and write samples.txt. Also: the scorer
+  gets the step, the group index and the cut flags in the Rollout (the offline exchange names
+  its files by the step) and Dr. GRPO's normaliser defaults to the response width."""
+  import numpy as np
+
   from rlaif_jax.rl import run as rl_run
-  from rlaif_jax.rl.reward_sources import WeightedSum
+  from rlaif_jax.scoring.contract import WeightedSum, checked
 
   class Recorder:
-    steps = []
+    name = "rec"
+    steps, rollouts = [], []
 
-    def set_step(self, step):
-      self.steps.append(step)
-
-    def score(self, prompts, completions):
-      return lowercase_share(prompts, completions)
+    def score(self, rollout):
+      self.steps.append(rollout.step)
+      self.rollouts.append(rollout)
+      return checked(self.name, lowercase_share(rollout.prompts, rollout.completions),
+                     rollout.size)
 
   first = make_trainer("grpo", tmp_path, steps=1)
   try:
     assert first.last_texts == []
     assert first.actor_loss_cfg.loss_scale_factor == NEW_TOKENS
-    first.reward = WeightedSum([("rec", Recorder(), 1.0)])
+    first.reward = WeightedSum([(Recorder(), 1.0)])
     first.train()
     assert Recorder.steps == [1] and len(first.last_texts) == 4 * 8
+    (r,) = Recorder.rollouts
+    np.testing.assert_array_equal(r.columns["group"], np.repeat(np.arange(4), 8))
+    assert r.columns["query"] == r.prompts and r.prompts[0] == "q4"
+    ids, mask = np.asarray(r.completion_ids), np.asarray(r.completion_mask)
+    assert ids.shape == (32, NEW_TOKENS) and r.token_space == first.token_space
+    lengths = mask.sum(1)  # a stopped row ends with a stop id, a cut one fills the width
+    assert np.all(lengths[~r.stopped] == NEW_TOKENS)
+    assert all(ids[i, lengths[i] - 1] in first.sampler.stop_ids for i in np.flatnonzero(r.stopped))
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["reward_rec"] == pytest.approx(rows[-1]["reward_mean"], rel=1e-5)
   finally:
     first.close()
   rl_run.write_samples(tmp_path / "run", first.last_texts[:8])
@@ -288,7 +301,7 @@ def test_masked_group_advantages_match_numpy(normalize_std):
 
 
 def test_unscored_rows_are_masked_out_of_the_update_and_logged(tmp_path):
-  """Rows the reward source could not score (last_valid_mask False, e.g. a failed judge call)
+  """Rows the scorer could not score (Scores.valid False, e.g. a failed judge call)
   get no response mask (no gradient, no token reward), no advantage, and no say in their
   group's statistics; reward_mean/std cover scored rows and reward_invalid_frac is logged."""
   import dataclasses
@@ -301,11 +314,15 @@ def test_unscored_rows_are_masked_out_of_the_update_and_logged(tmp_path):
   valid[[8, 11]] = False
   valid[[30]] = False
 
+  from rlaif_jax.scoring.contract import Scores
+
   class FlakyJudge:
-    def score(self, prompts, completions):
-      self.last_valid_mask = valid.copy()
-      scores = np.asarray(lowercase_share(prompts, completions), np.float32)
-      return np.where(valid, scores, -5.0)  # the fallback must not leak anywhere
+    name = "flaky"
+
+    def score(self, rollout):
+      scores = np.asarray(lowercase_share(rollout.prompts, rollout.completions), np.float32)
+      return Scores(np.where(valid, scores, -5.0).astype(np.float32),  # fallback must not leak
+                    valid.copy())
 
   trainer = make_trainer("grpo", tmp_path, steps=1)
   trainer.reward = FlakyJudge()
@@ -347,7 +364,8 @@ def test_non_finite_update_stops_with_the_last_good_checkpoint(tmp_path):
   def nan_critic(batch, step):
     return {**real_update(batch, step), "critic_grad_norm": float("nan")}
   trainer.update = nan_critic
-  with pytest.raises(NonFiniteLossError, match=r"\['critic_grad_norm'\] not finite.*step None"):
+  with pytest.raises(NonFiniteLossError, match=r"RL step 1: critic_grad_norm=nan is not finite"
+                                                 r".*no checkpoint was written yet"):
     trainer.train()
   with pytest.raises(ValueError, match="group_size=8 must equal rl.n_samples=4"):
     rl.RLConfig(n_samples=4, advantage=rollout_lib.AdvantageConfig(group_size=8))

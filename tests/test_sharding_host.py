@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rlaif_jax.rl.reward_sources import OnMainProcess, RewardError, valid_mask
+from rlaif_jax.scoring.contract import OnMainProcess, Rollout, Scores, ScoringError
 from rlaif_jax.sharding import host
 
 
@@ -40,23 +40,19 @@ class _Source:
 
   def __init__(self, fail=False):
     self.fail, self.step = fail, None
-    self.last_valid_mask = None
 
-  def set_step(self, step):
-    self.step = step
-
-  def score(self, prompts, completions):
+  def score(self, rollout):
+    self.step = rollout.step
     if self.fail:
-      raise RewardError("judge down")
-    self.last_valid_mask = np.array([True, False])
-    return [1.0, 0.0]
+      raise ScoringError("judge down")
+    return Scores(np.array([1.0, 0.0], np.float32), np.array([True, False]))
 
 
 def test_on_main_process_passes_scores_mask_step_and_errors_through():
   wrapped = OnMainProcess(_Source())
-  wrapped.set_step(7)
-  assert wrapped.source.step == 7
-  np.testing.assert_array_equal(wrapped.score(["q", "q"], ["a", "b"]), [1.0, 0.0])
-  np.testing.assert_array_equal(valid_mask(wrapped, 2), [True, False])
-  with pytest.raises(RewardError, match="judge down"):
-    OnMainProcess(_Source(fail=True)).score(["q"], ["a"])
+  got = wrapped.score(Rollout.from_texts(["q", "q"], ["a", "b"], step=7))
+  assert wrapped.scorer.step == 7
+  np.testing.assert_array_equal(got.values, [1.0, 0.0])
+  np.testing.assert_array_equal(got.valid, [True, False])
+  with pytest.raises(ScoringError, match="judge down"):
+    OnMainProcess(_Source(fail=True)).score(Rollout.from_texts(["q"], ["a"]))

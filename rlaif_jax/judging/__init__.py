@@ -8,7 +8,9 @@ Modules (import what you need; nothing is imported here, so importing one piece 
   parsing.py        robust reply parsing into role dataclasses.
   agent.py          template + parser + parse-retries over one batch (``Agent``).
   judge.py          ``PrincipleJudge`` (the paper's Detector).
-  reward.py         ``JudgeReward.score(prompts, completions)`` for RL.
+  reward.py         ``JudgeScorer`` / ``CuratorScorer``: the judge and curator as
+                    ``scoring.Scorer``s (RL rewards, evaluation judges).
+  scorers.py        ``build_scorer``: any scorer kind from its typed config.
   retrieval.py      BM25 over character n-grams, ``ExampleRetriever``.
   curator.py        ``MultiAgentCurator`` and ``build_preference_pairs``.
   adversarial.py    ``AdversarialGame``; adversarial_run.py its resumable driver.

@@ -1,15 +1,17 @@
-"""RL hook: the principle-guided judge as a reward source ``score(prompts, completions)``."""
+"""The principle judge and the multi-agent curator as `scoring.Scorer`s (RL rewards, evaluation
+judges): the verdict is the value (Good 1 / Bad 0), a failed verdict is not valid."""
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from rlaif_jax.data.greetings import GRPO_PREFIX
 from rlaif_jax.judging.backends import base
+from rlaif_jax.judging.curator import MultiAgentCurator
 from rlaif_jax.judging.judge import PrincipleJudge, Verdict
-from rlaif_jax.judging.principles import PrincipleSet
+from rlaif_jax.scoring.contract import Rollout, Scores, ScoringError, checked
 
 _CHAT_MARKUP = re.compile(r"<\|[^|>]*\|>|<s>|</s>|\[INST\]|\[/INST\]")
 
@@ -31,59 +33,60 @@ def query_from_prompt(prompt: str) -> str:
   return text.strip()
 
 
-class JudgeReward:
-  """Binary judge verdicts as rewards: Good -> ``good_reward``, Bad -> ``bad_reward``.
+class JudgeScorer:
+  """Binary judge verdicts as values: Good -> ``good_reward``, Bad -> ``bad_reward``.
 
-  Items whose judge call failed (backend error or unparseable after retries) are marked False
-  in ``last_valid_mask``: they are not scored. Their reward is the placeholder ``fallback`` (the
-  RL config's ``reward.judge.fallback``), which the RL trainer never trains on: it masks invalid
-  items out of the policy update and the GRPO group statistics and logs their share as
-  ``reward_invalid_frac``. A caller that ignores the mask would treat ``fallback`` as a score.
-  ``score`` is synchronous and runs on a private background event loop that keeps HTTP
-  connections alive across RL steps; ``ascore`` is the coroutine version.
+  Items whose judge call failed (backend error or unparseable after retries) are not valid
+  (`Scores.valid` False) and carry the placeholder ``fallback``: the RL trainer masks them out
+  of the update and the GRPO group statistics (`reward_invalid_frac`), evaluation excludes them
+  from rates. Extras: ``verdict`` (int, -1 failed), ``reason`` and ``error`` (str, per row).
+  keep_loop: True runs every call on one private background event loop that keeps the HTTP
+  connections alive across calls (RL steps; `close` ends it); False opens and closes a session
+  per call. ``ascore`` is the coroutine version.
   """
 
-  def __init__(self, backend: base.LLMBackend, principles: PrincipleSet | str = "v0", *,
-               good_reward: float = 1.0, bad_reward: float = 0.0, fallback: float = 0.0,
-               query_fn: Callable[[str], str] = query_from_prompt, max_attempts: int = 3,
-               sampling: base.SamplingParams = base.SamplingParams(temperature=0.0, max_tokens=512),
-               template: str = "detector"):
-    self.judge = PrincipleJudge(backend, principles, template=template, sampling=sampling,
-                                max_attempts=max_attempts)
+  def __init__(self, judge: PrincipleJudge, *, good_reward: float = 1.0,
+               bad_reward: float = 0.0, fallback: float = 0.0,
+               query_fn: Callable[[str], str] = query_from_prompt, name: str = "llm",
+               keep_loop: bool = True):
+    self.judge, self.name = judge, name
     self.good_reward, self.bad_reward, self.fallback = good_reward, bad_reward, fallback
-    self.query_fn = query_fn
-    self.last_verdicts: list[Verdict] = []
-    self.last_valid_mask = np.zeros((0,), dtype=bool)
+    self.query_fn, self.keep_loop = query_fn, keep_loop
     self._loop: base.BackgroundLoop | None = None
 
   def __repr__(self) -> str:
-    return (f"JudgeReward(principles={self.judge.principles.version!r}, "
+    return (f"JudgeScorer(principles={self.judge.principles.version!r}, "
             f"backend={self.judge.backend!r}, fallback={self.fallback})")
 
-  async def ascore(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
-    """float32[batch] rewards; all judge requests of the batch run concurrently."""
-    if len(prompts) != len(completions):
-      raise ValueError(f"JudgeReward: {len(prompts)} prompts but {len(completions)} completions")
-    verdicts = await self.judge.judge([self.query_fn(p) for p in prompts], list(completions))
-    if len(verdicts) != len(prompts):
-      raise RuntimeError(f"JudgeReward: judge returned {len(verdicts)} verdicts for "
-                         f"{len(prompts)} completions")
-    table = {1: self.good_reward, 0: self.bad_reward}
-    rewards = np.array([table.get(v.verdict, self.fallback) for v in verdicts], dtype=np.float32)
-    self.last_verdicts = verdicts
-    self.last_valid_mask = np.array([v.verdict in table for v in verdicts], dtype=bool)
-    return rewards
+  @property
+  def signature(self) -> str:
+    return f"llm {self.judge.fingerprint}"
 
-  def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+  def _scores(self, rollout: Rollout, verdicts: Sequence[Verdict]) -> Scores:
+    if len(verdicts) != rollout.size:
+      raise ScoringError(f"scorer {self.name!r}: judge returned {len(verdicts)} verdicts for "
+                         f"{rollout.size} completions")
+    table = {1: self.good_reward, 0: self.bad_reward}
+    values = [table.get(v.verdict, self.fallback) for v in verdicts]
+    extras = {"verdict": np.array([v.verdict if v.verdict in table else -1 for v in verdicts]),
+              "reason": [v.reason for v in verdicts], "error": [v.error or "" for v in verdicts]}
+    return checked(self.name, values, rollout.size, [v.verdict in table for v in verdicts],
+                   extras)
+
+  async def ascore(self, rollout: Rollout) -> Scores:
+    """All judge requests of the batch run concurrently."""
+    verdicts = await self.judge.judge([self.query_fn(p) for p in rollout.prompts],
+                                      list(rollout.completions))
+    return self._scores(rollout, verdicts)
+
+  def score(self, rollout: Rollout) -> Scores:
     """Synchronous ``ascore`` (safe to call from code that runs inside an event loop)."""
+    if not self.keep_loop:
+      return self._scores(rollout, self.judge.judge_sync(
+          [self.query_fn(p) for p in rollout.prompts], list(rollout.completions)))
     if self._loop is None:
       self._loop = base.BackgroundLoop()
-    rewards = self._loop.run(self.ascore(prompts, completions))
-    if rewards.shape != (len(prompts),):
-      raise RuntimeError(f"JudgeReward: reward shape {rewards.shape} != ({len(prompts)},)")
-    return rewards
-
-  __call__ = score
+    return self._loop.run(self.ascore(rollout))
 
   def close(self) -> None:
     """Closes the HTTP session and stops the background loop."""
@@ -91,3 +94,38 @@ class JudgeReward:
       self._loop.run(self.judge.backend.aclose())
       self._loop.close()
       self._loop = None
+
+
+class CuratorScorer:
+  """The multi-agent curator (Retrieval -> Positive/Negative -> Judge -> Reflect): the Reflect
+  agent's label is the value (1/0); a failed agent chain is not valid (value ``fallback``).
+  Extras: ``reason`` (the Reflect agent's), ``overturned`` (bool), ``error`` (str)."""
+
+  def __init__(self, curator: MultiAgentCurator, name: str = "curator",
+               fallback: float = 0.0):
+    self.curator, self.name, self.fallback = curator, name, fallback
+
+  @property
+  def signature(self) -> str:
+    return f"curator settings={self.curator.fingerprint}"
+
+  def score(self, rollout: Rollout) -> Scores:
+    records = [{"query": q, "response": r} for q, r in zip(rollout.prompts, rollout.completions)]
+
+    async def run() -> list[dict[str, Any]]:
+      try:
+        return await self.curator.curate(records)
+      finally:
+        await self.curator.judge.backend.aclose()
+
+    outs = base.run_sync(run())
+    if len(outs) != rollout.size:
+      raise ScoringError(f"scorer {self.name!r}: curator returned {len(outs)} records for "
+                         f"{rollout.size} completions")
+    labels = [o.get("label") if o.get("error") is None else None for o in outs]
+    valid = [v in (0, 1) for v in labels]
+    extras = {"reason": [(o.get("reflect") or {}).get("reason", "") for o in outs],
+              "overturned": np.array([bool(o.get("overturned")) for o in outs]),
+              "error": [str(o["error"]) if o.get("error") is not None else "" for o in outs]}
+    values = [float(v) if ok else self.fallback for v, ok in zip(labels, valid)]
+    return checked(self.name, values, rollout.size, valid, extras)

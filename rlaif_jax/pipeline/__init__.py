@@ -60,24 +60,22 @@ __all__ = ["PROMPT_SET_FILES", "RESULTS_FILE", "RL_FORMAT_KEYS", "RUNTIME_KEYS",
 def reward_overrides(config: Any, path: str, rm_dir: pathlib.Path,
                      judge: local_judge.JudgeEndpoint | None = None,
                      principles: str | None = None) -> dict[str, Any]:
-  """The RL reward settings (config.rl.reward keys) of path A (the reward model) or path B
-  (the principle judge's verdict: `principles` through the `judge` endpoint)."""
+  """The RL reward settings (config.rl.reward keys, `scoring.config`) of path A (the reward
+  model) or path B (the principle judge's verdict: `principles` through the `judge` endpoint,
+  with the rest of the one judge block, config.judge)."""
   if path == "A":
-    return {"sources": "rm", "rm": {"workdir": str(rm_dir)}}
-  j = config.judge
-  return {"sources": "judge", "judge": {
+    return {"use": ("rm",), "rm": {"workdir": str(rm_dir)}}
+  return {"use": ("judge",), "judge": {
       "base_url": judge.base_url, "model": judge.model, "api_key_env": judge.api_key_env,
-      "concurrency": j.concurrency, "principles": principles or j.principles, "fallback": 0.0,
-      "max_tokens": j.max_tokens, "max_attempts": j.max_attempts,
-      "temperature": j.temperature, "constrained_json": bool(j.get("constrained_json", False))}}
+      "principles": principles or config.judge.principles}}
 
 
 def _rl_config(config: Any, sft_dir: pathlib.Path, reward: dict[str, Any],
-               overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+               loop_overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
   rl_cfg = ml_collections.ConfigDict(config.rl.to_dict())
   rl_cfg.policy.sft_workdir = str(sft_dir)
   rl_cfg.reward.update(reward)
-  rl_cfg.rl.update(overrides or {})
+  rl_cfg.loop.update(loop_overrides or {})
   return rl_cfg
 
 

@@ -100,5 +100,5 @@ def judge_endpoint(config: Any, sft_dir: str, needed: bool) -> Iterator[JudgeEnd
   elif j.get("base_url") and j.get("model"):
     yield JudgeEndpoint(j.base_url, j.model, j.api_key_env, local=False)
   else:
-    with serve_checkpoint(sft_dir, max_batch_rows=j.get("max_batch_rows", 64)) as url:
+    with serve_checkpoint(sft_dir, max_batch_rows=config.local_judge.max_batch_rows) as url:
       yield JudgeEndpoint(url, LOCAL_MODEL_NAME, j.api_key_env, local=True)

@@ -84,6 +84,14 @@ def _plain(cfg: Any) -> Any:
   return json.loads(json.dumps(cfg))
 
 
+def _rl_record(config: Any, scorer: str) -> dict[str, Any]:
+  """config.rl with only the reward block the path uses (path A's GRPO does not depend on the
+  judge block, nor path B's on the reward model's)."""
+  rl_cfg = _plain(config.rl)
+  rl_cfg["reward"] = {scorer: rl_cfg["reward"][scorer]}
+  return rl_cfg
+
+
 def stage_records(config: Any) -> dict[str, dict[str, Any]]:
   """folder -> the config that decides what the stage makes: its own and those of the stages it
   is built on (so a stage redone under a new config makes the later ones count as changed)."""
@@ -93,14 +101,14 @@ def stage_records(config: Any) -> dict[str, dict[str, Any]]:
     records["initial"] = {"sft": {k: sft_cfg.get(k) for k in ("seed", "model", "tokenizer")}}
   records["rm"] = {"sft": sft_cfg, "rm": rm_cfg}
   if "A" in config.reward_path:
-    records["grpo"] = {"sft": sft_cfg, "rl": _plain(config.rl), "reward_path": "A",
+    records["grpo"] = {"sft": sft_cfg, "rl": _rl_record(config, "rm"), "reward_path": "A",
                        "rm": rm_cfg}
   if "B" in config.reward_path:
     judge = {"judge": _plain(config.judge)}
     if not external_judge(config):  # the stand-in judge is the SFT checkpoint
       judge["judge_checkpoint"] = "sft"
     records["principles"] = {"sft": sft_cfg, **judge, "principles": _plain(config.principles)}
-    records["grpo_b"] = {**records["principles"], "rl": _plain(config.rl),
+    records["grpo_b"] = {**records["principles"], "rl": _rl_record(config, "judge"),
                          "rl_b": _plain(config.rl_b), "reward_path": "B"}
   return records
 

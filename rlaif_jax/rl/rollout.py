@@ -41,7 +41,7 @@ class Prepare:
     forward pass fewer; equal up to the cached-decode vs full-forward rounding).
   finish(old, ref, critic_params|None, seq, seq_rewards, valid=None) -> RolloutBatch: token
     rewards, critic values (PPO) and advantages. valid: None (every row scored) or bool[B], False
-    for rows the reward source could not score (`reward_sources.valid_mask`): their response
+    for rows the reward could not score (`scoring.Scores.valid`): their response
     mask rows are zeroed (no gradient, no critic target, no token reward) and the GRPO group
     statistics use valid rows only (`algorithms.group_relative_advantages(valid=)`). None keeps the unmasked path.
   Calling the object runs both. seq: dict from `rollout_buffer.assemble_sequences` (device

@@ -1,11 +1,15 @@
 """`run_rl`: wires the paper's RL stage from a config — policy from an SFT run (trained first if
-absent), reward sources (reward model, LLM judge, offline job, Python callables), GRPO prompts
-from grpo_data/train.parquet — and runs the RLTrainer, then exports the policy for inference.
+absent), the reward (a weighted sum of scorers: reward model, LLM judge, curator, length,
+offline job, Python callables; `scoring.config`), GRPO prompts from grpo_data/train.parquet — and
+runs the RLTrainer, then exports the policy for inference.
+
+Config shape: `config.rl` (algorithm and batch: `RLConfig` minus the loop fields), `config.loop`
+(total_steps, log_every, checkpoint_every, keep_checkpoints: as SFT and RM), `config.reward`
+(`use` + one block per scorer). Unknown keys are refused, naming them.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import pathlib
@@ -19,10 +23,11 @@ from flax import nnx
 from rlaif_jax import storage
 from rlaif_jax.data import greetings
 from rlaif_jax.models.scalar_head import ScalarHeadModel
+from rlaif_jax.judging import scorers as scorers_lib
 from rlaif_jax.rl import losses, rollout as rollout_lib
-from rlaif_jax.rl.reward_sources import (CallableReward, OfflineFileReward, OnMainProcess,
-                                         RewardSource, WeightedSum)
 from rlaif_jax.rl.trainer import RLConfig, RLTrainer
+from rlaif_jax.scoring import config as scoring_config
+from rlaif_jax.scoring.contract import Scorer
 from rlaif_jax.sharding import host, mesh as mesh_lib
 from rlaif_jax.tokenizers import load_tokenizer
 from rlaif_jax.training import checkpointing, optim, sft
@@ -67,87 +72,43 @@ def ensure_sft(config: Any, data_dir: pathlib.Path, resolve: ConfigResolver | No
   return sft_dir
 
 
-def ensure_reward_model(rm_cfg: Any, sft_dir: pathlib.Path, data_dir: pathlib.Path,
-                        resolve: ConfigResolver | None = None) -> pathlib.Path:
+def ensure_reward_model(rm_cfg: scoring_config.RewardModelConfig, sft_dir: pathlib.Path,
+                        data_dir: pathlib.Path, resolve: ConfigResolver | None = None
+                        ) -> pathlib.Path:
+  """rm_cfg.workdir, where the reward model is trained first (config `rm_cfg.config`, trunk
+  from `sft_dir`) when it holds no finished run."""
   from rlaif_jax.training import reward_model
+  if not rm_cfg.workdir:
+    raise scoring_config.ScorerConfigError(f"{rm_cfg.where}.workdir is not set")
   rm_dir = pathlib.Path(rm_cfg.workdir)
   if not host.agreed_flag((rm_dir / "rm_report.json").exists()):
     print(f"no finished reward model in {rm_dir}: training it first (trunk from {sft_dir})")
-    cfg = stage_config(rm_cfg.config, resolve, "reward.rm.config")
+    if rm_cfg.config is None:
+      raise scoring_config.ScorerConfigError(
+          f"{rm_cfg.where}: {rm_dir} holds no reward model and config (the RM stage config to "
+          "train it with) is not set")
+    cfg = stage_config(rm_cfg.config, resolve, f"{rm_cfg.where}.config")
     with cfg.unlocked():
       cfg.init.sft_workdir = str(sft_dir)
     reward_model.run_train_rm(cfg, rm_dir, data_dir)
   return rm_dir
 
 
-def _import_callable(path: str) -> Callable:
-  module, _, name = path.partition(":")
-  if not name:
-    raise ValueError(f"reward callable {path!r} must look like 'package.module:function'")
-  return getattr(importlib.import_module(module), name)
+def build_reward(reward_cfg: Any, workdir: pathlib.Path, sft_dir: pathlib.Path,
+                 data_dir: pathlib.Path, mesh, resolve: ConfigResolver | None = None) -> Scorer:
+  """The RL reward of `config.reward` (`scoring.config.reward_config`): the weighted sum of the
+  scorers named in `reward.use`; a reward model missing from its workdir is trained first.
 
-
-def build_reward(rcfg: Any, workdir: pathlib.Path, sft_dir: pathlib.Path,
-                 data_dir: pathlib.Path, mesh, resolve: ConfigResolver | None = None
-                 ) -> RewardSource:
-  """config.reward.sources: a comma list of kind[:weight] with kinds rm, judge, offline,
-  callable (config.reward.callable = 'pkg.mod:fn'); several are summed with their weights.
-
-  reward.judge.fallback / reward.offline.fallback (default 0.0): the placeholder reward of an
-  item the judge or the offline job failed to score. Such items are marked invalid
-  (`last_valid_mask`) and masked out of the RL update, not scored with the fallback; it only
-  shows in the sources' raw outputs."""
-  parts = []
-  for item in str(rcfg.sources).split(","):
-    kind, _, weight = item.strip().partition(":")
-    weight = float(weight) if weight else 1.0
-    if kind == "rm":
-      from rlaif_jax.training import reward_model
-      rm_dir = ensure_reward_model(rcfg.rm, sft_dir, data_dir, resolve)
-      source = reward_model.load_reward_model(rm_dir, mesh, batch_size=rcfg.rm.batch_size,
-                                              debias=rcfg.rm.debias,
-                                              on_host=rcfg.rm.get("on_host", False))
-    elif kind == "judge":
-      from rlaif_jax.judging.backends import make_backend
-      from rlaif_jax.judging.reward import JudgeReward
-      from rlaif_jax.judging.backends import SamplingParams
-      j = rcfg.judge
-      # constrained_json: the server implements response_format json_schema (verdict schema).
-      backend = make_backend("openai", base_url=j.base_url, model=j.model,
-                             api_key_env=j.api_key_env, concurrency=j.concurrency,
-                             structured_output=bool(j.get("constrained_json", False)))
-      source = JudgeReward(backend, j.principles, fallback=float(j.get("fallback", 0.0)),
-                           max_attempts=int(j.get("max_attempts", 3)),
-                           sampling=SamplingParams(temperature=float(j.get("temperature", 0.0)),
-                                                   max_tokens=int(j.get("max_tokens", 512))))
-    elif kind == "offline":
-      source = OfflineFileReward(workdir / "exchange", timeout_s=rcfg.offline.timeout_s,
-                                 fallback=float(rcfg.offline.get("fallback", 0.0)))
-    elif kind == "callable":
-      source = CallableReward(_import_callable(rcfg.callable))
-    else:
-      raise ValueError(f"config.reward.sources: unknown kind {kind!r} (rm, judge, offline, "
-                       "callable)")
-    if kind != "rm":  # host-side: asked once, by process 0, in a multi-host run
-      source = OnMainProcess(source)
-    parts.append((kind, source, weight))
-  return parts[0][1] if len(parts) == 1 and parts[0][2] == 1.0 else WeightedSum(parts)
-
-
-def cut_responses_notes(reward: RewardSource, max_new_tokens: int) -> list[str]:
-  """Known limit, said aloud: a reward model encodes every completion as a finished turn (its
-  end-of-turn id appended) unless the text exceeds its max_response_len - 1 tokens, so a
-  completion cut at rl.max_new_tokens below that is scored as if it had ended there."""
-  parts = [s for _, s, _ in reward.sources] if isinstance(reward, WeightedSum) else [reward]
-  notes = []
-  for source in parts:
-    fmt = getattr(source, "fmt", None)
-    if fmt is not None and max_new_tokens < fmt.max_response_len - 1:
-      notes.append(f"rl.max_new_tokens={max_new_tokens} is below the reward model's "
-                   f"max_response_len - 1 = {fmt.max_response_len - 1}: a completion cut at the "
-                   "token limit is scored as a finished greeting (the rollout's truncated_frac "
-                   "says how often)")
-  return notes
+  A row some scorer could not score (a failed judge call, an offline `error` line) is not
+  valid: masked out of the RL update, never trained on with the scorer's `fallback` value."""
+  parsed = scoring_config.reward_config(reward_cfg)
+  resolved = []
+  for c in parsed.scorers:
+    if isinstance(c, scoring_config.RewardModelConfig):
+      c = scorers_lib.with_workdir(c, str(ensure_reward_model(c, sft_dir, data_dir, resolve)))
+    resolved.append(c)
+  return scorers_lib.build_reward(scoring_config.RewardConfig(tuple(resolved)), mesh=mesh,
+                                  workdir=workdir)
 
 
 def prompt_schedule(queries: Sequence[str], per_step: int, seed: int
@@ -166,12 +127,34 @@ def prompt_schedule(queries: Sequence[str], per_step: int, seed: int
   return prompts
 
 
+LOOP_FIELDS = ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints")
+
+
+def strict_fields(cls: type, block: Any, where: str, exclude: Sequence[str] = ()
+                  ) -> dict[str, Any]:
+  """block's keys as constructor arguments of dataclass `cls`; ValueError naming the keys that
+  are not fields of `cls` (or are excluded: they belong elsewhere)."""
+  names = {f.name for f in dataclasses.fields(cls)} - set(exclude)
+  keys = list(block.keys())
+  unknown = sorted(k for k in keys if k not in names)
+  if unknown:
+    raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+  return {k: block[k] for k in keys}
+
+
 def rl_config(config: Any) -> RLConfig:
+  """`config.rl` (+ rl.actor, rl.advantage) and `config.loop` as an RLConfig; unknown keys
+  (e.g. a loop field left in config.rl) are refused, naming them."""
   r = config.rl
-  actor = losses.ActorLossConfig(**dict(r.actor))
-  adv = rollout_lib.AdvantageConfig(group_size=r.n_samples, **dict(r.advantage))
-  fields = {f.name for f in dataclasses.fields(RLConfig)} - {"actor", "advantage"}
-  return RLConfig(actor=actor, advantage=adv, **{k: r[k] for k in fields if k in r})
+  actor = losses.ActorLossConfig(**strict_fields(losses.ActorLossConfig, r.actor,
+                                                 "config.rl.actor"))
+  adv = rollout_lib.AdvantageConfig(group_size=r.n_samples, **strict_fields(
+      rollout_lib.AdvantageConfig, r.advantage, "config.rl.advantage", exclude=("group_size",)))
+  rl = strict_fields(RLConfig, r, "config.rl", exclude=LOOP_FIELDS)
+  loop = strict_fields(RLConfig, config.loop, "config.loop",
+                       exclude=[f.name for f in dataclasses.fields(RLConfig)
+                                if f.name not in LOOP_FIELDS])
+  return RLConfig(**{**rl, "actor": actor, "advantage": adv, **loop})
 
 
 def run_rl(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike,
@@ -182,6 +165,8 @@ def run_rl(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike,
   t0 = time.perf_counter()
   workdir, data_dir = pathlib.Path(workdir), pathlib.Path(data_dir)
   workdir.mkdir(parents=True, exist_ok=True)
+  cfg = rl_config(config)  # config errors before anything is trained or loaded
+  scoring_config.reward_config(config.reward)
   mesh = mesh_lib.mesh_from_config(config)
   sft_dir = ensure_sft(config, data_dir, resolve_config)
   sft_meta = json.loads((sft_dir / checkpointing.EXPORT_DIR / "model_config.json").read_text())
@@ -190,9 +175,8 @@ def run_rl(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike,
   options = sft.compute_options(config.model)  # remat, remat_policy, attention_impl
   policy = checkpointing.load_model_from_workdir(sft_dir, mesh, **options)
   reward = build_reward(config.reward, workdir, sft_dir, data_dir, mesh, resolve_config)
-  cfg = rl_config(config)
-  for note in cut_responses_notes(reward, cfg.max_new_tokens):
-    print(f"note: {note}", flush=True)
+  reward_text = " + ".join(f"{c.weight:g}*{c.name}"
+                           for c in scoring_config.reward_config(config.reward).scorers)
   fmt = sft.format_config(config.format)
   queries = [p.query for p in greetings.load_rl_prompts(data_dir, "train")]
   if config.data.get("max_prompts"):
@@ -211,7 +195,7 @@ def run_rl(config: Any, workdir: str | os.PathLike, data_dir: str | os.PathLike,
                       actor_opt, actor_sched, critic, critic_opt, meta)
   try:
     print(f"{cfg.algorithm}: {cfg.total_steps} steps x {cfg.prompts_per_step} prompts x "
-          f"{cfg.n_samples} samples; {len(queries)} prompts; reward {config.reward.sources}")
+          f"{cfg.n_samples} samples; {len(queries)} prompts; reward {reward_text}")
     last = trainer.train()
     model = trainer.policy()
     samples = trainer.last_texts[:8]
@@ -235,7 +219,7 @@ def write_samples(workdir: pathlib.Path, samples: Sequence[tuple[str, str, float
   if not samples:
     if path.exists():
       return path.read_text(encoding="utf-8").rstrip("\n")
-    text = "(no rollout in this invocation: the run had already reached rl.total_steps)"
+    text = "(no rollout in this invocation: the run had already reached loop.total_steps)"
   else:
     text = "\n".join(f"[{q}] ({r:.3f}) -> {c}" for q, c, r in samples)
   storage.write_text(str(path), text + "\n")

@@ -25,9 +25,10 @@ from rlaif_jax.data import formatting
 from rlaif_jax.models.decoder import Decoder
 from rlaif_jax.models.scalar_head import ScalarHeadModel
 from rlaif_jax.rl import algorithms, losses, rollout as rollout_lib, rollout_buffer
-from rlaif_jax.rl.reward_sources import RewardSource, checked_scores, set_step, valid_mask
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
+from rlaif_jax.scoring.contract import (Rollout, Scorer, Scores, require_scores,
+                                        token_space_id)
 from rlaif_jax.sharding import host, mesh as mesh_lib
 from rlaif_jax.tokenizers.base import Tokenizer
 from rlaif_jax.training import checkpointing, metrics as metrics_lib
@@ -90,12 +91,38 @@ class RLConfig:
 
 
 PromptSchedule = Callable[[int], Sequence[str]]  # step -> the step's requests (pure function)
+# The NaN guard's metrics: a diverged critic must not be saved either.
+WATCHED = ("loss", "grad_norm", "kl", "critic_loss", "critic_grad_norm", "critic_vf_loss")
+
+
+def rollout_stats(rollout: Rollout, scores: Scores, lengths: np.ndarray) -> dict[str, float]:
+  """A step's reward and length metrics: reward mean/std over valid rows, the invalid share,
+  response tokens and characters, the share cut at the token limit, each reward part."""
+  scored = scores.values[scores.valid]
+  return {"reward_mean": float(scored.mean()) if scored.size else 0.0,
+          "reward_std": float(scored.std()) if scored.size else 0.0,
+          "reward_invalid_frac": float(1.0 - scores.valid.mean()),
+          "response_len": float(np.mean(lengths)),
+          "response_chars": float(np.mean([len(t) for t in rollout.completions])),
+          "truncated_frac": float(np.mean(~rollout.stopped)),
+          **part_means(scores.extras, scores.valid)}
+
+
+def part_means(extras: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, float]:
+  """`reward_<name>`: the mean over valid rows of each part of a weighted-sum reward (the
+  float32 extras `scoring.WeightedSum` returns under the part's name)."""
+  out = {}
+  for key, value in extras.items():
+    if "." not in key and np.asarray(value).dtype == np.float32 and valid.any():
+      out[f"reward_{key}"] = float(np.asarray(value)[valid].mean())
+  return out
 
 
 class RLTrainer:
-  """Trains `policy` against `reward`, writing metrics/checkpoints to `workdir`."""
+  """Trains `policy` against `reward` (a `scoring.Scorer`), writing metrics/checkpoints to
+  `workdir`."""
 
-  def __init__(self, policy: Decoder, tokenizer: Tokenizer, reward: RewardSource,
+  def __init__(self, policy: Decoder, tokenizer: Tokenizer, reward: Scorer,
                prompts: PromptSchedule, cfg: RLConfig, fmt: formatting.FormatConfig, mesh: Mesh,
                workdir: str | pathlib.Path, actor_optimizer, actor_schedule=None,
                critic: ScalarHeadModel | None = None, critic_optimizer=None,
@@ -105,6 +132,7 @@ class RLTrainer:
     self.cfg, self.tok, self.reward, self.prompts, self.fmt = cfg, tokenizer, reward, prompts, fmt
     self.mesh, self.workdir = mesh, pathlib.Path(workdir)
     self.meta = dict(meta or {})
+    self.token_space = token_space_id(tokenizer)  # lets a same-tokenizer RM score the ids
     # (query, completion, reward) of the latest rollout, reward NaN for an item the source could
     # not score; empty until a step runs (a rerun of a finished run runs none).
     self.last_texts: list[tuple[str, str, float]] = []
@@ -194,33 +222,19 @@ class RLTrainer:
     lengths = out.lengths
     texts = [self.tok.decode(out.tokens[i, :lengths[i]]) for i in range(len(lengths))]
     t1 = time.perf_counter()
-    seq = rollout_buffer.assemble_sequences(
-        np.repeat(enc["tokens"], cfg.n_samples, 0), np.repeat(enc["attention_mask"], cfg.n_samples, 0),
-        out.tokens, np.asarray(out.response_mask))
-    seq = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.data_sharding(self.mesh, np.ndim(x))),
-                       seq)
-    ref = self.ref_params
-    if self.cfg.ref_on_host:
-      ref = host.reload(ref)
-    sampler_lp = None
-    if cfg.old_log_probs_from_sampler:
-      sampler_lp = jax.device_put(
-          rollout_lib.sampler_log_probs_on_sequence(enc["tokens"].shape[1], out.logprobs),
-          mesh_lib.data_sharding(self.mesh, 2))
-    # The old and reference log-probs need no reward: dispatched first, the device computes
-    # them while the host scores (a remote judge, the reward model's tokenizer).
-    with jax.set_mesh(self.mesh):
-      old_lp, ref_lp = self.prepare.log_probs(self.actor.params, ref, seq, sampler_lp)
-    if self.cfg.ref_on_host:  # the reference leaves the device before a reward model arrives
-      jax.block_until_ready((old_lp, ref_lp))
-    del ref
+    seq, ids = self._device_sequences(enc, out)
+    old_lp, ref_lp = self._log_probs(seq, enc, out)
     t2 = time.perf_counter()
     rep_queries = [q for q in queries for _ in range(cfg.n_samples)]
-    set_step(self.reward, step)  # e.g. the offline exchange names its files by the step
-    rewards = checked_scores("reward", self.reward.score(rep_queries, texts), len(texts))
-    # Items the source could not score (a failed judge call) carry a placeholder reward, not a
+    rollout = Rollout(rep_queries, texts, np.asarray(out.stopped, bool), step=step,
+                      columns={"query": rep_queries,
+                               "group": np.repeat(np.arange(len(queries)), cfg.n_samples)},
+                      token_space=self.token_space, **ids)
+    scores = require_scores(getattr(self.reward, "name", "reward"), self.reward.score(rollout),
+                            rollout.size)
+    # Items the scorer could not score (a failed judge call) carry a placeholder reward, not a
     # verdict: they are masked out of the update and the group statistics, never trained on.
-    valid = valid_mask(self.reward, len(texts))
+    rewards, valid = scores.values, scores.valid
     t3 = time.perf_counter()
     critic_params = self.critic.params if self.critic is not None else None
     row_sharding = mesh_lib.data_sharding(self.mesh, 1)
@@ -228,16 +242,41 @@ class RLTrainer:
       batch = self.prepare.finish(old_lp, ref_lp, critic_params, seq,
                                   jax.device_put(rewards, row_sharding),
                                   None if valid.all() else jax.device_put(valid, row_sharding))
-    scored = rewards[valid]
-    stats = {"reward_mean": float(scored.mean()) if scored.size else 0.0,
-             "reward_std": float(scored.std()) if scored.size else 0.0,
-             "reward_invalid_frac": float(1.0 - valid.mean()),
-             "response_len": float(lengths.mean()),
-             "response_chars": float(np.mean([len(t) for t in texts])),
-             "truncated_frac": float(np.mean(~out.stopped)), "t_generate": t1 - t0,
+    stats = {**rollout_stats(rollout, scores, lengths), "t_generate": t1 - t0,
              "t_score": t3 - t2}
     self.last_texts = list(zip(rep_queries, texts, np.where(valid, rewards, np.nan).tolist()))
     return batch, stats
+
+  def _device_sequences(self, enc: dict, out) -> tuple[dict, dict]:
+    """(seq, ids) on the devices, rows over the data axes: seq the [B, P+R] rows of
+    `rollout_buffer.assemble_sequences`; ids the scorers' view, the policy's prompt ids
+    [B, P] and the response-only ids [B, R] with their masks (`Rollout` fields)."""
+    n = self.cfg.n_samples
+    prompts, prompt_mask = np.repeat(enc["tokens"], n, 0), np.repeat(enc["attention_mask"], n, 0)
+    seq = rollout_buffer.assemble_sequences(prompts, prompt_mask, out.tokens,
+                                            np.asarray(out.response_mask))
+    ids = dict(prompt_ids=prompts.astype(np.int32), prompt_mask=prompt_mask.astype(bool),
+               completion_ids=np.asarray(out.tokens, np.int32),
+               completion_mask=np.asarray(out.response_mask).astype(bool))
+    return jax.tree.map(
+        lambda x: jax.device_put(x, mesh_lib.data_sharding(self.mesh, np.ndim(x))), (seq, ids))
+
+  def _log_probs(self, seq: dict, enc: dict, out) -> tuple[jax.Array, jax.Array]:
+    """(old, ref) log-probs f32[B, P+R], dispatched before scoring: they need no reward, so the
+    device computes them while the host scores (a remote judge, the reward model's tokenizer)."""
+    ref = self.ref_params
+    if self.cfg.ref_on_host:
+      ref = host.reload(ref)
+    sampler_lp = None
+    if self.cfg.old_log_probs_from_sampler:
+      sampler_lp = jax.device_put(
+          rollout_lib.sampler_log_probs_on_sequence(enc["tokens"].shape[1], out.logprobs),
+          mesh_lib.data_sharding(self.mesh, 2))
+    with jax.set_mesh(self.mesh):
+      old_lp, ref_lp = self.prepare.log_probs(self.actor.params, ref, seq, sampler_lp)
+    if self.cfg.ref_on_host:  # the reference leaves the device before a reward model arrives
+      jax.block_until_ready((old_lp, ref_lp))
+    return old_lp, ref_lp
 
   def update(self, batch: rollout_buffer.RolloutBatch, step: int) -> dict[str, float]:
     cfg = self.cfg
@@ -283,22 +322,13 @@ class RLTrainer:
              "kl": self._kl_to_ref(batch), "t_update": t_update}
       row["tokens_per_sec"] = float(host.to_host(batch.response_mask).sum()) / max(
           stats["t_generate"] + stats["t_score"] + t_update, 1e-9)
-      watched = ("loss", "grad_norm", "kl", "critic_loss", "critic_grad_norm",
-                 "critic_vf_loss")  # a diverged critic must not be saved either
-      bad = [k for k in watched if not np.isfinite(row.get(k, 0.0))]
-      if bad:
-        self.actor_ckpt.wait()
-        last, where = self.actor_ckpt.latest_step(), self.actor_ckpt.directory
-        self.close()
-        raise trainer_lib.NonFiniteLossError(
-            f"RL step {step}: {bad} not finite; stopped without saving; the last good checkpoint "
-            f"is step {last} in {where}")
-      if step % cfg.log_every == 0 or step == cfg.total_steps:
+      trainer_lib.stop_if_not_finite("RL", step, row, WATCHED, self.actor_ckpt, self.close)
+      if trainer_lib.due(step, cfg.log_every, cfg.total_steps):
         self.writer.write(step, row)
       bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.4f}",
                       invalid=f"{row.get('reward_invalid_frac', 0.0):.2f}",
                       tok_s=f"{row['tokens_per_sec']:.0f}")
-      if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
+      if trainer_lib.due(step, cfg.checkpoint_every, cfg.total_steps):
         self.save(step)
     bar.close()
     self.actor_ckpt.wait()

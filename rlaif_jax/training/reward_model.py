@@ -345,7 +345,8 @@ def format_pair_report(report: dict[str, Any]) -> str:
 
 
 def load_reward_model(workdir: str | os.PathLike, mesh=None, batch_size: int = 32,
-                      debias: bool = False, on_host: bool = False) -> RewardModelScorer:
+                      debias: bool = False, on_host: bool = False,
+                      name: str = "rm") -> RewardModelScorer:
   """A scorer over a reward-model run's latest checkpoint (and its length debiaser if asked);
   `on_host` keeps its weights in host memory between scoring calls."""
   workdir = pathlib.Path(workdir)
@@ -361,4 +362,4 @@ def load_reward_model(workdir: str | os.PathLike, mesh=None, batch_size: int = 3
       raise FileNotFoundError(f"{path}: no length debiaser was fitted for this run")
     debiaser = LengthDebiaser.load(path)
   return RewardModelScorer(model, tok, fmt, batch_size=batch_size, mesh=mesh, debiaser=debiaser,
-                           on_host=on_host)
+                           on_host=on_host, name=name)

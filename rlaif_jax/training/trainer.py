@@ -20,7 +20,7 @@ import dataclasses
 import math
 import pathlib
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -162,13 +162,38 @@ class LoopConfig:
 
   @classmethod
   def from_config(cls, cfg: Any) -> "LoopConfig":
-    """From a ConfigDict with these field names (missing ones keep their defaults)."""
+    """From a ConfigDict with these field names (missing ones keep their defaults); a key that
+    is not a field is refused, naming it (a typo would otherwise be silently ignored)."""
     names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(k for k in cfg.keys() if k not in names)
+    if unknown:
+      raise ValueError(f"config.loop: unknown key(s) {unknown}; known: {sorted(names)}")
     return cls(**{k: cfg[k] for k in names if k in cfg})
 
 
-def _due(step: int, every: int, last: int) -> bool:
+def due(step: int, every: int, last: int) -> bool:
+  """The loop schedule (SFT, RM and RL): the last step, and every `every`-th (0: never)."""
   return step == last or (every > 0 and step % every == 0)
+
+
+def stop_if_not_finite(what: str, step: int, row: dict[str, float], keys: Sequence[str],
+                       checkpointer: checkpointing.Checkpointer,
+                       close: Callable[[], None]) -> None:
+  """The NaN guard of every loop: when one of `keys` in `row` is not finite, waits for pending
+  saves, closes (`close`) and raises NonFiniteLossError naming the step and the last good
+  checkpoint, so the diverged state is never saved."""
+  bad = {k: row[k] for k in keys if k in row and not math.isfinite(row[k])}
+  if not bad:
+    return
+  checkpointer.wait()
+  last = checkpointer.latest_step()
+  where = (f"the last good checkpoint is step {last} in {checkpointer.directory}; rerun "
+           "the same command to resume from it (consider a lower learning rate or checking "
+           "that step's batch)" if last is not None else "no checkpoint was written yet")
+  close()
+  raise NonFiniteLossError(
+      f"{what} step {step}: {', '.join(f'{k}={v}' for k, v in bad.items())} is not finite; "
+      f"stopped without saving this state; {where}")
 
 
 class Trainer:
@@ -243,18 +268,8 @@ class Trainer:
   # -- the loop ----------------------------------------------------------------------------
 
   def _check_finite(self, step: int, row: dict[str, float]) -> None:
-    bad = {k: row[k] for k in ("loss", "grad_norm") if k in row and not math.isfinite(row[k])}
-    if not bad:
-      return
-    self.checkpointer.wait()
-    last = self.checkpointer.latest_step()
-    where = (f"the last good checkpoint is step {last} in {self.checkpointer.directory}; rerun "
-             "the same command to resume from it (consider a lower learning rate or checking "
-             "that step's batch)" if last is not None else "no checkpoint was written yet")
-    self.close()
-    raise NonFiniteLossError(
-        f"training step {step}: {', '.join(f'{k}={v}' for k, v in bad.items())} is not finite; "
-        f"stopped without saving this state; {where}")
+    stop_if_not_finite("training", step, row, ("loss", "grad_norm"), self.checkpointer,
+                       self.close)
 
   def _meta(self, step: int) -> dict[str, Any]:
     return {**self.meta, "data": {"batches_consumed": step, "seed": self.seed}}
@@ -295,10 +310,10 @@ class Trainer:
                          "it repeat over epochs") from None
       state, out = self._train_step(state, put_batch(host, self.mesh))
       pending.append((step, out, self.tokens_in(host)))
-      due = any(_due(step, every, total) for every in (
+      any_due = any(due(step, every, total) for every in (
           self.loop.log_every, self.loop.checkpoint_every,
           self.loop.eval_every if eval_batches is not None else 0))
-      ready, pending = (pending, []) if due else (pending[:-1], pending[-1:])
+      ready, pending = (pending, []) if any_due else (pending[:-1], pending[-1:])
       for (done_step, _, tokens), done_row in zip(ready, jax.device_get([o for _, o, _ in ready])):
         row = metrics_lib.to_python_scalars(done_row)
         self._check_finite(done_step, row)
@@ -309,18 +324,18 @@ class Trainer:
       if row:
         bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tokens_per_sec:.0f}")
       logged: dict[str, float] = {}
-      if _due(step, self.loop.log_every, total):
+      if due(step, self.loop.log_every, total):
         logged.update(row, tokens_per_sec=tokens_per_sec)
         window_tokens, window_start = 0, time.perf_counter()
       pause = time.perf_counter()  # eval and checkpoint time do not count against tokens/s
-      if eval_batches is not None and _due(step, self.loop.eval_every, total):
+      if eval_batches is not None and due(step, self.loop.eval_every, total):
         self.last_eval = self.evaluate(state, eval_batches())
         logged.update(self.last_eval)
         if jax.process_index() == 0:  # once per run, not once per host
           bar.write(f"step {step}: eval_loss={self.last_eval['eval_loss']:.4f}")
       if logged:
         self.writer.write(step, logged)
-      if _due(step, self.loop.checkpoint_every, total):
+      if due(step, self.loop.checkpoint_every, total):
         self.checkpointer.save(state, self._meta(step))
       window_start += time.perf_counter() - pause
     bar.close()

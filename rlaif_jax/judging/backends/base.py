@@ -157,7 +157,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 class BackgroundLoop:
   """An event loop on a daemon thread, so sync callers can reuse one aiohttp session.
 
-  Used by ``JudgeReward``: every ``score`` call of an RL run goes through the same loop, so
+  Used by ``JudgeScorer``: every ``score`` call of an RL run goes through the same loop, so
   connections to the judge server are kept alive across steps.
   """
 
