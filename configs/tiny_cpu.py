@@ -45,5 +45,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict(dict(
       prompt_set="grpo_test", max_prompts=64, max_new_tokens=64, temperature=0.7, top_p=0.95,
       seed=0, batch_size=64, max_labelled=200, split_seed=0, controls=True, llm_signals=True,
-      curator_examples=2))
+      curator_examples=2,
+      human_sheet_per_checkpoint=16))  # eval/human_eval/sheet.csv: N generations per checkpoint
   return config

@@ -29,6 +29,8 @@ os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # GPU targets: no
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from launch import common  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).",
                                           lock_config=False)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "GCP accelerator type (v5p-8, v5litepod-8, "
@@ -56,7 +58,7 @@ def main(argv: list[str]) -> int:
   except topo_lib.TopologyError as e:
     raise app.UsageError(str(e)) from e
   report = report_lib.run(_CONFIG.value, topology, _HBM_GIB.value,
-                         functions=_FUNCTIONS.value)
+                         functions=_FUNCTIONS.value, resolve=common.stage_config)
   print(report_lib.format_table(report))
   if _OUTPUT.value:
     out = pathlib.Path(_OUTPUT.value)
@@ -70,4 +72,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -362,6 +362,11 @@ def test_path_b_runs_end_to_end_with_the_local_stand_in_judge(tmp_path, data_dir
   assert (work / "principles" / "final_principles.json").is_file()
   assert (work / "principles" / "usage.json").is_file()
   assert (work / "grpo_b" / "export" / "config.json").is_file()
+  # The blinded human-annotation sheet (2 generations of each of the 3 checkpoints) and its key.
+  import csv
+  with open(work / "eval" / "human_eval" / "sheet.csv", encoding="utf-8-sig", newline="") as f:
+    assert len(list(csv.reader(f))) == 1 + 3 * 2
+  assert (work / "eval" / "human_eval" / "key.json").is_file()
   assert not (work / "grpo").exists()  # path A was not asked for
   # Every reward row is a parsed verdict of the schema-constrained stand-in judge.
   rows = [r for r in metrics_lib.read_metrics(work / "grpo_b") if "reward_mean" in r]

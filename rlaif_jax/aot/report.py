@@ -104,7 +104,8 @@ def format_markdown(report: Report) -> str:
 
 def run(config: Any, topology: topo_lib.Topology, hbm_gib: float | None = None,
         make_jobs: Callable | None = None, log: Callable[[str], None] = print,
-        functions: list[str] | None = None) -> Report:
+        functions: list[str] | None = None,
+        resolve: Callable[[str], Any] | None = None) -> Report:
   """Compiles every job of `config` for `topology`. hbm_gib: the per-device budget (default:
   what XLA says it leaves a program on that device, `topology.available_hbm_bytes`, or a GPU
   target's memory); functions: only the jobs whose name contains one of these strings."""
@@ -119,7 +120,8 @@ def run(config: Any, topology: topo_lib.Topology, hbm_gib: float | None = None,
   else:
     hbm, source = topology.hbm_bytes(devices[0])
   mesh_fn = lambda cfg: mesh_lib.mesh_from_config(cfg, devices)
-  jobs = (make_jobs or stages.jobs_for)(config, mesh_fn)
+  jobs = (make_jobs(config, mesh_fn) if make_jobs else
+          stages.jobs_for(config, mesh_fn, resolve))
   if functions:
     names = [j.name for j in jobs]
     jobs = [j for j in jobs if any(f in j.name for f in functions)]

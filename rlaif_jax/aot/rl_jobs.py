@@ -10,7 +10,7 @@ actor's TrainState always, the reference policy unless `rl.ref_on_host`, the rew
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +33,9 @@ from rlaif_jax.training import optim, reward_model, sft, train_state as ts
 from rlaif_jax.training import trainer as trainer_lib
 
 
-def _stage(spec: Any) -> Any:
+def _stage(spec: Any, resolve: Callable[[str], Any] | None, field: str) -> Any:
   from rlaif_jax.rl import run
-  return run.stage_config(spec)
+  return run.stage_config(spec, resolve, field)
 
 
 def _rollout_batch(mesh: Mesh, rows: int, t: int) -> RolloutBatch:
@@ -53,13 +53,15 @@ def _with_shardings(tree, shardings):
   return jax.tree.map(lambda x, s: _sds(x.shape, x.dtype, s), tree, shardings)
 
 
-def rl_jobs(config: Any, mesh: Mesh, sft_stage: Any = None, rm_stage: Any = None) -> list[Job]:
+def rl_jobs(config: Any, mesh: Mesh, sft_stage: Any = None, rm_stage: Any = None,
+            resolve: Callable[[str], Any] | None = None) -> list[Job]:
   """Jobs of one RL step of `config` (a launch.rl config). sft_stage / rm_stage: the stage
   configs the policy and reward model come from (default: config.policy.sft_config and
   config.reward.rm.config, as launch.rl trains them when their runs are missing)."""
   from rlaif_jax.rl import run
   rl = run.rl_config(config)
-  sft_stage = _stage(config.policy.sft_config) if sft_stage is None else sft_stage
+  sft_stage = (_stage(config.policy.sft_config, resolve, "policy.sft_config") if sft_stage is None
+               else sft_stage)
   policy_cfg = (sft_workdir_model(config.policy.get("sft_workdir"))
                 or model_config(sft_stage)).replace(**sft.compute_options(config.model))
   total_updates = rl.total_steps * rl.updates_per_step
@@ -79,7 +81,8 @@ def rl_jobs(config: Any, mesh: Mesh, sft_stage: Any = None, rm_stage: Any = None
   uses_rm = "rm" in tuple(config.reward.use)
   rm = critic = None
   if uses_rm:
-    rm_stage = _stage(config.reward.rm.config) if rm_stage is None else rm_stage
+    rm_stage = (_stage(config.reward.rm.config, resolve, "reward.rm.config") if rm_stage is None
+                else rm_stage)
     # launch.rl trains the RM from the SFT run's trunk: the SFT ModelConfig, RM compute options.
     rm_cfg = policy_cfg.replace(**sft.compute_options(rm_stage.model))
     rm_graphdef, rm_params = nnx.split(reward_model.abstract_reward_model(rm_cfg))

@@ -195,7 +195,8 @@ def first_stage(config: Any) -> Any:
   return config.sft if stage_of(config) == "pipeline" else config
 
 
-def jobs_for(config: Any, mesh_fn: Callable[[Any], Mesh]) -> list[Job]:
+def jobs_for(config: Any, mesh_fn: Callable[[Any], Mesh],
+             resolve: Callable[[str], Any] | None = None) -> list[Job]:
   """Every jitted function of the config's run, in the order the run executes them;
   mesh_fn(stage_config) builds that stage's mesh (from its `mesh` field) on the topology."""
   from rlaif_jax.aot import rl_jobs
@@ -205,9 +206,9 @@ def jobs_for(config: Any, mesh_fn: Callable[[Any], Mesh]) -> list[Job]:
   if stage == "rm":
     return rm_jobs(config, mesh_fn(config))
   if stage == "rl":
-    return rl_jobs.rl_jobs(config, mesh_fn(config))
+    return rl_jobs.rl_jobs(config, mesh_fn(config), resolve=resolve)
   sft_cfg = model_config(config.sft)
   return (sft_jobs(config.sft, mesh_fn(config.sft))
           + rm_jobs(config.rm, mesh_fn(config.rm), trunk=sft_cfg)
           + rl_jobs.rl_jobs(config.rl, mesh_fn(config.rl), sft_stage=config.sft,
-                            rm_stage=config.rm))
+                            rm_stage=config.rm, resolve=resolve))

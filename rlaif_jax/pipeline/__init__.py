@@ -65,9 +65,10 @@ def reward_overrides(config: Any, path: str, rm_dir: pathlib.Path,
   with the rest of the one judge block, config.judge)."""
   if path == "A":
     return {"use": ("rm",), "rm": {"workdir": str(rm_dir)}}
+  # The whole judge block: config.rl may have been replaced after config.judge was tied to it.
   return {"use": ("judge",), "judge": {
-      "base_url": judge.base_url, "model": judge.model, "api_key_env": judge.api_key_env,
-      "principles": principles or config.judge.principles}}
+      **config.judge.to_dict(), "base_url": judge.base_url, "model": judge.model,
+      "api_key_env": judge.api_key_env, "principles": principles or config.judge.principles}}
 
 
 def _rl_config(config: Any, sft_dir: pathlib.Path, reward: dict[str, Any],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-from rlaif_jax.evaluation import harness, judges as judges_lib
+from rlaif_jax.evaluation import harness, human_eval, judges as judges_lib
 from rlaif_jax.judging.splits import make_splits
 from rlaif_jax.pipeline.local_judge import JudgeEndpoint
 from rlaif_jax.pipeline.stages import eval_generation_config
@@ -60,5 +60,20 @@ def run_evaluation(config: Any, workdir: pathlib.Path, data_dir: pathlib.Path,
   reliability = harness.judge_reliability(judges, labelled, out, on_stale="restart")
   controls = (harness.evaluate_controls(judges, queries, out, data_dir, seed=gen.seed)
               if e.controls else [])
+  if host.is_main() and e.get("human_sheet_per_checkpoint", 0):
+    write_human_sheet(out, list(checkpoints), min(e.human_sheet_per_checkpoint, len(queries)),
+                      gen.seed)
   return {"rows": rows, "reliability": reliability, "controls": controls,
           "judges": {j.name: j.signature for j in judges}}
+
+
+def write_human_sheet(out: pathlib.Path, names: list[str], n: int, seed: int) -> str:
+  """WORKDIR/eval/human_eval/{sheet.csv, key.json}: a blinded annotation sheet of `n`
+  generations per checkpoint (`launch.human_eval import --key=... --sheets=...` reads it back
+  filled). Rewritten from the current generations on every evaluation."""
+  folder = out / "human_eval"
+  folder.mkdir(parents=True, exist_ok=True)
+  generations = {name: str(out / "generations" / f"{name}.jsonl") for name in names}
+  human_eval.export_sheet(generations, n, seed, str(folder / "sheet.csv"),
+                          str(folder / "key.json"), human_eval.load_rubric())
+  return str(folder / "sheet.csv")

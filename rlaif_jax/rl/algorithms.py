@@ -37,9 +37,7 @@ def _nonzero_or_one(x: Array) -> Array:
   return jnp.where(x != 0, x, jnp.ones_like(x))
 
 
-# ---------------------------------------------------------------------------------------------
-# Masked reductions.
-# ---------------------------------------------------------------------------------------------
+# -- Masked reductions ------------------------------------------------------------------------
 
 
 def masked_sum(values: Array, mask: Array, axis: int | tuple[int, ...] | None = None) -> Array:
