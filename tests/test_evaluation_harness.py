@@ -104,9 +104,9 @@ def test_constrained_json_asks_the_backend_for_the_verdict_schemas():
       "c=curator:openai@http://h/v1#m?constrained_json=true&num_examples=0",
       length_baseline=False)
   schema = lambda backend: getattr(backend, "response_format", {}).get("json_schema", {})
-  assert schema(on._judge.backend)["schema"] == parsing.DETECTOR_SCHEMA
-  assert schema(off._judge.backend) == {}  # plain backend: nothing is sent
-  assert schema(curator.curator.judge.backend)["schema"] == parsing.JUDGE_SCHEMA
+  assert schema(on.scorer.judge.backend)["schema"] == parsing.DETECTOR_SCHEMA
+  assert schema(off.scorer.judge.backend) == {}  # plain backend: nothing is sent
+  assert schema(curator.scorer.curator.judge.backend)["schema"] == parsing.JUDGE_SCHEMA
   assert on.signature != off.signature  # a changed setting redoes the judgements
 
 
