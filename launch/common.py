@@ -25,6 +25,13 @@ def define_run_flags(workdir_help: str = "Run directory (checkpoints, metrics, e
   config = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).",
                                            lock_config=lock_config)
   workdir = flags.DEFINE_string("workdir", None, workdir_help, required=True)
+  # The trainer's checkpoints and metrics take gs:// (storage.as_path), but a stage also writes
+  # its export, reports and samples through local paths, where `gs://b/x` would silently become
+  # the local folder `./gs:/b/x`: refused by name until every stage output goes through epath.
+  flags.register_validator(
+      "workdir", lambda v: v is None or not storage.is_gcs(v),
+      message="--workdir=gs://... is not supported for a whole stage yet (its export, reports "
+              "and samples are written locally); use a local or gcsfuse-mounted directory")
   data_dir = flags.DEFINE_string("data_dir", None, "Greetings dataset (else env RLAIF_DATA_DIR).")
   flags.mark_flag_as_required("config")
   distributed.define_flags()

@@ -69,3 +69,12 @@ def test_metrics_on_gs(fake_bucket):
   writer.truncate_after(2)  # a resumed run drops the rows after its checkpoint
   assert [r["loss"] for r in metrics.read_metrics("gs://bucket/run")] == [1.0, 2.0]
   assert fake_bucket().cat_file("gs://bucket/run/metrics.jsonl").count(b"\n") == 2
+
+
+def test_a_stage_on_a_gs_workdir_is_refused_by_name():
+  import subprocess
+  import sys
+  proc = subprocess.run([sys.executable, "-m", "launch.sft", "--config=configs/sft_tiny_cpu.py",
+                         "--workdir=gs://bucket/run"], capture_output=True, text=True, timeout=120,
+                        cwd=__import__("pathlib").Path(__file__).resolve().parents[1])
+  assert proc.returncode != 0 and "--workdir=gs://... is not supported" in proc.stderr
