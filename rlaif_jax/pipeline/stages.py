@@ -2,6 +2,8 @@
 done", and the settings the stages share (module docstring of `rlaif_jax.pipeline`)."""
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import pathlib
 from typing import Any
@@ -67,6 +69,12 @@ def validate_config(config: Any) -> None:
     raise StageConfigError("a multi-host run cannot serve its own stand-in judge (other hosts "
                            "cannot reach it); set --config.judge.base_url and "
                            "--config.judge.model")
+  if (missing and needs_judge(config) and j.get("constrained_json")
+      and importlib.util.find_spec("xgrammar") is None):
+    raise StageConfigError("the stand-in judge decodes verdicts under their JSON schema with "
+                           "xgrammar, which is not installed: pip install -e '.[serve]' (or "
+                           "--config.judge.constrained_json=false, and most of a tiny model's "
+                           "verdicts will not parse)")
   if config.eval.prompt_set not in harness.PROMPT_SETS:
     raise StageConfigError(f"--config.eval.prompt_set must be one of {harness.PROMPT_SETS}, got "
                            f"{config.eval.prompt_set!r}")
