@@ -58,6 +58,7 @@ def rm_run(tmp_path_factory):
   config.loop.total_steps, config.loop.eval_every, config.loop.checkpoint_every = 2, 2, 2
   config.loop.progress_bar = False
   config.optim.warmup_steps = 0
+  config.data.synthetic_negatives = 0.0  # this data dir holds only the pair files
   report = reward_model.run_train_rm(config, workdir, data)
   return workdir, data, report
 

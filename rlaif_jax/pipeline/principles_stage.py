@@ -9,7 +9,6 @@ wall time), which the efficiency table of results.md reads.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import pathlib
 import time
@@ -19,6 +18,7 @@ from rlaif_jax import storage
 from rlaif_jax.judging import backends
 from rlaif_jax.judging.adversarial import AdversarialGame, GameConfig
 from rlaif_jax.judging.adversarial_run import run_optimization
+from rlaif_jax.judging.backends.base import run_sync
 from rlaif_jax.judging.principles import load_principles
 from rlaif_jax.judging.splits import make_splits
 from rlaif_jax.pipeline.local_judge import JudgeEndpoint
@@ -86,7 +86,7 @@ def optimise_principles(config: Any, out_dir: pathlib.Path, data_dir: pathlib.Pa
     finally:
       await backend.aclose()
 
-  metrics = asyncio.run(run())
+  metrics = run_sync(run())  # a notebook's kernel already runs a loop
   usage = {"labelled_examples": len(labelled), "llm_calls": backend.calls,
            "iterations": len(metrics), "wall_s": round(time.perf_counter() - start, 1),
            "heldout_accuracy": [m["accuracy_after"] for m in metrics],
