@@ -24,7 +24,7 @@ def test_colab_notebook_runs_on_cpu(data_dir, tmp_path):
       else:
         os.environ[k] = v
   results = (tmp_path / "run" / "results.md").read_text()
-  for checkpoint in ("initial", "sft", "sft_grpo"):
+  for checkpoint in ("initial", "SFT", "SFT+GRPO(A)", "SFT+GRPO(B)"):  # the paper's rows
     assert f"| {checkpoint} |" in results
   assert "longer response wins (baseline)" in results
   assert "length_baseline" in results
