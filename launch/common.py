@@ -60,7 +60,9 @@ def run(main: Callable[[list[str]], int | None]) -> None:
   the traceback. `main`'s return value is the exit status."""
   def guarded(argv: list[str]) -> int | None:
     try:
-      return main(argv)
+      status = main(argv)
+      distributed.shutdown()  # every process leaves together, before interpreter exit
+      return status
     except USER_ERRORS as e:
       if flags.FLAGS.verbosity >= 1:
         raise

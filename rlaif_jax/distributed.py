@@ -49,6 +49,18 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
   return True
 
 
+def shutdown() -> None:
+  """Leaves the coordination service now, from the main thread, when `maybe_initialize` joined
+  it. Every process calls it once its work is done (`launch.common.run` does after `main`):
+  left to interpreter exit, the shutdown barrier would run after Python joined the library's
+  background threads, so one process held at exit would leave the others waiting at the barrier
+  until its timeout aborts them."""
+  global _initialized
+  if _initialized:
+    jax.distributed.shutdown()
+    _initialized = False
+
+
 def _env_int(name: str) -> int | None:
   value = os.environ.get(name)
   if value is None or value == "":

@@ -11,9 +11,11 @@ each, fsdp=2) end where 1 process with 2 devices ends.
   controls) on those checkpoints: the same tables and summary as the 1-process run.
 """
 import argparse
+import contextlib
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -68,7 +70,7 @@ def worker(workdir: str, out: str, num_processes: int, process_id: int, port: in
 
 
 def _env(extra):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONFAULTHANDLER="1",
              PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
   env.pop("XLA_FLAGS", None)
   env.update(extra)
@@ -142,15 +144,30 @@ def _launch(module: str, args: list[str], num_processes: int, log: pathlib.Path
 
 def _run_stage(root: pathlib.Path, name: str, module: str, args) -> None:
   """Runs the stage as 1 process (root/single) and as 2 processes (root/multi) side by side;
-  `args(run_dir)` gives its flags. Fails with the log of a process that failed."""
+  `args(run_dir)` gives its flags. When a process fails or hangs, the processes still running
+  get SIGABRT, which makes Python's faulthandler (PYTHONFAULTHANDLER=1) print every thread's
+  stack, and the failure shows the log tail of every process of that mode."""
   procs = {mode: _launch(module, args(root / mode), n, root / f"{name}.{mode}.log")
            for mode, n in (("single", 1), ("multi", 2))}
+  logs = lambda mode: [pathlib.Path(f"{root / f'{name}.{mode}.log'}.{pid}")
+                       for pid in range(len(procs[mode]))]
   try:
     for mode, ps in procs.items():
       for pid, p in enumerate(ps):
-        p.wait(timeout=400)
-        text = pathlib.Path(f"{root / f'{name}.{mode}.log'}.{pid}").read_text()
-        assert p.returncode == 0, f"{name} {mode} process {pid}:\n{text[-4000:]}"
+        try:
+          p.wait(timeout=400)
+        except subprocess.TimeoutExpired:
+          pass
+        if p.returncode != 0:
+          for other in ps:
+            if other.poll() is None:
+              other.send_signal(signal.SIGABRT)
+              with contextlib.suppress(subprocess.TimeoutExpired):
+                other.wait(timeout=30)
+          tails = "\n".join(f"--- process {i} (returncode {q.returncode}):\n"
+                            f"{log.read_text()[-3000:]}"
+                            for i, (q, log) in enumerate(zip(ps, logs(mode))))
+          pytest.fail(f"{name} {mode} process {pid} failed:\n{tails}")
   finally:
     for p in [p for ps in procs.values() for p in ps]:
       if p.poll() is None:
