@@ -33,8 +33,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.judge = config.rl.reward.judge
   config.judge.update(dict(concurrency=32, max_tokens=512, max_attempts=2, temperature=0.0,
                            constrained_json=True))
-  # The stand-in judge server (the SFT checkpoint) when no endpoint is given.
-  config.local_judge = ml_collections.ConfigDict(dict(max_batch_rows=64))
+  # The stand-in judge server (the SFT checkpoint) when no endpoint is given. Its replies are
+  # throwaway text, so the verdict schemas are tightened (explanations <= 32 characters, at
+  # most 2 debater points or rules): each call then costs tens of decode steps, not hundreds.
+  config.local_judge = ml_collections.ConfigDict(dict(
+      max_batch_rows=64, max_schema_string_chars=32, max_schema_items=2))
   # Path B's offline stage: the adversarial game on the principle_examples split.
   config.principles = ml_collections.ConfigDict(dict(
       iterations=1, max_examples=48, holdout_size=16, adversarial_batch=2, reflect_batch=4,

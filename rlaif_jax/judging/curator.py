@@ -52,8 +52,10 @@ class MultiAgentCurator:
     self.retriever = retriever
     self.num_examples = num_examples
     kwargs = dict(sampling=sampling, max_attempts=max_attempts)
-    self.positive = Agent(backend, "positive_agent", parsing.parse_points, **kwargs)
-    self.negative = Agent(backend, "negative_agent", parsing.parse_points, **kwargs)
+    self.positive = Agent(backend, "positive_agent", parsing.parse_points,
+                          response_schema=parsing.POINTS_SCHEMA, **kwargs)
+    self.negative = Agent(backend, "negative_agent", parsing.parse_points,
+                          response_schema=parsing.POINTS_SCHEMA, **kwargs)
     self.judge = Agent(backend, "judge_agent", parsing.parse_judge,
                        response_schema=parsing.JUDGE_SCHEMA, **kwargs)
     self.reflect = Agent(backend, "reflect_agent", parsing.parse_judge,

@@ -269,6 +269,14 @@ JUDGE_SCHEMA = {"type": "object", "properties": {
     "reason": {"type": "string", "maxLength": MAX_EXPLANATION_CHARS}, "judge": {"enum": [0, 1]}},
     "required": ["reason", "judge"], "additionalProperties": False}
 
+# Positive / Negative debaters: {"point": "reason", ...}, at most one per analysis dimension of
+# their templates (9), possibly none.
+MAX_POINTS, MAX_POINT_NAME_CHARS = 9, 40
+POINTS_SCHEMA = {"type": "object",
+                 "propertyNames": {"type": "string", "maxLength": MAX_POINT_NAME_CHARS},
+                 "additionalProperties": {"type": "string", "maxLength": MAX_EXPLANATION_CHARS},
+                 "maxProperties": MAX_POINTS}
+
 
 def parse_detector(text: str) -> DetectorReply:
   """``{"verdict": "Good"|"Bad", "evaluation_explanation": ..., "suggested_for_G"?: ...}``."""

@@ -13,6 +13,8 @@ are built with `structured_output=True`, so every agent with a reply schema
 `response_format` json_schema. Servers with structured output (vLLM, SGLang, OpenAI, this
 stand-in: `sampling/server.py` decodes under an xgrammar grammar) then return verdicts that
 parse unless cut at max_tokens; turn it off for a server without it (it would answer 400).
+Every agent of the curator and the principle judge has a reply schema, so the stand-in's
+`config.local_judge.max_schema_string_chars` / `max_schema_items` bound every reply.
 """
 from __future__ import annotations
 
@@ -65,11 +67,14 @@ class _ServerThread:
 
 
 @contextlib.contextmanager
-def serve_checkpoint(checkpoint: str, max_batch_rows: int = 64,
-                     max_prompt_tokens: int = 4096) -> Iterator[str]:
+def serve_checkpoint(checkpoint: str, max_batch_rows: int = 64, max_prompt_tokens: int = 4096,
+                     max_schema_string_chars: int | None = None,
+                     max_schema_items: int | None = None) -> Iterator[str]:
   """Serves the exported checkpoint in WORKDIR `checkpoint` on 127.0.0.1:<free port>; yields
   the base URL (".../v1"). The model sits on this process's first device only, so a sampler
-  call never waits on other processes."""
+  call never waits on other processes. `max_schema_string_chars` / `max_schema_items` tighten
+  the verdict schemas (`ServerConfig`): the stand-in's explanations are throwaway text, so
+  they are kept short to bound the cost of each call."""
   import jax  # Local: JAX only when serving.
   from rlaif_jax.sampling.loading import load_policy
   from rlaif_jax.sampling.sampler import Sampler
@@ -78,7 +83,9 @@ def serve_checkpoint(checkpoint: str, max_batch_rows: int = 64,
   mesh = mesh_lib.make_mesh((1, 1, 1), devices=jax.local_devices()[:1])
   policy = load_policy(checkpoint=checkpoint, mesh=mesh)
   config = ServerConfig(model_name=LOCAL_MODEL_NAME, max_batch_rows=max_batch_rows,
-                        max_prompt_tokens=max_prompt_tokens, batch_window_s=0.02)
+                        max_prompt_tokens=max_prompt_tokens, batch_window_s=0.02,
+                        max_schema_string_chars=max_schema_string_chars,
+                        max_schema_items=max_schema_items)
   server = _ServerThread(make_app(Sampler(policy.model, policy.tokenizer, mesh=mesh, pow2_prompts=True), config))
   port = server.start()
   url = f"http://127.0.0.1:{port}/v1"
@@ -100,5 +107,8 @@ def judge_endpoint(config: Any, sft_dir: str, needed: bool) -> Iterator[JudgeEnd
   elif j.get("base_url") and j.get("model"):
     yield JudgeEndpoint(j.base_url, j.model, j.api_key_env, local=False)
   else:
-    with serve_checkpoint(sft_dir, max_batch_rows=config.local_judge.max_batch_rows) as url:
+    lj = config.local_judge
+    with serve_checkpoint(sft_dir, max_batch_rows=lj.max_batch_rows,
+                          max_schema_string_chars=lj.get("max_schema_string_chars"),
+                          max_schema_items=lj.get("max_schema_items")) as url:
       yield JudgeEndpoint(url, LOCAL_MODEL_NAME, j.api_key_env, local=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -67,6 +67,42 @@ def compile_format(tokenizer: Tokenizer, vocab_size: int, stop_ids: Sequence[int
       return compiler.compile_json_schema(schema, any_whitespace=False)
     except Exception as e:  # xgrammar raises RuntimeError / InvalidJSONError for bad schemas
       raise ValueError(f"response_format json_schema cannot be compiled: {e}") from None
+
+
+def limit_schema(schema: Any, max_string_chars: int | None, max_items: int | None) -> Any:
+  """A copy of `schema` whose strings (property names included) have maxLength <=
+  `max_string_chars` and whose arrays / objects have maxItems / maxProperties <= `max_items`
+  (None: no limit of that kind); minLength / minItems / minProperties are lowered to match, so
+  the schema stays satisfiable. Anything not a dict or list is returned as is."""
+  if isinstance(schema, list):
+    return [limit_schema(s, max_string_chars, max_items) for s in schema]
+  if not isinstance(schema, dict):
+    return schema
+  out = {k: (v if k in ("enum", "const", "default", "examples")
+             else limit_schema(v, max_string_chars, max_items)) for k, v in schema.items()}
+  if "properties" in schema and isinstance(schema["properties"], dict):
+    out["properties"] = {name: limit_schema(sub, max_string_chars, max_items)
+                         for name, sub in schema["properties"].items()}
+  kinds = schema.get("type")
+  kinds = set(kinds) if isinstance(kinds, list) else {kinds}
+  caps = ((max_string_chars, "string", "maxLength", "minLength"),
+          (max_items, "array", "maxItems", "minItems"),
+          (max_items, "object", "maxProperties", "minProperties"))
+  for cap, kind, upper, lower in caps:
+    if cap is None or kind not in kinds:
+      continue
+    out[upper] = min(int(schema.get(upper, cap)), cap)
+    if kind == "object":  # required properties stay allowed
+      out[upper] = max(out[upper], len(schema.get("required", ())))
+    if lower in schema:
+      out[lower] = min(int(schema[lower]), out[upper])
+  if max_string_chars is not None and "object" in kinds and (
+      "additionalProperties" in schema or "propertyNames" in schema):
+    names = out.get("propertyNames") if isinstance(out.get("propertyNames"), dict) else {}
+    out["propertyNames"] = {"type": "string", **names,
+                            "maxLength": min(int(names.get("maxLength", max_string_chars)),
+                                             max_string_chars)}
+  return out
 
 
 def check_schema(schema: dict) -> str:

@@ -36,7 +36,11 @@ class ServerConfig:
   `retry_after_s`. max_top_logprobs: largest top_logprobs / completions logprobs.
   sampling_defaults: SamplingParams fields used when a request omits them (the model's
   generation_config.json, `defaults.generation_defaults`). structured_output: honour
-  response_format (needs xgrammar); off: such requests get 400."""
+  response_format (needs xgrammar); off: such requests get 400. max_schema_string_chars /
+  max_schema_items: when set, a json_schema is tightened before it is compiled: every string's
+  maxLength (property names included) is at most the first, every array's maxItems and
+  object's maxProperties at most the second. A cost cap for a server whose replies are
+  throwaway (the pipeline's stand-in judge); None (the default) honours schemas as sent."""
   model_name: str = "rlaif-jax"
   default_max_tokens: int = 256
   max_tokens_limit: int = 2048
@@ -49,6 +53,8 @@ class ServerConfig:
   max_top_logprobs: int = 20
   sampling_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
   structured_output: bool = True
+  max_schema_string_chars: int | None = None
+  max_schema_items: int | None = None
 
   def __post_init__(self):
     for name in ("max_tokens_limit", "max_prompt_tokens", "max_n", "max_batch_rows",
@@ -58,6 +64,9 @@ class ServerConfig:
     if not 1 <= self.default_max_tokens <= self.max_tokens_limit:
       raise ValueError(f"ServerConfig.default_max_tokens must be in [1, max_tokens_limit="
                        f"{self.max_tokens_limit}], got {self.default_max_tokens}")
+    for name in ("max_schema_string_chars", "max_schema_items"):
+      if getattr(self, name) is not None and getattr(self, name) < 1:
+        raise ValueError(f"ServerConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
     if not (math.isfinite(self.batch_window_s) and self.batch_window_s >= 0):
       raise ValueError(f"ServerConfig.batch_window_s must be >= 0, got {self.batch_window_s}")
 
@@ -157,7 +166,9 @@ def response_format(body: dict, config: ServerConfig) -> tuple[str, str] | None:
   if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
     raise RequestError("'response_format.json_schema.schema' must be a JSON Schema object")
   from rlaif_jax.sampling import grammar
-  return ("json_schema", grammar.check_schema(spec["schema"]))
+  schema = grammar.limit_schema(spec["schema"], config.max_schema_string_chars,
+                                config.max_schema_items)
+  return ("json_schema", grammar.check_schema(schema))
 
 
 def stream_options(body: dict) -> tuple[bool, bool]:

@@ -153,8 +153,8 @@ class OpenAIChatBackend(base.LLMBackend):
   def with_response_schema(self, name: str, schema: dict[str, Any]) -> base.LLMBackend:
     if not self.structured_output:
       return self
-    return _SchemaView(self, {"type": "json_schema",
-                              "json_schema": {"name": name, "schema": schema, "strict": True}})
+    return _SchemaView(self, {"type": "json_schema", "json_schema": {
+        "name": name, "schema": schema, "strict": _closed_objects(schema)}})
 
   def _payload(self, conversation: base.Conversation, temperature: float, max_tokens: int,
                stop: list[str] | None,
@@ -275,3 +275,16 @@ class _SchemaView(base.LLMBackend):
 
   async def aclose(self) -> None:
     await self.backend.aclose()
+
+
+def _closed_objects(schema: Any) -> bool:
+  """Whether every object in `schema` lists its properties and forbids others: what OpenAI's
+  `strict` mode accepts. Open objects (the debaters' {"point": "reason"} maps) are sent with
+  strict false, which every server honours as a grammar all the same."""
+  if isinstance(schema, list):
+    return all(_closed_objects(s) for s in schema)
+  if not isinstance(schema, dict):
+    return True
+  if schema.get("type") == "object" and schema.get("additionalProperties") is not False:
+    return False
+  return all(_closed_objects(v) for k, v in schema.items() if k not in ("enum", "const"))
