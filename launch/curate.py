@@ -23,9 +23,9 @@ import logging
 from absl import app, flags
 
 from launch import common
-from rlaif_jax import storage
+from rlaif_jax import jsonl_jobs, storage
 from rlaif_jax.data.paths import resolve_data_dir
-from rlaif_jax.judging import batch_job, cli
+from rlaif_jax.judging import cli
 from rlaif_jax.judging.adversarial_run import load_labelled
 from rlaif_jax.judging.curator import MultiAgentCurator, build_preference_pairs
 from rlaif_jax.judging.retrieval import BACKENDS, DEFAULT_EMBEDDING_MODEL, ExampleRetriever
@@ -56,7 +56,7 @@ def write_pairs(output_dir: str) -> int:
   """Rebuilds pairs.json from every labeled*.jsonl in output_dir; returns the pair count."""
   labelled = []
   for path in storage.glob(storage.join(output_dir, "labeled*.jsonl")):
-    labelled.extend(batch_job.read_output(path))
+    labelled.extend(jsonl_jobs.read_output(path))
   cap = FLAGS.max_pairs_per_query or None
   pairs = build_preference_pairs(labelled, max_pairs_per_query=cap, seed=FLAGS.pairs_seed)
   storage.write_text(storage.join(output_dir, "pairs.json"),
@@ -90,8 +90,8 @@ def main(argv: list[str]) -> int:
   if not FLAGS.input:
     raise app.UsageError("--input is required unless --pairs_only")
   try:
-    records = batch_job.load_records(FLAGS.input)
-    batch_job.require_fields(records, ("query", "response"), FLAGS.input)
+    records = jsonl_jobs.load_records(FLAGS.input)
+    jsonl_jobs.require_fields(records, ("query", "response"), FLAGS.input)
     retriever = _retriever()
   except (storage.InputError, storage.StorageError, OSError, ValueError, ImportError) as e:
     logging.error("bad input: %s", e)
@@ -102,9 +102,9 @@ def main(argv: list[str]) -> int:
                               max_attempts=FLAGS.max_parse_attempts)
   config = cli.job_config_from_flags(FLAGS.input, storage.join(FLAGS.output_dir, "labeled.jsonl"))
 
-  async def run() -> batch_job.JobSummary:
+  async def run() -> jsonl_jobs.JobSummary:
     try:
-      return await batch_job.run_job_async(config, curator.curate, records)
+      return await jsonl_jobs.run_job_async(config, curator.curate, records)
     finally:
       await backend.aclose()
 
@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
   if not ok:
     return 2
   print(summary.table())
-  labelled = batch_job.read_output(summary.output_path)
+  labelled = jsonl_jobs.read_output(summary.output_path)
   overturned = sum(bool(r.get("overturned")) for r in labelled)
   approved = sum(r.get("label") == 1 for r in labelled)
   print(f"approved {approved} / {len(labelled)}, reflect overturned {overturned}")

@@ -15,7 +15,6 @@ unset take the model's generation_config.json values (temperature, top_p, top_k,
 repetition_penalty), else temperature 1 with no filtering; the effective values are logged.
 --dtype=auto: bfloat16 on accelerators, float32 on CPU.
 """
-import tqdm
 from absl import app, flags, logging
 
 from launch import common
@@ -85,13 +84,10 @@ def main(argv: list[str]) -> None:
                policy.source, defaults.describe(sampling))
   sampler = Sampler(policy.model, policy.tokenizer, mesh=mesh)
 
-  def progress(total: int, done: int):
-    return tqdm.tqdm(total=total, initial=done, unit="prompt", desc="generate")
-
   stats = jsonl_job.run(sampler, _PROMPTS.value, _OUTPUT.value,
                         max_new_tokens=_MAX_NEW_TOKENS.value, sampling=sampling, n=_N.value,
                         seed=_SEED.value, batch_size=_BATCH_SIZE.value,
-                        use_chat_template=not _NO_CHAT_TEMPLATE.value, progress=progress)
+                        use_chat_template=not _NO_CHAT_TEMPLATE.value, progress=True)
   if not host.is_main():
     return
   print(f"wrote {stats['prompts']} prompts x {_N.value} samples to {_OUTPUT.value} "

@@ -18,8 +18,8 @@ import logging
 from absl import app, flags
 
 from launch import common
-from rlaif_jax import storage
-from rlaif_jax.judging import batch_job, cli
+from rlaif_jax import jsonl_jobs, storage
+from rlaif_jax.judging import cli, parsing
 from rlaif_jax.judging.judge import PrincipleJudge
 from rlaif_jax.judging.judge_report import agreement_report, dumps_report, format_report
 from rlaif_jax.judging.principles import load_principles
@@ -43,9 +43,9 @@ def main(argv: list[str]) -> int:
                          max_attempts=FLAGS.max_parse_attempts)
   config = cli.job_config_from_flags(FLAGS.input, FLAGS.output)
   try:
-    records = batch_job.load_records(FLAGS.input)
-    batch_job.require_fields(records, ("query", "response"), FLAGS.input)
-    batch_job.require_binary_labels(records, FLAGS.input)
+    records = jsonl_jobs.load_records(FLAGS.input)
+    jsonl_jobs.require_fields(records, ("query", "response"), FLAGS.input)
+    parsing.require_binary_labels(records, FLAGS.input)
   except (storage.InputError, storage.StorageError) as e:
     logging.error("bad input: %s", e)
     return 1
@@ -60,9 +60,9 @@ def main(argv: list[str]) -> int:
       outs.append(out)
     return outs
 
-  async def run() -> batch_job.JobSummary:
+  async def run() -> jsonl_jobs.JobSummary:
     try:
-      return await batch_job.run_job_async(config, process, records)
+      return await jsonl_jobs.run_job_async(config, process, records)
     finally:
       await backend.aclose()
 
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
   if not ok:
     return 2
   print(summary.table())
-  report = agreement_report(batch_job.read_output(summary.output_path))
+  report = agreement_report(jsonl_jobs.read_output(summary.output_path))
   if report is not None:
     storage.write_text(summary.output_path + ".report.json", dumps_report(report))
     print(format_report(report))

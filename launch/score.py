@@ -100,12 +100,12 @@ def main(argv: list[str]) -> int:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   distributed.initialize_from_flags()
-  from rlaif_jax.judging import batch_job
-  records = batch_job.load_records(_INPUT.value)
-  batch_job.require_fields(records, ("query", "response"), _INPUT.value)
+  from rlaif_jax import jsonl_jobs
+  records = jsonl_jobs.load_records(_INPUT.value)
+  jsonl_jobs.require_fields(records, ("query", "response"), _INPUT.value)
   try:
     fingerprint = scoring_fingerprint(_WORKDIR.value, _DEBIAS.value)
-    check_resume(batch_job.read_output(_OUTPUT.value), fingerprint, _OUTPUT.value)
+    check_resume(jsonl_jobs.read_output(_OUTPUT.value), fingerprint, _OUTPUT.value)
   except (FingerprintError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -118,9 +118,9 @@ def main(argv: list[str]) -> int:
     return [{"query": r["query"], "response": r["response"], "score": float(s),
              FINGERPRINT_KEY: fingerprint} for r, s in zip(chunk, scores)]
 
-  config = batch_job.JobConfig(input_path=_INPUT.value, output_path=_OUTPUT.value,
-                               chunk_size=_BATCH.value, chunks_in_flight=1, collective=True)
-  summary = batch_job.run_job(config, score_chunk, records)
+  config = jsonl_jobs.JobConfig(input_path=_INPUT.value, output_path=_OUTPUT.value,
+                                chunk_size=_BATCH.value, chunks_in_flight=1, collective=True)
+  summary = jsonl_jobs.run_job(config, score_chunk, records)
   from rlaif_jax.sharding import host
   if host.is_main():
     print(summary.table())

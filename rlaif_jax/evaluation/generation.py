@@ -3,7 +3,6 @@
 layout and the resume rules are in `harness.py`'s docstring)."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -13,9 +12,8 @@ import re
 from typing import Any, Sequence
 
 import numpy as np
-import tqdm
 
-from rlaif_jax import storage
+from rlaif_jax import jsonl_jobs, storage
 from rlaif_jax.data import formatting, greetings
 from rlaif_jax.evaluation import processes
 from rlaif_jax.evaluation.stale import StaleOutputError
@@ -134,13 +132,10 @@ def select_queries(data_dir: str | os.PathLike, prompt_set: str = "grpo_test",
   return queries
 
 
-def _recover_generations(path: pathlib.Path, queries: Sequence[str], batch_size: int,
-                         fingerprint: str) -> list[dict]:
-  """Records already written for whole batches, by id; records of a cut batch are removed
-  from the file."""
-  appender = storage.JsonlAppender(str(path))
-  records, done = appender.recover(), {}
-  for n, r in enumerate(records, start=1):
+def _stale_check(path: pathlib.Path, queries: Sequence[str], fingerprint: str):
+  """keep(line, line_no) of a generations file: raises StaleOutputError for a record written
+  for other prompts, settings or weights."""
+  def keep(r: dict[str, Any], n: int) -> bool:
     i = r.get("id")
     same_prompt = isinstance(i, int) and 0 <= i < len(queries) and r.get("query") == queries[i]
     if not same_prompt or r.get("settings") != fingerprint:
@@ -151,13 +146,8 @@ def _recover_generations(path: pathlib.Path, queries: Sequence[str], batch_size:
           "output directory", path,
           "written for other prompts" if not same_prompt else
           "written with other generation settings or checkpoint weights")
-    done.setdefault(i, r)
-  whole = {i: r for i, r in done.items()
-           if all(j in done for j in range(i - i % batch_size,
-                                           min(i - i % batch_size + batch_size, len(queries))))}
-  if len(whole) < len(records):
-    appender.rewrite([whole[i] for i in sorted(whole)])
-  return [whole[i] for i in sorted(whole)]
+    return True
+  return keep
 
 
 def _load_sampler(path: str, dtype: str, mesh: Any) -> Any:
@@ -177,37 +167,39 @@ def generate_checkpoint(path: str, queries: Sequence[str], out_path: str | os.Pa
   resumed; the model is only loaded when something is missing). Returns the records by id.
   Raises StaleOutputError when `out_path` holds other prompts, settings or weights' samples.
 
-  Multi-host: process 0 reads and writes the file (its records reach every process); every
-  process runs the sampler."""
+  A `jsonl_jobs` job whose ids are the batches (batch k is resumed whole: seed + k), its output
+  locked. Multi-host: process 0 reads and writes the file (its records reach every process);
+  every process runs the sampler."""
   out_path = pathlib.Path(out_path)
   fingerprint = cfg.fingerprint(path)
-  done = {r["id"]: r for r in processes.on_main(
-      lambda: _recover_generations(out_path, queries, cfg.batch_size, fingerprint))}
-  appender = storage.JsonlAppender(str(out_path)) if processes.is_main() else None
-  batches = [list(range(s, min(s + cfg.batch_size, len(queries))))
-             for s in range(0, len(queries), cfg.batch_size)]
-  pending = [k for k, ids in enumerate(batches) if any(i not in done for i in ids)]
-  if pending:
-    if mesh is None:
-      from rlaif_jax.sharding import mesh as mesh_lib
-      mesh = mesh_lib.make_mesh((1, -1, 1))
-    sampler = _load_sampler(path, cfg.dtype, mesh)
-    fmt, sampling = cfg.format_config(), cfg.sampling()
-    bar = tqdm.tqdm(total=sum(len(batches[k]) for k in pending), desc=f"generate {out_path.stem}",
-                    unit="prompt", dynamic_ncols=True, mininterval=1.0,
-                    disable=not progress or appender is None)
-    with appender or contextlib.nullcontext(), bar:
-      for k in pending:
-        encoded = [formatting.encode_prompt(sampler.tokenizer, queries[i], fmt) for i in batches[k]]
-        completions = sampler.generate_encoded([ids for ids, _ in encoded], cfg.max_new_tokens,
-                                               sampling, seed=cfg.seed + k)
-        for i, (_, cut), c in zip(batches[k], encoded, completions):
-          done[i] = {"id": i, "query": queries[i],
-                     "prompt": cfg.prompt_template.replace("{query}", queries[i]),
-                     "response": c.text.strip(), "finish_reason": c.finish_reason,
-                     "completion_tokens": c.completion_tokens, "prompt_truncated": cut,
-                     "seed": cfg.seed + k, "settings": fingerprint}
-          if appender is not None:
-            appender.append(done[i])
-        bar.update(len(batches[k]))
+  size = cfg.batch_size
+  batches = [list(range(s, min(s + size, len(queries)))) for s in range(0, len(queries), size)]
+  # The job's input ids are the batches: batch k is done when all its prompts are written.
+  config = jsonl_jobs.JobConfig(
+      output_path=str(out_path), chunk_size=1, chunks_in_flight=1, progress=progress,
+      progress_desc=f"generate {out_path.stem}", progress_unit="batch",
+      lines_per_id=lambda k: len(batches[k]), line_of=lambda r: (r["id"] // size, r["id"]),
+      keep=_stale_check(out_path, queries, fingerprint), collective=True,
+      agree=processes.on_main)
+  units = [{"id": k, "_line": k} for k in range(len(batches))]
+  with jsonl_jobs.open_job(config, units, keep_existing=True) as job:
+    done = {r["id"]: r for r in job.existing}
+    if job.todo:
+      if mesh is None:
+        from rlaif_jax.sharding import mesh as mesh_lib
+        mesh = mesh_lib.make_mesh((1, -1, 1))
+      sampler = _load_sampler(path, cfg.dtype, mesh)
+      fmt, sampling = cfg.format_config(), cfg.sampling()
+    for unit in job.todo:
+      k = unit["id"]
+      encoded = [formatting.encode_prompt(sampler.tokenizer, queries[i], fmt) for i in batches[k]]
+      completions = sampler.generate_encoded([ids for ids, _ in encoded], cfg.max_new_tokens,
+                                             sampling, seed=cfg.seed + k)
+      for i, (_, cut), c in zip(batches[k], encoded, completions):
+        done[i] = {"id": i, "query": queries[i],
+                   "prompt": cfg.prompt_template.replace("{query}", queries[i]),
+                   "response": c.text.strip(), "finish_reason": c.finish_reason,
+                   "completion_tokens": c.completion_tokens, "prompt_truncated": cut,
+                   "seed": cfg.seed + k, "settings": fingerprint}
+      job.write([unit], [done[i] for i in batches[k]])
   return [done[i] for i in range(len(queries))]

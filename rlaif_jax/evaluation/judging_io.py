@@ -3,15 +3,13 @@ appended chunk by chunk to JSONL) and `judge_reliability` (each judge against th
 fitted thresholds cross-fitted), the reliability table."""
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 from typing import Any, Sequence
 
 import numpy as np
-import tqdm
 
-from rlaif_jax import storage
+from rlaif_jax import jsonl_jobs, storage
 from rlaif_jax.data import greetings
 from rlaif_jax.evaluation import processes, report
 from rlaif_jax.metrics import agreement
@@ -38,58 +36,50 @@ def judge_records(judge: EvalJudge, items: Sequence[dict[str, Any]], path: str |
   judge. Multi-host: process 0 reads and writes the file (`processes`)."""
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-  kept = processes.on_main(lambda: _recover_judgements(judge, items, path))
-  done = {r["id"]: r for r in kept}
-  appender = storage.JsonlAppender(str(path)) if processes.is_main() else None
-  pending = [it for it in items if it["id"] not in done]
-  bar = tqdm.tqdm(total=len(pending), desc=f"judge {pathlib.Path(path).parent.name}/"
-                  f"{judge.name}", unit="item", dynamic_ncols=True, mininterval=1.0,
-                  disable=not progress or not pending or appender is None)
-  with appender or contextlib.nullcontext(), bar:
-    for start in range(0, len(pending), chunk_size):
-      chunk = pending[start:start + chunk_size]
+  path = pathlib.Path(path)
+  config = jsonl_jobs.JobConfig(
+      output_path=str(path), chunk_size=chunk_size, chunks_in_flight=1, progress=progress,
+      progress_desc=f"judge {path.parent.name}/{judge.name}", progress_unit="item",
+      keep=_judgement_check(judge, items, path), collective=True, agree=processes.on_main)
+  with jsonl_jobs.open_job(config, [{**it, "_line": n} for n, it in enumerate(items)],
+                           keep_existing=True) as job:
+    if job.summary.retried_errors and processes.is_main():
+      print(f"{path}: judging {job.summary.retried_errors} record(s) again that failed on a "
+            "backend error", flush=True)
+    done = {r["id"]: r for r in job.existing}
+    for start in range(0, len(job.todo), chunk_size):
+      chunk = job.todo[start:start + chunk_size]
       result = processes.judge(judge, [c["query"] for c in chunk],
                                [c["response"] for c in chunk])
       for k, c in enumerate(chunk):
         valid = bool(result.valid[k])
-        record = {"id": c["id"], "query": c["query"], "response": c["response"],
-                  "label": int(result.labels[k]) if valid else None, "valid": valid,
-                  "score": float(result.scores[k]) if valid else None,
-                  "judge": judge.signature, **result.details[k]}
+        done[c["id"]] = {"id": c["id"], "query": c["query"], "response": c["response"],
+                         "label": int(result.labels[k]) if valid else None, "valid": valid,
+                         "score": float(result.scores[k]) if valid else None,
+                         "judge": judge.signature, **result.details[k]}
         if "human_label" in c:
-          record["human_label"] = c["human_label"]
-        if appender is not None:
-          appender.append(record)
-        done[c["id"]] = record
-      bar.update(len(chunk))
+          done[c["id"]]["human_label"] = c["human_label"]
+      job.write(chunk, [done[c["id"]] for c in chunk])
   return [done[it["id"]] for it in items]
 
 
-def _recover_judgements(judge: EvalJudge, items: Sequence[dict[str, Any]],
-                        path: str | os.PathLike) -> list[dict[str, Any]]:
-  """The file's records to keep (those a backend failure left invalid are removed from it, to
-  be judged again); StaleOutputError when it holds verdicts on other responses or by another
+def _judgement_check(judge: EvalJudge, items: Sequence[dict[str, Any]], path: pathlib.Path):
+  """keep(line, line_no) of a judgements file: False for a verdict a backend failure left
+  invalid (judged again); raises StaleOutputError for one on another response or by another
   judge."""
-  appender = storage.JsonlAppender(str(path))
   by_id = {it["id"]: it for it in items}
-  done: dict[Any, dict[str, Any]] = {}
-  existing = appender.recover()
-  for n, r in enumerate(existing, start=1):
+
+  def keep(r: dict[str, Any], n: int) -> bool:
     item = by_id.get(r.get("id"))
     if item is None or r.get("response") != item["response"] or r.get("judge") != judge.signature:
       raise StaleOutputError(
           f"{path}: record {n} (id {r.get('id')!r}) was judged on another response or with "
           f"other settings ({r.get('judge')!r}, now {judge.signature!r}); delete the file to "
-          "judge again", pathlib.Path(path),
+          "judge again", path,
           "judged on other responses" if r.get("judge") == judge.signature else
           f"judged with other settings ({r.get('judge')!r:.60}, now {judge.signature!r:.60})")
-    if not _backend_failure(r):
-      done[r["id"]] = r
-  if len(done) < len(existing):
-    appender.rewrite([r for r in existing if not _backend_failure(r)])
-    print(f"{path}: judging {len(existing) - len(done)} record(s) again that failed on a "
-          "backend error", flush=True)
-  return list(done.values())
+    return not _backend_failure(r)
+  return keep
 
 
 def _crossfit_row(name: str, kind: str, ids: Sequence[Any], scores: np.ndarray,

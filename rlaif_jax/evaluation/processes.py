@@ -10,34 +10,24 @@ loaded for it.
 from __future__ import annotations
 
 import pathlib
-import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from rlaif_jax import jsonl_jobs
 from rlaif_jax.evaluation.judges import EvalJudge, Judgement
 from rlaif_jax.evaluation.stale import StaleOutputError
 
 # Judges run by every process: the reward model is a collective; the length rule is local.
 EVERY_PROCESS_KINDS = ("rm", "length")
 
-
-def _host():
-  if "jax" not in sys.modules:
-    return None
-  from rlaif_jax.sharding import host  # Local: only once JAX is loaded anyway.
-  return host
+_host = jsonl_jobs.loaded_host
+is_main = jsonl_jobs.is_main  # whether this process writes the files (always, in one process)
 
 
 def multiprocess() -> bool:
   h = _host()
   return h is not None and h.is_multiprocess()
-
-
-def is_main() -> bool:
-  """Whether this process writes the files (always, in a single-process run)."""
-  h = _host()
-  return h is None or h.is_main()
 
 
 def on_main(fn: Callable[[], Any]) -> Any:

@@ -14,5 +14,5 @@ Modules (import what you need; nothing is imported here, so importing one piece 
   retrieval.py      BM25 over character n-grams, ``ExampleRetriever``.
   curator.py        ``MultiAgentCurator`` and ``build_preference_pairs``.
   adversarial.py    ``AdversarialGame``; adversarial_run.py its resumable driver.
-  batch_job.py      resumable, shardable JSON Lines jobs; judge_report.py; cli.py (flags).
+  judge_report.py; cli.py (flags). Resumable JSON Lines jobs: ``rlaif_jax.jsonl_jobs``.
 """

@@ -7,9 +7,9 @@ from typing import Any, Awaitable
 
 from absl import app, flags
 
+from rlaif_jax.jsonl_jobs import JobConfig
 from rlaif_jax.judging.backends import (FatalBackendError, LLMBackend, RetryPolicy,
                                         SamplingParams, make_backend)
-from rlaif_jax.judging.batch_job import JobConfig
 
 
 def define_backend_flags() -> None:

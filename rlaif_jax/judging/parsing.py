@@ -15,6 +15,7 @@ import json
 import re
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
+from rlaif_jax import storage
 from rlaif_jax.judging import principles as principles_lib
 
 T = TypeVar("T")
@@ -213,6 +214,20 @@ def normalise_binary(value: Any, field: str) -> int:
     if len(classes) == 1 and not negated:
       return classes.pop()
   raise ParseError(f"field {field!r} has unusable value {value!r} (expected Good/Bad or 1/0)")
+
+
+def require_binary_labels(records: Sequence[dict[str, Any]], path: str,
+                          field: str = "label") -> None:
+  """Where present (and not null), ``field`` of input records (`jsonl_jobs.load_records`) must
+  be 0/1 or a Good/Bad-style word; it is normalised to 0/1 in place. The error names file:line,
+  so no label is dropped silently."""
+  for record in records:
+    if record.get(field) is None:
+      continue
+    try:
+      record[field] = normalise_binary(record[field], field)
+    except ParseError as e:
+      raise storage.InputError(f"{path}:{record['_line'] + 1}: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)

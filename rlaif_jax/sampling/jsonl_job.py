@@ -3,31 +3,23 @@
 Input lines: {"id": any JSON scalar (optional; default the 0-based line number),
               "prompt": str or a chat message list [{"role", "content"}, ...]}.
 Output lines: {"id", "prompt", "completion", "completion_token_ids", "finish_reason"}, plus
-"sample_index" when n > 1. Each batch's lines are appended and fsynced; on restart a trailing
-partial line is truncated, ids with all n samples written are skipped, and ids with only some
-samples (a kill mid-batch) are removed and generated again, so the output never holds duplicates.
+"sample_index" when n > 1. The job is a `jsonl_jobs.open_job` with n lines per id: each batch's
+lines are appended and fsynced; on restart a trailing partial line is truncated, ids with all n
+samples written are skipped, and ids with only some samples (a kill mid-batch) are removed and
+generated again, so the output never holds duplicates.
 Every pending prompt is checked and encoded before anything is generated: a malformed record
 (NaN, a prompt with no tokens, ...) fails up front with an InputError naming file:line.
 """
 from __future__ import annotations
 
-import collections
-import contextlib
 import json
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
-
-from rlaif_jax import storage
+from rlaif_jax import jsonl_jobs, storage
 from rlaif_jax.sampling import completions as comp
 from rlaif_jax.sampling.logits_processing import SamplingParams
 from rlaif_jax.sampling.sampler import Sampler
-from rlaif_jax.sharding import host
-
-
-def _key(value: Any) -> str:
-  return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
 def read_prompts(path: str) -> list[tuple[Any, Any, int]]:
@@ -51,9 +43,10 @@ def read_prompts(path: str) -> list[tuple[Any, Any, int]]:
     pid = record.get("id", index)
     if isinstance(pid, (dict, list)):
       raise storage.InputError(f"{where}: field 'id' must be a JSON scalar, got {pid!r:.80}")
-    if _key(pid) in seen:
-      raise storage.InputError(f"{where}: duplicate id {pid!r} (first on line {seen[_key(pid)]})")
-    seen[_key(pid)] = index + 1
+    key = jsonl_jobs.id_key(pid)
+    if key in seen:
+      raise storage.InputError(f"{where}: duplicate id {pid!r} (first on line {seen[key]})")
+    seen[key] = index + 1
     out.append((pid, prompt, index + 1))
   return out
 
@@ -74,18 +67,6 @@ def encode_pending(tokenizer, items: Sequence[tuple[Any, Any, int]], path: str,
   return out
 
 
-def recover_done_ids(appender: storage.JsonlAppender, n: int) -> set[str]:
-  """Keys of ids whose n samples are all in the output; drops partial ids from the file."""
-  records = appender.recover()
-  samples = collections.defaultdict(set)
-  for r in records:
-    samples[_key(r.get("id"))].add(r.get("sample_index", 0))
-  done = {k for k, s in samples.items() if len(s) >= n}
-  if len(done) < len(samples):
-    appender.rewrite([r for r in records if _key(r.get("id")) in done])
-  return done
-
-
 def output_records(ids: Sequence[Any], prompts: Sequence[Any], completions, n: int
                    ) -> list[dict[str, Any]]:
   out = []
@@ -101,47 +82,39 @@ def output_records(ids: Sequence[Any], prompts: Sequence[Any], completions, n: i
 
 def run(sampler: Sampler, prompts_path: str, output_path: str, *, max_new_tokens: int,
         sampling: SamplingParams, n: int = 1, seed: int = 0, batch_size: int = 32,
-        use_chat_template: bool = True,
-        progress: Callable[[int, int], Any] | None = None) -> dict[str, float]:
-  """Generates every pending prompt of `prompts_path` into `output_path`.
+        use_chat_template: bool = True, progress: bool = False) -> dict[str, float]:
+  """Generates every pending prompt of `prompts_path` into `output_path` (a
+  `jsonl_jobs.open_job`: locked, resumed, n lines per id).
 
   Prompt number i of the file (0-based, in file order) draws with a key derived from (`seed`,
   i), whatever batch it lands in: a rerun from scratch with the same flags writes the same
-  file, and a resumed run writes for the pending ids what an uninterrupted run would have. `progress(total_prompts, done_prompts)` is
-  called with the counts first and returns an object with `update(k)` and `set_postfix_str(s)`
-  (a tqdm bar). Returns {"prompts", "skipped", "tokens", "seconds"}. The output is locked for the
-  whole job (`storage.output_lock`).
+  file, and a resumed run writes for the pending ids what an uninterrupted run would have.
+  `progress`: a tqdm bar with tokens/s (process 0). Returns {"prompts", "skipped", "tokens",
+  "seconds"}. Multi-host: every process samples (one sharded model); process 0 resumes, locks
+  and writes.
   """
   if sampler.tokenizer is None:
     raise ValueError("jsonl_job.run needs a sampler with a tokenizer")
-  items = read_prompts(prompts_path)
-  # Multi-host: every process samples (one sharded model); process 0 resumes, locks and writes.
-  appender = storage.open_appender(output_path) if host.is_main() else None
-  lock = storage.output_lock(appender.path) if appender is not None else contextlib.nullcontext()
-  with lock:  # a second job on this output is refused
-    done = recover_done_ids(appender, n) if appender is not None else set()
-    position = {_key(item[0]): i for i, item in enumerate(items)}
-    is_pending = host.broadcast(np.array([_key(item[0]) not in done for item in items], bool))
-    pending = [item for item, p in zip(items, is_pending) if p]
-    encoded = encode_pending(sampler.tokenizer, pending, prompts_path, use_chat_template)
-    bar = (progress(len(items), len(items) - len(pending)) if progress and appender is not None
-           else None)
+  records = [{"id": pid, "prompt": prompt, "_line": line - 1, "position": i}
+             for i, (pid, prompt, line) in enumerate(read_prompts(prompts_path))]
+  config = jsonl_jobs.JobConfig(output_path=output_path, input_path=prompts_path,
+                                chunk_size=batch_size, chunks_in_flight=1, progress=progress,
+                                progress_desc="generate", progress_unit="prompt",
+                                lines_per_id=n, collective=True)
+  with jsonl_jobs.open_job(config, records) as job:
+    pending = job.todo
+    encoded = encode_pending(sampler.tokenizer,
+                             [(r["id"], r["prompt"], r["_line"] + 1) for r in pending],
+                             prompts_path, use_chat_template)
     tokens, start = 0, time.perf_counter()
-    with appender or contextlib.nullcontext():
-      for at in range(0, len(pending), batch_size):
-        batch = pending[at:at + batch_size]
-        ids, prompts = [b[0] for b in batch], [b[1] for b in batch]
-        completions = sampler.generate_encoded(encoded[at:at + batch_size], max_new_tokens,
-                                               sampling, n=n, seed=seed,
-                                               prompt_seeds=[position[_key(i)] for i in ids])
-        for record in output_records(ids, prompts, completions, n):
-          if appender is not None:
-            appender.append(record)
-        tokens += sum(c.completion_tokens for c in completions)
-        if bar is not None:
-          bar.update(len(batch))
-          bar.set_postfix_str(f"{tokens / (time.perf_counter() - start):.1f} tok/s")
-    if bar is not None:
-      bar.close()
-    return {"prompts": len(pending), "skipped": len(items) - len(pending), "tokens": tokens,
-            "seconds": time.perf_counter() - start}
+    for at in range(0, len(pending), batch_size):
+      batch = pending[at:at + batch_size]
+      completions = sampler.generate_encoded(encoded[at:at + batch_size], max_new_tokens,
+                                             sampling, n=n, seed=seed,
+                                             prompt_seeds=[r["position"] for r in batch])
+      job.write(batch, output_records([r["id"] for r in batch], [r["prompt"] for r in batch],
+                                      completions, n))
+      tokens += sum(c.completion_tokens for c in completions)
+      job.bar.set_postfix_str(f"{tokens / (time.perf_counter() - start):.1f} tok/s")
+  return {"prompts": len(pending), "skipped": len(records) - len(pending), "tokens": tokens,
+          "seconds": time.perf_counter() - start}
