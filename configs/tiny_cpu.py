@@ -46,8 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   # reward model's, so fewer steps at this size).
   config.rl_b = ml_collections.ConfigDict(dict(total_steps=12))
   config.eval = ml_collections.ConfigDict(dict(
-      prompt_set="grpo_test", max_prompts=64, max_new_tokens=64, temperature=0.7, top_p=0.95,
-      seed=0, batch_size=64, max_labelled=200, split_seed=0, controls=True, llm_signals=True,
+      prompt_set="grpo_test", max_prompts=32, max_new_tokens=64, temperature=0.7, top_p=0.95,
+      seed=0, batch_size=64, max_labelled=96, split_seed=0, controls=True, llm_signals=True,
       curator_examples=2,
       human_sheet_per_checkpoint=16))  # eval/human_eval/sheet.csv: N generations per checkpoint
   return config

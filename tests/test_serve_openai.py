@@ -348,3 +348,30 @@ def test_sigterm_finishes_requests_in_flight(hf_dir):
       proc.kill()
     proc.wait(30)
     proc.stdout.close()
+
+
+def test_schema_limits_bound_every_reply_of_a_throwaway_judge(sampler):
+  """A server with max_schema_string_chars / max_schema_items (the pipeline's stand-in judge)
+  answers the debaters' open {"point": "reason"} schema and the judge schema within the caps,
+  and the replies parse with the project's own parsers."""
+  from rlaif_jax.judging import parsing
+  s = Server(make_app(sampler, ServerConfig(model_name="tiny", batch_window_s=0.05,
+                                            max_schema_string_chars=6, max_schema_items=2)))
+  try:
+    client = s.client()
+    for schema, parse in ((parsing.POINTS_SCHEMA, parsing.parse_points),
+                          (parsing.JUDGE_SCHEMA, parsing.parse_judge)):
+      answer = client.chat.completions.create(
+          model="tiny", messages=user("评价"), max_tokens=200, temperature=1.0, n=4, seed=3,
+          response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}})
+      for choice in answer.choices:
+        assert choice.finish_reason == "stop", choice.message.content
+        # strict=False: xgrammar's length-counted strings admit raw control characters (tab,
+        # \x01, ...), which strict JSON forbids; the project's parsers read them (strict=False).
+        obj = json.loads(choice.message.content, strict=False)
+        jsonschema.validate(obj, schema)  # still the schema the client asked for
+        assert len(obj) <= 2 and all(len(str(k)) <= 6 for k in obj)
+        assert all(len(v) <= 6 for v in obj.values() if isinstance(v, str))
+        parse(choice.message.content)
+  finally:
+    s.close()
