@@ -103,15 +103,15 @@ def test_launch_evaluate_help_mentions_the_length_baseline():
 
 def test_rl_progress_bar_shows_tokens_per_second(monkeypatch):
   from rlaif_jax.rl import trainer as rl_trainer
+  from rlaif_jax.training import loop as loop_lib
   postfixes = []
 
   class Bar:
-    def __init__(self, iterable, **kwargs):
+    def __init__(self, **kwargs):
       del kwargs
-      self.iterable = iterable
 
-    def __iter__(self):
-      return iter(self.iterable)
+    def update(self, n):
+      pass
 
     def set_postfix(self, **kwargs):
       postfixes.append(kwargs)
@@ -119,7 +119,7 @@ def test_rl_progress_bar_shows_tokens_per_second(monkeypatch):
     def close(self):
       pass
 
-  monkeypatch.setattr(rl_trainer, "tqdm", Bar)
+  monkeypatch.setattr(loop_lib, "tqdm", Bar)
   t = object.__new__(rl_trainer.RLTrainer)
   t.cfg = types.SimpleNamespace(algorithm="grpo", total_steps=2, log_every=1, checkpoint_every=99,
                                 updates_per_step=1)

@@ -357,7 +357,7 @@ def test_unscored_rows_are_masked_out_of_the_update_and_logged(tmp_path):
 def test_non_finite_update_stops_with_the_last_good_checkpoint(tmp_path):
   """The NaN guard raises NonFiniteLossError naming the last checkpoint (it used to crash on a
   closed checkpointer), and it watches the critic's metrics too."""
-  from rlaif_jax.training.trainer import NonFiniteLossError
+  from rlaif_jax.training.loop import NonFiniteLossError
   trainer = make_trainer("grpo", tmp_path, steps=2)
   real_update = trainer.update
 

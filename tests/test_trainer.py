@@ -12,7 +12,7 @@ from flax import nnx
 from rlaif_jax.models import config as config_lib
 from rlaif_jax.models.decoder import Decoder
 from rlaif_jax.sharding import mesh as mesh_lib
-from rlaif_jax.training import checkpointing, metrics as metrics_lib, optim, sft
+from rlaif_jax.training import checkpointing, loop as loop_lib, metrics as metrics_lib, optim, sft
 from rlaif_jax.training import train_state as ts
 from rlaif_jax.training import trainer as trainer_lib
 
@@ -177,7 +177,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
                             keep_checkpoints=5)
   state = trainer.init_state(_Linear)
   # Batch index 6 is the 7th update: steps 1..6 are fine, checkpoints 3 and 6 are written.
-  with pytest.raises(trainer_lib.NonFiniteLossError) as err:
+  with pytest.raises(loop_lib.NonFiniteLossError) as err:
     trainer.fit(state, _linear_batches(poison_from=6))
   msg = str(err.value)
   assert "training step 7" in msg and "loss=nan" in msg and "step 6" in msg, msg
@@ -197,7 +197,7 @@ def test_nan_guard_with_metrics_read_one_step_late(tmp_path):
   trainer = _linear_trainer(tmp_path, 12, log_every=4, eval_every=0, checkpoint_every=3,
                             keep_checkpoints=5)
   state = trainer.init_state(_Linear)
-  with pytest.raises(trainer_lib.NonFiniteLossError, match="training step 8: loss=nan"):
+  with pytest.raises(loop_lib.NonFiniteLossError, match="training step 8: loss=nan"):
     trainer.fit(state, _linear_batches(poison_from=7))
   ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints")
   assert ckpt.all_steps() == [3, 6]

@@ -4,8 +4,9 @@ epochs of shuffled mini-batch updates, all on device except the reward call.
 GRPO (the paper): n samples per prompt, group-relative advantages, KL loss to the frozen
 reference with the k3 estimator, no critic. PPO: GAE advantages from a critic (a ScalarHeadModel,
 its own optimizer and checkpoints). Both reuse `training.trainer.make_train_step` with the loss
-of `rl.losses`; the rollout lives in a device-resident `RolloutBatch`, and mini-batches are
-gathered on device from a permutation (no host round trip between updates).
+of `rl.losses` and run in the loop of SFT and the reward model (`training.loop.Loop`); the
+rollout lives in a device-resident `RolloutBatch`, and mini-batches are gathered on device from
+a permutation (no host round trip between updates).
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
-from tqdm import tqdm
 
 from rlaif_jax.data import formatting
 from rlaif_jax.models.decoder import Decoder
@@ -31,7 +31,7 @@ from rlaif_jax.scoring.contract import (Rollout, Scorer, Scores, require_scores,
                                         token_space_id)
 from rlaif_jax.sharding import host, mesh as mesh_lib
 from rlaif_jax.tokenizers.base import Tokenizer
-from rlaif_jax.training import checkpointing, metrics as metrics_lib
+from rlaif_jax.training import checkpointing, loop as loop_lib, metrics as metrics_lib
 from rlaif_jax.training import train_state as ts, trainer as trainer_lib
 
 
@@ -106,6 +106,13 @@ def rollout_stats(rollout: Rollout, scores: Scores, lengths: np.ndarray) -> dict
           "response_chars": float(np.mean([len(t) for t in rollout.completions])),
           "truncated_frac": float(np.mean(~rollout.stopped)),
           **part_means(scores.extras, scores.valid)}
+
+
+def postfix(row: dict[str, float]) -> dict[str, str]:
+  """The progress bar's figures of an RL step."""
+  return {"reward": f"{row['reward_mean']:.3f}", "kl": f"{row['kl']:.4f}",
+          "invalid": f"{row.get('reward_invalid_frac', 0.0):.2f}",
+          "tok_s": f"{row['tokens_per_sec']:.0f}"}
 
 
 def part_means(extras: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, float]:
@@ -307,32 +314,27 @@ class RLTrainer:
   # -- the loop ------------------------------------------------------------------------------
 
   def train(self) -> dict[str, float]:
+    """Runs RL steps from the resumed one to rl.total_steps in the shared loop (metrics rows,
+    progress bar, NaN guard, checkpoints); returns the last step's row."""
     cfg = self.cfg
-    start = self.step
-    self.writer.truncate_after(start)
-    bar = tqdm(range(start + 1, cfg.total_steps + 1), initial=start, total=cfg.total_steps,
-               desc=cfg.algorithm, dynamic_ncols=True, disable=jax.process_index() != 0)
-    row: dict[str, float] = {}
-    for step in bar:
-      batch, stats = self.rollout(step)
-      t0 = time.perf_counter()
-      upd = self.update(batch, step)
-      t_update = time.perf_counter() - t0
-      row = {**stats, **{k: v for k, v in upd.items() if k != "loss_weight"},
-             "kl": self._kl_to_ref(batch), "t_update": t_update}
-      row["tokens_per_sec"] = float(host.to_host(batch.response_mask).sum()) / max(
-          stats["t_generate"] + stats["t_score"] + t_update, 1e-9)
-      trainer_lib.stop_if_not_finite("RL", step, row, WATCHED, self.actor_ckpt, self.close)
-      if trainer_lib.due(step, cfg.log_every, cfg.total_steps):
-        self.writer.write(step, row)
-      bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.4f}",
-                      invalid=f"{row.get('reward_invalid_frac', 0.0):.2f}",
-                      tok_s=f"{row['tokens_per_sec']:.0f}")
-      if trainer_lib.due(step, cfg.checkpoint_every, cfg.total_steps):
-        self.save(step)
-    bar.close()
-    self.actor_ckpt.wait()
-    return row
+    loop = loop_lib.Loop(
+        what="RL", desc=cfg.algorithm, total_steps=cfg.total_steps, checkpointer=self.actor_ckpt,
+        writer=self.writer, save=self.save, close=self.close, watched=WATCHED, postfix=postfix,
+        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every)
+    return loop.run(self.step, self.train_step)
+
+  def train_step(self, step: int) -> tuple[dict[str, float], None]:
+    """One RL step: rollout, scoring, updates; its row carries its own tokens_per_sec (response
+    tokens over generate + score + update time)."""
+    batch, stats = self.rollout(step)
+    t0 = time.perf_counter()
+    upd = self.update(batch, step)
+    t_update = time.perf_counter() - t0
+    row = {**stats, **{k: v for k, v in upd.items() if k != "loss_weight"},
+           "kl": self._kl_to_ref(batch), "t_update": t_update}
+    row["tokens_per_sec"] = float(host.to_host(batch.response_mask).sum()) / max(
+        stats["t_generate"] + stats["t_score"] + t_update, 1e-9)
+    return row, None
 
   def save(self, step: int) -> None:
     meta = {**self.meta, "rl_step": step, "kind": "policy"}

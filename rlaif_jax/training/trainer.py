@@ -10,17 +10,17 @@ The pluggable part is the loss:
 (e.g. the number of response tokens) and makes gradient accumulation and evaluation exact
 averages over the whole batch / eval set (see optim.accumulated_value_and_grad).
 
-SFT, the reward model and RL share `make_train_step` / `make_eval_step`; `Trainer` adds the loop
-(periodic eval, logging, checkpoints, resume, NaN guard, progress bar). The RL trainer calls the
-step functions itself.
+SFT, the reward model and RL share `make_train_step` / `make_eval_step` and the loop
+(`loop.Loop`: schedule, progress bar, metrics rows, NaN guard, checkpoints). `Trainer` plugs SFT
+and reward-model steps, eval and resume into that loop; `rl.trainer.RLTrainer` plugs its RL step
+(rollout, scoring, updates) into the same one.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import pathlib
-import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -28,20 +28,15 @@ import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm import tqdm
 
 from rlaif_jax import storage
 from rlaif_jax.sharding import mesh as mesh_lib
-from rlaif_jax.training import checkpointing, metrics as metrics_lib, optim
+from rlaif_jax.training import checkpointing, loop as loop_lib, metrics as metrics_lib, optim
 from rlaif_jax.training import train_state as ts
 
 Batch = dict[str, Any]
 LossFn = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 _EVAL_RNG_SALT = 0x7FFFFFFF
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The loss or gradient norm became NaN/Inf; the offending state was not saved."""
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -171,29 +166,8 @@ class LoopConfig:
     return cls(**{k: cfg[k] for k in names if k in cfg})
 
 
-def due(step: int, every: int, last: int) -> bool:
-  """The loop schedule (SFT, RM and RL): the last step, and every `every`-th (0: never)."""
-  return step == last or (every > 0 and step % every == 0)
-
-
-def stop_if_not_finite(what: str, step: int, row: dict[str, float], keys: Sequence[str],
-                       checkpointer: checkpointing.Checkpointer,
-                       close: Callable[[], None]) -> None:
-  """The NaN guard of every loop: when one of `keys` in `row` is not finite, waits for pending
-  saves, closes (`close`) and raises NonFiniteLossError naming the step and the last good
-  checkpoint, so the diverged state is never saved."""
-  bad = {k: row[k] for k in keys if k in row and not math.isfinite(row[k])}
-  if not bad:
-    return
-  checkpointer.wait()
-  last = checkpointer.latest_step()
-  where = (f"the last good checkpoint is step {last} in {checkpointer.directory}; rerun "
-           "the same command to resume from it (consider a lower learning rate or checking "
-           "that step's batch)" if last is not None else "no checkpoint was written yet")
-  close()
-  raise NonFiniteLossError(
-      f"{what} step {step}: {', '.join(f'{k}={v}' for k, v in bad.items())} is not finite; "
-      f"stopped without saving this state; {where}")
+def _postfix(row: dict[str, float]) -> dict[str, str]:
+  return {"loss": f"{row['loss']:.4f}", "tok_s": f"{row['tokens_per_sec']:.0f}"}
 
 
 class Trainer:
@@ -267,10 +241,6 @@ class Trainer:
 
   # -- the loop ----------------------------------------------------------------------------
 
-  def _check_finite(self, step: int, row: dict[str, float]) -> None:
-    stop_if_not_finite("training", step, row, ("loss", "grad_norm"), self.checkpointer,
-                       self.close)
-
   def _meta(self, step: int) -> dict[str, Any]:
     return {**self.meta, "data": {"batches_consumed": step, "seed": self.seed}}
 
@@ -283,63 +253,32 @@ class Trainer:
     Returns the final state (already checkpointed; pending writes finished).
     """
     self._compile(state)
-    total, start = self.loop.total_steps, int(jax.device_get(state.step))
-    self.writer.truncate_after(start)
-    if eval_batches is not None and self.loop.eval_at_start and start == 0:
-      self.last_eval = self.evaluate(state, eval_batches())
-      self.writer.write(0, self.last_eval)
+    start = int(jax.device_get(state.step))
     batches = train_batches(start)
-    bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, mininterval=1.0,
-               disable=not (self.loop.progress_bar and jax.process_index() == 0))
-    window_tokens, window_start, tokens_per_sec = 0, time.perf_counter(), 0.0
-    # Metrics are read back one step late: step s's metrics are fetched after step s + 1 is
-    # dispatched, so the device always has the next step queued while the host checks, logs
-    # and prepares the next batch (reading step s right away would idle the device for the
-    # whole host turn). On log / eval / checkpoint steps everything is read first, so a
-    # non-finite step is still caught before any later state is saved.
-    # tokens/s counts the tokens of steps whose metrics have been read back (so finished on the
-    # device) over the time since the window opened at a read: dispatch alone, which returns at
-    # once, would report a burst after every window reset.
-    pending: list[tuple[int, dict[str, jax.Array], int]] = []
-    row: dict[str, float] = {}
-    for step in range(start + 1, total + 1):
+
+    def train_step(step: int) -> tuple[dict[str, jax.Array], int]:
+      nonlocal state
       try:
-        host = next(batches)
+        host_batch = next(batches)
       except StopIteration:
-        raise ValueError(f"train_batches({start}) ran out before step {step} of {total}; make "
-                         "it repeat over epochs") from None
-      state, out = self._train_step(state, put_batch(host, self.mesh))
-      pending.append((step, out, self.tokens_in(host)))
-      any_due = any(due(step, every, total) for every in (
-          self.loop.log_every, self.loop.checkpoint_every,
-          self.loop.eval_every if eval_batches is not None else 0))
-      ready, pending = (pending, []) if any_due else (pending[:-1], pending[-1:])
-      for (done_step, _, tokens), done_row in zip(ready, jax.device_get([o for _, o, _ in ready])):
-        row = metrics_lib.to_python_scalars(done_row)
-        self._check_finite(done_step, row)
-        window_tokens += tokens
-      if window_tokens:  # right after a reset nothing new has finished: keep the last figure
-        tokens_per_sec = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-      bar.update(1)
-      if row:
-        bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tokens_per_sec:.0f}")
-      logged: dict[str, float] = {}
-      if due(step, self.loop.log_every, total):
-        logged.update(row, tokens_per_sec=tokens_per_sec)
-        window_tokens, window_start = 0, time.perf_counter()
-      pause = time.perf_counter()  # eval and checkpoint time do not count against tokens/s
-      if eval_batches is not None and due(step, self.loop.eval_every, total):
-        self.last_eval = self.evaluate(state, eval_batches())
-        logged.update(self.last_eval)
-        if jax.process_index() == 0:  # once per run, not once per host
-          bar.write(f"step {step}: eval_loss={self.last_eval['eval_loss']:.4f}")
-      if logged:
-        self.writer.write(step, logged)
-      if due(step, self.loop.checkpoint_every, total):
-        self.checkpointer.save(state, self._meta(step))
-      window_start += time.perf_counter() - pause
-    bar.close()
-    self.checkpointer.wait()
+        raise ValueError(f"train_batches({start}) ran out before step {step} of "
+                         f"{self.loop.total_steps}; make it repeat over epochs") from None
+      state, out = self._train_step(state, put_batch(host_batch, self.mesh))
+      return out, self.tokens_in(host_batch)
+
+    def evaluate() -> dict[str, float]:
+      self.last_eval = self.evaluate(state, eval_batches())
+      return self.last_eval
+
+    loop_lib.Loop(
+        what="training", desc="train", total_steps=self.loop.total_steps,
+        checkpointer=self.checkpointer, writer=self.writer,
+        save=lambda step: self.checkpointer.save(state, self._meta(step)), close=self.close,
+        watched=("loss", "grad_norm"), postfix=_postfix, log_every=self.loop.log_every,
+        checkpoint_every=self.loop.checkpoint_every,
+        evaluate=evaluate if eval_batches is not None else None,
+        eval_every=self.loop.eval_every, eval_at_start=self.loop.eval_at_start,
+        progress_bar=self.loop.progress_bar, read_late=True).run(start, train_step)
     return state
 
   def close(self) -> None:
