@@ -79,7 +79,7 @@ def rl_jobs(config: Any, mesh: Mesh, sft_stage: Any = None, rm_stage: Any = None
   moments = per_device_bytes(actor.opt_state)
   ref = 0.0 if rl.ref_on_host else per_device_bytes(params)
   uses_rm = "rm" in tuple(config.reward.use)
-  rm = critic = None
+  critic = None
   if uses_rm:
     rm_stage = (_stage(config.reward.rm.config, resolve, "reward.rm.config") if rm_stage is None
                 else rm_stage)
