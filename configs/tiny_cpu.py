@@ -33,11 +33,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.judge = config.rl.reward.judge
   config.judge.update(dict(concurrency=32, max_tokens=512, max_attempts=2, temperature=0.0,
                            constrained_json=True))
-  # The stand-in judge server (the SFT checkpoint) when no endpoint is given. Its replies are
-  # throwaway text, so the verdict schemas are tightened (explanations <= 32 characters, at
-  # most 2 debater points or rules): each call then costs tens of decode steps, not hundreds.
+  # The stand-in judge server (the SFT checkpoint) when no endpoint is given. The tiny policy
+  # cannot follow a judge's instructions, so its calls are made cheap: it reads the last 256
+  # tokens of each prompt (the judges' prompts have ~1,100; the prefill is most of a call's
+  # cost) and its verdict schemas are tightened (explanations <= 32 characters, at most 2
+  # debater points or rules): tens of decode steps per call, not hundreds.
   config.local_judge = ml_collections.ConfigDict(dict(
-      max_batch_rows=64, max_schema_string_chars=32, max_schema_items=2))
+      max_batch_rows=64, prompt_bucket=128, truncate_prompt_tokens=256,
+      max_schema_string_chars=32, max_schema_items=2))
   # Path B's offline stage: the adversarial game on the principle_examples split.
   config.principles = ml_collections.ConfigDict(dict(
       iterations=1, max_examples=48, holdout_size=16, adversarial_batch=2, reflect_batch=4,
@@ -46,8 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
   # reward model's, so fewer steps at this size).
   config.rl_b = ml_collections.ConfigDict(dict(total_steps=12))
   config.eval = ml_collections.ConfigDict(dict(
-      prompt_set="grpo_test", max_prompts=32, max_new_tokens=64, temperature=0.7, top_p=0.95,
-      seed=0, batch_size=64, max_labelled=96, split_seed=0, controls=True, llm_signals=True,
+      prompt_set="grpo_test", max_prompts=64, max_new_tokens=64, temperature=0.7, top_p=0.95,
+      seed=0, batch_size=64, max_labelled=200, split_seed=0, controls=True, llm_signals=True,
       curator_examples=2,
       human_sheet_per_checkpoint=16))  # eval/human_eval/sheet.csv: N generations per checkpoint
   return config

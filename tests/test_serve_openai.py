@@ -375,3 +375,24 @@ def test_schema_limits_bound_every_reply_of_a_throwaway_judge(sampler):
         parse(choice.message.content)
   finally:
     s.close()
+
+
+def test_truncate_prompt_tokens_keeps_the_last_tokens(sampler):
+  """ServerConfig.truncate_prompt_tokens (vLLM's parameter, server-wide): a prompt longer than
+  max_prompt_tokens is served from its last N tokens instead of refused, usage counts them, and
+  greedy output equals the output for those N tokens given alone."""
+  s = Server(make_app(sampler, ServerConfig(model_name="tiny", batch_window_s=0.0,
+                                            max_prompt_tokens=8, truncate_prompt_tokens=6)))
+  try:
+    client = s.client()
+    prompt = "一二三四五六七八九十 hello world, a prompt longer than eight tokens"
+    ids = sampler.tokenizer.encode(prompt)
+    assert len(ids) > 8
+    long = client.completions.create(model="tiny", prompt=prompt, max_tokens=5, temperature=0)
+    assert long.usage.prompt_tokens == 6
+    tail = client.completions.create(model="tiny", prompt=sampler.tokenizer.decode(ids[-6:]),
+                                     max_tokens=5, temperature=0)
+    assert tail.usage.prompt_tokens == 6  # the tail re-encodes to the same tokens
+    assert long.choices[0].text == tail.choices[0].text
+  finally:
+    s.close()

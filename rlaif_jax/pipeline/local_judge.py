@@ -76,12 +76,19 @@ class _ServerThread:
 @contextlib.contextmanager
 def serve_checkpoint(checkpoint: str, max_batch_rows: int = 64, max_prompt_tokens: int = 4096,
                      max_schema_string_chars: int | None = None,
-                     max_schema_items: int | None = None) -> Iterator[str]:
+                     max_schema_items: int | None = None,
+                     prompt_bucket: int = 128,
+                     truncate_prompt_tokens: int | None = None) -> Iterator[str]:
   """Serves the exported checkpoint in WORKDIR `checkpoint` on 127.0.0.1:<free port>; yields
   the base URL (".../v1"). The model sits on this process's first device only, so a sampler
   call never waits on other processes. `max_schema_string_chars` / `max_schema_items` tighten
   the verdict schemas (`ServerConfig`): the stand-in's explanations are throwaway text, so
-  they are kept short to bound the cost of each call."""
+  they are kept short to bound the cost of each call. Prompts are padded to a multiple of
+  `prompt_bucket` tokens, not to a power of two: the judges' prompts (~1,100 tokens with the
+  agents' templates) would pad to 2,048, which nearly triples the prefill's attention.
+  `truncate_prompt_tokens`: the stand-in reads only the last N tokens of each prompt (the
+  request, the greeting under review and the reply's opening; the tiny policy cannot follow the
+  agents' instructions anyway), which divides the cost of the prefills, most of a call's."""
   import jax  # Local: JAX only when serving.
   from rlaif_jax.sampling.loading import load_policy
   from rlaif_jax.sampling.sampler import Sampler
@@ -92,8 +99,10 @@ def serve_checkpoint(checkpoint: str, max_batch_rows: int = 64, max_prompt_token
   config = ServerConfig(model_name=LOCAL_MODEL_NAME, max_batch_rows=max_batch_rows,
                         max_prompt_tokens=max_prompt_tokens, batch_window_s=0.02,
                         max_schema_string_chars=max_schema_string_chars,
-                        max_schema_items=max_schema_items)
-  server = _ServerThread(make_app(Sampler(policy.model, policy.tokenizer, mesh=mesh, pow2_prompts=True), config))
+                        max_schema_items=max_schema_items,
+                        truncate_prompt_tokens=truncate_prompt_tokens)
+  server = _ServerThread(make_app(Sampler(policy.model, policy.tokenizer, mesh=mesh,
+                                       prompt_bucket=prompt_bucket), config))
   port = server.start()
   url = f"http://127.0.0.1:{port}/v1"
   print(f"local stand-in judge: {checkpoint} served at {url}", flush=True)
@@ -117,5 +126,7 @@ def judge_endpoint(config: Any, sft_dir: str, needed: bool) -> Iterator[JudgeEnd
     lj = config.local_judge
     with serve_checkpoint(sft_dir, max_batch_rows=lj.max_batch_rows,
                           max_schema_string_chars=lj.get("max_schema_string_chars"),
-                          max_schema_items=lj.get("max_schema_items")) as url:
+                          max_schema_items=lj.get("max_schema_items"),
+                          prompt_bucket=lj.get("prompt_bucket", 128),
+                          truncate_prompt_tokens=lj.get("truncate_prompt_tokens")) as url:
       yield JudgeEndpoint(url, LOCAL_MODEL_NAME, j.api_key_env, local=True)

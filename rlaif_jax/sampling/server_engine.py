@@ -185,6 +185,9 @@ class BatchingEngine:
       except Exception as e:  # e.g. a chat template that raises for some roles
         raise RequestError(f"{field} cannot be encoded for this model: "
                            f"{type(e).__name__}: {e}") from None
+      keep = self.config.truncate_prompt_tokens
+      if keep is not None and len(ids) > keep:  # vLLM's truncate_prompt_tokens: the last ones
+        ids = ids[-keep:]
       if len(ids) > self.config.max_prompt_tokens:
         raise RequestError(f"prompt has {len(ids)} tokens; this server accepts at most "
                            f"{self.config.max_prompt_tokens}")

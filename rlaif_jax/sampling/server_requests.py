@@ -40,7 +40,10 @@ class ServerConfig:
   max_schema_items: when set, a json_schema is tightened before it is compiled: every string's
   maxLength (property names included) is at most the first, every array's maxItems and
   object's maxProperties at most the second. A cost cap for a server whose replies are
-  throwaway (the pipeline's stand-in judge); None (the default) honours schemas as sent."""
+  throwaway (the pipeline's stand-in judge); None (the default) honours schemas as sent.
+  truncate_prompt_tokens: when set, a longer prompt keeps only its last N tokens (vLLM's
+  parameter of that name, here for every request; usage counts the tokens kept). None: prompts
+  are used whole."""
   model_name: str = "rlaif-jax"
   default_max_tokens: int = 256
   max_tokens_limit: int = 2048
@@ -55,6 +58,7 @@ class ServerConfig:
   structured_output: bool = True
   max_schema_string_chars: int | None = None
   max_schema_items: int | None = None
+  truncate_prompt_tokens: int | None = None
 
   def __post_init__(self):
     for name in ("max_tokens_limit", "max_prompt_tokens", "max_n", "max_batch_rows",
@@ -64,7 +68,7 @@ class ServerConfig:
     if not 1 <= self.default_max_tokens <= self.max_tokens_limit:
       raise ValueError(f"ServerConfig.default_max_tokens must be in [1, max_tokens_limit="
                        f"{self.max_tokens_limit}], got {self.default_max_tokens}")
-    for name in ("max_schema_string_chars", "max_schema_items"):
+    for name in ("max_schema_string_chars", "max_schema_items", "truncate_prompt_tokens"):
       if getattr(self, name) is not None and getattr(self, name) < 1:
         raise ValueError(f"ServerConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
     if not (math.isfinite(self.batch_window_s) and self.batch_window_s >= 0):
