@@ -41,6 +41,12 @@ _DEFAULT_MAX_TOKENS = flags.DEFINE_integer("default_max_tokens", 256,
                                            "most --max_tokens_limit).")
 _MAX_TOKENS_LIMIT = flags.DEFINE_integer("max_tokens_limit", 2048, "Largest max_tokens accepted.")
 _MAX_PROMPT_TOKENS = flags.DEFINE_integer("max_prompt_tokens", 2048, "Longest prompt accepted.")
+_TRUNCATE = flags.DEFINE_integer("truncate_prompt_tokens", None, "Serve a longer prompt from its "
+                                 "last N tokens (vLLM's parameter, for every request).")
+_SCHEMA_CHARS = flags.DEFINE_integer("max_schema_string_chars", None, "Tighten response_format "
+                                     "schemas: every string's maxLength at most N.")
+_SCHEMA_ITEMS = flags.DEFINE_integer("max_schema_items", None, "Tighten response_format "
+                                     "schemas: every maxItems / maxProperties at most N.")
 _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
                            "Parameter and compute dtype (auto: bfloat16 on accelerators, float32 "
                            "on CPU).")
@@ -69,7 +75,10 @@ def main(argv: list[str]) -> None:
                           max_batch_rows=_MAX_BATCH_ROWS.value,
                           batch_window_s=_BATCH_WINDOW_MS.value / 1000.0,
                           max_queue=_MAX_QUEUE.value, retry_after_s=_RETRY_AFTER_S.value,
-                          structured_output=_STRUCTURED.value)
+                          structured_output=_STRUCTURED.value,
+                          truncate_prompt_tokens=_TRUNCATE.value,
+                          max_schema_string_chars=_SCHEMA_CHARS.value,
+                          max_schema_items=_SCHEMA_ITEMS.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   mesh = mesh_lib.make_mesh([int(s) for s in _MESH.value])

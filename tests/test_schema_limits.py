@@ -51,3 +51,19 @@ def test_strict_only_for_closed_schemas():
       "json_schema"]["strict"] for name, schema in (("judge", parsing.JUDGE_SCHEMA),
                                                     ("points", parsing.POINTS_SCHEMA))}
   assert strict == {"judge": True, "points": False}
+
+
+@pytest.mark.parametrize("name", ["DETECTOR_SCHEMA", "ADVERSARIAL_DETECTOR_SCHEMA", "JUDGE_SCHEMA",
+                                  "POINTS_SCHEMA", "GENERATOR_SCHEMA", "REFLECTOR_SCHEMA",
+                                  "rules_schema"])
+def test_every_reply_schema_compiles_whole_and_limited(name):
+  """Every agent's reply schema is a grammar xgrammar compiles, as sent and as a throwaway
+  judge tightens it."""
+  xgr = pytest.importorskip("xgrammar")
+  schema = getattr(parsing, name)
+  schema = schema() if callable(schema) else schema
+  info = xgr.TokenizerInfo(list('{}[]":,ab 0123456789GoBdlx') + ["Good", "Bad"],
+                           xgr.VocabType.RAW, vocab_size=30, stop_token_ids=[29])
+  compiler = xgr.GrammarCompiler(info)
+  for s in (schema, grammar.limit_schema(schema, 8, 2)):
+    compiler.compile_json_schema(json.dumps(s), any_whitespace=False)

@@ -262,7 +262,8 @@ def test_sampling_params_errors_are_request_errors(monkeypatch):
 def test_default_max_tokens_must_respect_the_limit(hf_dir):
   with pytest.raises(ValueError, match=r"default_max_tokens must be in \[1, max_tokens_limit=64"):
     ServerConfig(default_max_tokens=256, max_tokens_limit=64)
-  for bad in (dict(max_batch_rows=0), dict(max_n=0), dict(batch_window_s=-1.0)):
+  for bad in (dict(max_batch_rows=0), dict(max_n=0), dict(batch_window_s=-1.0),
+              dict(truncate_prompt_tokens=0), dict(max_schema_string_chars=0)):
     with pytest.raises(ValueError, match=next(iter(bad))):
       ServerConfig(**bad)
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
@@ -270,3 +271,7 @@ def test_default_max_tokens_must_respect_the_limit(hf_dir):
                          "--default_max_tokens=100", "--max_tokens_limit=50"], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0 and "default_max_tokens must be in" in proc.stderr
+  proc = subprocess.run([sys.executable, "-m", "launch.serve", f"--hf_dir={hf_dir}",
+                         "--truncate_prompt_tokens=0"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0 and "truncate_prompt_tokens must be >= 1" in proc.stderr

@@ -57,12 +57,15 @@ class AdversarialGame:
   def __init__(self, backend: base.LLMBackend, config: GameConfig = GameConfig()):
     self.backend, self.config = backend, config
     self.generator = Agent(backend, "generator", parsing.parse_generator,
-                           sampling=config.generator_sampling, max_attempts=config.max_attempts)
+                           sampling=config.generator_sampling, max_attempts=config.max_attempts,
+                           response_schema=parsing.GENERATOR_SCHEMA)
     self.reflector = Agent(backend, "reflector", parsing.parse_reflector,
-                           sampling=config.judge_sampling, max_attempts=config.max_attempts)
+                           sampling=config.judge_sampling, max_attempts=config.max_attempts,
+                           response_schema=parsing.REFLECTOR_SCHEMA)
     self.optimizer = Agent(backend, "strategy_optimizer",
                            functools.partial(parsing.parse_rules, max_rules=config.max_rules),
-                           sampling=config.optimizer_sampling, max_attempts=config.max_attempts)
+                           sampling=config.optimizer_sampling, max_attempts=config.max_attempts,
+                           response_schema=parsing.rules_schema(config.max_rules))
 
   def detector(self, principles: PrincipleSet, template: str = "detector") -> PrincipleJudge:
     return PrincipleJudge(self.backend, principles, template=template,

@@ -292,6 +292,26 @@ POINTS_SCHEMA = {"type": "object",
                  "additionalProperties": {"type": "string", "maxLength": MAX_EXPLANATION_CHARS},
                  "maxProperties": MAX_POINTS}
 
+# The adversarial game's other agents (Generator, Reflector, Strategy Optimizer).
+MAX_GREETING_CHARS = 300
+GENERATOR_SCHEMA = {"type": "object", "properties": {
+    "bad_response": {"type": "string", "minLength": 1, "maxLength": MAX_GREETING_CHARS},
+    "explanation_of_flaws": {"type": "string", "maxLength": MAX_EXPLANATION_CHARS}},
+    "required": ["bad_response", "explanation_of_flaws"], "additionalProperties": False}
+REFLECTOR_SCHEMA = {"type": "object", "properties": {
+    "reflection_feedback": {"type": "string", "maxLength": MAX_EXPLANATION_CHARS},
+    "suggested_for_D": {"type": "string", "maxLength": MAX_EXPLANATION_CHARS}},
+    "required": ["reflection_feedback", "suggested_for_D"], "additionalProperties": False}
+
+
+def rules_schema(max_rules: int = principles_lib.MAX_RULES) -> dict[str, Any]:
+  """The Strategy Optimizer's reply: 1..max_rules non-empty rules."""
+  return {"type": "object", "properties": {"optimized_strategy": {
+      "type": "array", "items": {"type": "string", "minLength": 1,
+                                 "maxLength": MAX_EXPLANATION_CHARS},
+      "minItems": 1, "maxItems": max_rules}},
+      "required": ["optimized_strategy"], "additionalProperties": False}
+
 
 def parse_detector(text: str) -> DetectorReply:
   """``{"verdict": "Good"|"Bad", "evaluation_explanation": ..., "suggested_for_G"?: ...}``."""

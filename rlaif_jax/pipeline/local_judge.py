@@ -13,7 +13,8 @@ are built with `structured_output=True`, so every agent with a reply schema
 `response_format` json_schema. Servers with structured output (vLLM, SGLang, OpenAI, this
 stand-in: `sampling/server.py` decodes under an xgrammar grammar) then return verdicts that
 parse unless cut at max_tokens; turn it off for a server without it (it would answer 400).
-Every agent of the curator and the principle judge has a reply schema, so the stand-in's
+Every agent (the curator's four, the principle judge, the adversarial game's Generator, Reflector
+and Optimizer) has a reply schema, so the stand-in's
 `config.local_judge.max_schema_string_chars` / `max_schema_items` bound every reply.
 """
 from __future__ import annotations
