@@ -378,3 +378,25 @@ def test_path_b_runs_end_to_end_with_the_local_stand_in_judge(tmp_path, data_dir
   assert "signal2" not in text  # eval.llm_signals=false is honoured
   record = json.loads((work / "grpo_b" / pipeline.STAGE_CONFIG_FILE).read_text())
   assert record["reward_path"] == "B" and record["judge_checkpoint"] == "sft"
+
+
+def test_evaluation_judges_are_typed_configs_equal_to_the_cli_shorthand(tmp_path):
+  """The pipeline builds Signal-1/2, rm and length as scorer configs, the ones that the
+  `launch.evaluate --judges` shorthand of the same settings parses to; no Signal-1/2 without
+  an endpoint or with eval.llm_signals=false."""
+  from rlaif_jax.pipeline.local_judge import JudgeEndpoint
+  from rlaif_jax.scoring import config as cfg_lib
+  config = tiny_cpu.get_config()
+  endpoint = JudgeEndpoint("http://127.0.0.1:9/v1", "m", "KEY_ENV", local=True)
+  got = pipeline.judge_configs(config, tmp_path / "rm", endpoint, "p.json")
+  j, target = config.judge, "openai@http://127.0.0.1:9/v1#m"
+  options = (f"max_tokens={j.max_tokens}&max_attempts={j.max_attempts}&api_key_env=KEY_ENV"
+             f"&concurrency={j.concurrency}&constrained_json=true")
+  want = cfg_lib.parse_judge_specs(
+      f"signal1=curator:{target}?num_examples={config.eval.curator_examples}&{options},"
+      f"signal2=llm:{target}?principles=p.json&{options},rm=rm:{tmp_path / 'rm'},length")
+  assert got == want
+  assert [c.name for c in pipeline.judge_configs(config, tmp_path, None, None)] == ["rm", "length"]
+  config.eval.llm_signals = False
+  assert [c.name for c in pipeline.judge_configs(config, tmp_path, endpoint, None)] == [
+      "rm", "length"]

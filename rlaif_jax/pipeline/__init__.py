@@ -39,7 +39,7 @@ import ml_collections
 from rlaif_jax import storage
 from rlaif_jax.evaluation import plots
 from rlaif_jax.pipeline import local_judge, principles_stage
-from rlaif_jax.pipeline.evaluation_stage import judge_spec, run_evaluation
+from rlaif_jax.pipeline.evaluation_stage import judge_configs, run_evaluation
 from rlaif_jax.pipeline.results import results_markdown
 from rlaif_jax.pipeline.stages import (  # re-exported: the pipeline's public names
     PROMPT_SET_FILES, RESULTS_FILE, RL_FORMAT_KEYS, RUNTIME_KEYS, STAGE_CONFIG_FILE,
@@ -52,7 +52,7 @@ from rlaif_jax.training import reward_model, sft
 
 __all__ = ["PROMPT_SET_FILES", "RESULTS_FILE", "RL_FORMAT_KEYS", "RUNTIME_KEYS",
            "STAGE_CONFIG_FILE", "STAGE_FOLDERS", "StageConfigError", "check_stage_configs",
-           "config_diff", "eval_generation_config", "judge_spec", "results_markdown",
+           "config_diff", "eval_generation_config", "judge_configs", "results_markdown",
            "reward_overrides", "run_pipeline", "stage_done", "stage_records", "validate_config",
            "write_stage_record"]
 

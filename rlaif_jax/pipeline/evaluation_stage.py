@@ -17,26 +17,31 @@ from rlaif_jax.evaluation import harness, human_eval, judges as judges_lib
 from rlaif_jax.judging.splits import make_splits
 from rlaif_jax.pipeline.local_judge import JudgeEndpoint
 from rlaif_jax.pipeline.stages import eval_generation_config
+from rlaif_jax.scoring import config as cfg_lib
 from rlaif_jax.sharding import host
 
 SIGNAL_NAMES = {"signal1": "Signal-1 (curator)", "signal2": "Signal-2 (principle judge)",
                 "rm": "reward model", "length": "length baseline"}
 
 
-def judge_spec(config: Any, rm_dir: pathlib.Path, endpoint: JudgeEndpoint | None,
-               principles: str | None) -> str:
-  """The judges of the evaluation as a `make_judges` spec: Signal-1 and Signal-2 through the
-  judge endpoint (when there is one and `config.eval.llm_signals`), the reward model and the
-  length baseline."""
-  parts = []
+def judge_configs(config: Any, rm_dir: pathlib.Path, endpoint: JudgeEndpoint | None,
+                  principles: str | None) -> list[cfg_lib.ScorerConfig]:
+  """The evaluation's judges as typed scorer configs (`scoring.config`): Signal-1 (the curator)
+  and Signal-2 (the principle judge) through the judge endpoint (when there is one and
+  `config.eval.llm_signals`), the reward model and the length baseline."""
+  out: list[cfg_lib.ScorerConfig] = []
   if endpoint is not None and config.eval.get("llm_signals", True):
-    j, target = config.judge, f"openai@{endpoint.base_url}#{endpoint.model}"
-    backend = (f"max_tokens={j.max_tokens}&max_attempts={j.max_attempts}"
-               f"&api_key_env={endpoint.api_key_env}&concurrency={j.concurrency}"
-               f"&constrained_json={str(bool(j.get('constrained_json'))).lower()}")
-    parts.append(f"signal1=curator:{target}?num_examples={config.eval.curator_examples}&{backend}")
-    parts.append(f"signal2=llm:{target}?principles={principles or j.principles}&{backend}")
-  return ",".join(parts + [f"rm=rm:{rm_dir}", "length"])
+    j = config.judge
+    backend = dict(base_url=endpoint.base_url, model=endpoint.model,
+                   api_key_env=endpoint.api_key_env, concurrency=j.concurrency,
+                   max_tokens=j.max_tokens, max_attempts=j.max_attempts,
+                   constrained_json=bool(j.get("constrained_json")))
+    out.append(cfg_lib.CuratorConfig(name="signal1", where="Signal-1 (config.judge)",
+                                     num_examples=config.eval.curator_examples, **backend))
+    out.append(cfg_lib.LLMJudgeConfig(name="signal2", where="Signal-2 (config.judge)",
+                                      principles=principles or j.principles, **backend))
+  return out + [cfg_lib.RewardModelConfig(name="rm", workdir=str(rm_dir), where="rm"),
+                cfg_lib.LengthConfig(name="length", where="length")]
 
 
 def run_evaluation(config: Any, workdir: pathlib.Path, data_dir: pathlib.Path,
@@ -48,10 +53,10 @@ def run_evaluation(config: Any, workdir: pathlib.Path, data_dir: pathlib.Path,
   splits = make_splits(data_dir, e.split_seed,
                        output_dir=str(out) if host.is_main() else None)
   labelled = splits.labelled("reliability_examples")[:e.max_labelled or None]
-  spec = judge_spec(config, workdir / "rm", endpoint, principles)
-  print(f"judges {spec}: calibrating on {len(labelled)} labelled responses (the "
-        "reliability_examples split)", flush=True)
-  judges = judges_lib.make_judges(spec, labelled, retrieval_examples=splits.retrieval_corpus)
+  configs = judge_configs(config, workdir / "rm", endpoint, principles)
+  print(f"judges {', '.join(f'{c.name} ({c.kind})' for c in configs)}: calibrating on "
+        f"{len(labelled)} labelled responses (the reliability_examples split)", flush=True)
+  judges = judges_lib.make_judges(configs, labelled, retrieval_examples=splits.retrieval_corpus)
   gen = eval_generation_config(config)
   queries = harness.select_queries(data_dir, e.prompt_set, e.max_prompts, gen.seed)
   rows = harness.evaluate_checkpoints(checkpoints, judges, out, queries=queries,
