@@ -14,6 +14,8 @@ Signal-1, Signal-2) is one block, `config.judge` (the same ConfigDict as GRPO's
 (any OpenAI-compatible server: vLLM, SGLang, OpenAI, `python -m launch.serve`); without them the
 pipeline serves its own SFT checkpoint as a stand-in judge (results.md says its figures mean
 nothing about judge quality). `--config.eval.llm_signals=false` leaves Signal-1/2 out.
+`--config.rm_pairs=curated` trains the reward model on pairs the multi-agent curator makes from
+SFT samples (`config.curate`) instead of the authors' released pairs.
 """
 import ml_collections
 
@@ -26,6 +28,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.rm = rm_tiny_cpu.get_config()
   config.rl = grpo_tiny_cpu.get_config()
   config.reward_path = "AB"  # "A": reward model; "B": principle judge; "AB": both (the paper)
+  # The reward model's pairs: "paper" (the authors' released pairs) or "curated" (the
+  # multi-agent curator labels SFT samples through the judge endpoint; pipeline/curation_stage).
+  config.rm_pairs = "paper"
+  config.curate = ml_collections.ConfigDict(dict(
+      max_queries=64, samples_per_query=4, temperature=1.0, num_examples=2,
+      max_pairs_per_query=0, seed=0))  # max_pairs_per_query 0: every combination
   # The LLM judge: one definition, GRPO's reward block (scoring.config.LLMJudgeConfig). With
   # constrained_json the verdict schemas (judging/parsing.py) are requested as `response_format`
   # (vLLM, SGLang, OpenAI, launch.serve and the stand-in implement it), so verdicts parse; a

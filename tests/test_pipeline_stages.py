@@ -46,6 +46,18 @@ def test_an_unknown_reward_path_is_refused_before_anything_runs(path, tmp_path):
   assert not (tmp_path / "w").exists()  # nothing was started
 
 
+def test_rm_pairs_is_paper_or_curated_and_curated_takes_no_train_file(tmp_path):
+  config = tiny_cpu.get_config()
+  config.rm_pairs = "mine"
+  with pytest.raises(pipeline.StageConfigError, match="rm_pairs must be \"paper\".*\"curated\""):
+    pipeline.run_pipeline(config, tmp_path / "w", tmp_path / "data")
+  config.rm_pairs = "curated"
+  config.rm.data.train_file = "pairs.json"
+  with pytest.raises(pipeline.StageConfigError, match="cannot also take.*train_file"):
+    pipeline.run_pipeline(config, tmp_path / "w", tmp_path / "data")
+  assert not (tmp_path / "w").exists()
+
+
 def test_a_judge_endpoint_is_given_whole_or_not_at_all(tmp_path):
   config = tiny_cpu.get_config()
   assert config.reward_path == "AB"
@@ -341,20 +353,18 @@ def micro_pipeline_config(path: str = "B"):
   config.principles.update(max_examples=8, holdout_size=2, adversarial_batch=1,
                            reflect_batch=1, max_attempts=1, max_tokens=16)
   config.judge.update(max_tokens=128, max_attempts=1)
+  # A random stand-in writes each string to its cap: 8 characters keep every reply (2 debater
+  # points included) well inside max_tokens.
+  config.local_judge.update(max_schema_string_chars=8)
   config.eval.update(max_prompts=2, max_new_tokens=8, max_labelled=12, batch_size=4,
                      llm_signals=False)
   return config
 
 
-def test_path_b_runs_end_to_end_with_the_local_stand_in_judge(tmp_path, data_dir, monkeypatch):
-  from rlaif_jax.judging import parsing
+def test_path_b_runs_end_to_end_with_the_local_stand_in_judge(tmp_path, data_dir):
   from rlaif_jax.training import metrics as metrics_lib
   # Constrained decoding makes every verdict of the tiny random stand-in parse, provided it
-  # fits in max_tokens: a random model writes a string up to its cap, so a short cap keeps
-  # the reply (and this test) short.
-  short = json.loads(json.dumps(parsing.DETECTOR_SCHEMA))
-  short["properties"]["evaluation_explanation"]["maxLength"] = 8
-  monkeypatch.setattr(parsing, "DETECTOR_SCHEMA", short)
+  # fits in max_tokens: the stand-in's schema caps (config.local_judge) keep replies short.
   work = tmp_path / "w"
   config = micro_pipeline_config("B")
   assert config.judge.constrained_json
@@ -367,7 +377,6 @@ def test_path_b_runs_end_to_end_with_the_local_stand_in_judge(tmp_path, data_dir
   with open(work / "eval" / "human_eval" / "sheet.csv", encoding="utf-8-sig", newline="") as f:
     assert len(list(csv.reader(f))) == 1 + 3 * 2
   assert (work / "eval" / "human_eval" / "key.json").is_file()
-  assert not (work / "grpo").exists()  # path A was not asked for
   # Every reward row is a parsed verdict of the schema-constrained stand-in judge.
   rows = [r for r in metrics_lib.read_metrics(work / "grpo_b") if "reward_mean" in r]
   assert len(rows) == 2 and all(r["reward_invalid_frac"] == 0.0 for r in rows), rows
@@ -375,6 +384,7 @@ def test_path_b_runs_end_to_end_with_the_local_stand_in_judge(tmp_path, data_dir
   assert "of the rewards were invalid" not in text
   assert "| B (principle judge) | 8 labelled examples (principle_examples split) |" in text
   assert "| SFT+GRPO(B) |" in text and "## Judges on the controls" in text
+  assert not (work / "grpo").exists()  # path A was not asked for
   assert "signal2" not in text  # eval.llm_signals=false is honoured
   record = json.loads((work / "grpo_b" / pipeline.STAGE_CONFIG_FILE).read_text())
   assert record["reward_path"] == "B" and record["judge_checkpoint"] == "sft"
@@ -400,3 +410,32 @@ def test_evaluation_judges_are_typed_configs_equal_to_the_cli_shorthand(tmp_path
   config.eval.llm_signals = False
   assert [c.name for c in pipeline.judge_configs(config, tmp_path, endpoint, None)] == [
       "rm", "length"]
+
+
+def test_path_a_trains_the_reward_model_on_the_curators_pairs(tmp_path, data_dir):
+  """config.rm_pairs="curated": the SFT checkpoint samples 4 greetings for each of 6 requests,
+  the multi-agent curator labels them through a judge endpoint (a real HTTP server on
+  127.0.0.1 answering as each agent would: Good iff the greeting has an even number of
+  characters, so requests get both verdicts), the pairs are written in the paper's format and
+  the reward model trains on them; the efficiency table counts no human labels for path A."""
+  from fake_openai_server import FakeOpenAIServer
+  config = micro_pipeline_config("A")
+  config.rm_pairs = "curated"
+  config.curate.update(max_queries=6, samples_per_query=4)
+  with FakeOpenAIServer(good_rule=lambda r: len(r) % 2 == 0) as server:
+    config.judge.update(base_url=server.base_url, model="fake-judge")
+    text = pipeline.run_pipeline(config, tmp_path / "w", data_dir)
+  work = tmp_path / "w"
+  usage = json.loads((work / "curated" / "usage.json").read_text())
+  assert usage["samples"] == 24 and usage["valid_verdicts"] == 24, usage
+  labelled = [json.loads(line) for line in (work / "curated" / "labelled.jsonl").open()]
+  assert all(r["label"] == int(len(r["response"]) % 2 == 0) for r in labelled)
+  pairs = json.loads((work / "curated" / "pairs.json").read_text())
+  assert len(pairs) == usage["pairs"] > 0
+  for p in pairs:
+    assert len(p["chosen"]["value"]) % 2 == 0 and len(p["rejected"]["value"]) % 2 == 1
+  record = json.loads((work / "rm" / pipeline.STAGE_CONFIG_FILE).read_text())
+  assert record["rm_pairs"] == "curated" and record["curate"]["samples_per_query"] == 4
+  assert (f"| A (reward model) | none: {usage['pairs']} pairs the curator made from 24 SFT "
+          "samples |") in text
+  assert "| SFT+GRPO(A) |" in text

@@ -38,7 +38,7 @@ import ml_collections
 
 from rlaif_jax import storage
 from rlaif_jax.evaluation import plots
-from rlaif_jax.pipeline import local_judge, principles_stage
+from rlaif_jax.pipeline import curation_stage, local_judge, principles_stage
 from rlaif_jax.pipeline.evaluation_stage import judge_configs, run_evaluation
 from rlaif_jax.pipeline.results import results_markdown
 from rlaif_jax.pipeline.stages import (  # re-exported: the pipeline's public names
@@ -102,24 +102,16 @@ def run_pipeline(config: Any, workdir: str | os.PathLike, data_dir: str | os.Pat
     write_stage_record(workdir, name, records[name])
 
   done = lambda folder: host.agreed_flag(stage_done(workdir, folder))  # process 0's view
-  sft_dir, rm_dir, paths = workdir / "sft", workdir / "rm", config.reward_path
+  sft_dir, paths = workdir / "sft", config.reward_path
   if _stage("SFT", done("sft")):
     timed("sft", lambda: sft.run_sft(config.sft, sft_dir, data_dir))
   initial_done = "initial" in records and done("initial")
   initial = export_initial(config, workdir, sft_dir)
   if "initial" in records and not initial_done:
     write_stage_record(workdir, "initial", records["initial"])
-  if _stage("reward model", done("rm")):
-    rm_cfg = ml_collections.ConfigDict(config.rm.to_dict())
-    rm_cfg.init.sft_workdir = str(sft_dir)
-    timed("rm", lambda: reward_model.run_train_rm(rm_cfg, rm_dir, data_dir))
   checkpoints = {"initial": initial, "sft": str(sft_dir)}
-  if "A" in paths:
-    if _stage("GRPO, path A (reward model)", done("grpo")):
-      rl_cfg = _rl_config(config, sft_dir, reward_overrides(config, "A", rm_dir))
-      timed("grpo", lambda: rl_run.run_rl(rl_cfg, workdir / "grpo", data_dir))
-    checkpoints["sft_grpo_a"] = str(workdir / "grpo")
   with local_judge.judge_endpoint(config, str(sft_dir), needs_judge(config)) as endpoint:
+    _path_a(config, workdir, data_dir, endpoint, done, timed, checkpoints)
     principles = _path_b(config, workdir, data_dir, endpoint, done, timed, checkpoints)
     _stage("evaluation", False)
     s = time.perf_counter()
@@ -139,6 +131,30 @@ def run_pipeline(config: Any, workdir: str | os.PathLike, data_dir: str | os.Pat
   print(f"pipeline finished in {time.perf_counter() - t0:.0f}s; results in "
         f"{workdir / RESULTS_FILE}")
   return text
+
+
+def _path_a(config: Any, workdir: pathlib.Path, data_dir: pathlib.Path,
+            endpoint: local_judge.JudgeEndpoint | None, done: Callable[[str], bool],
+            timed: Callable[[str, Callable[[], Any]], None], checkpoints: dict[str, str]
+            ) -> None:
+  """The reward model (on the paper's pairs, or on the curator's: `config.rm_pairs`) and, with
+  path A, GRPO against it."""
+  sft_dir, rm_dir = workdir / "sft", workdir / "rm"
+  rm_cfg = ml_collections.ConfigDict(config.rm.to_dict())
+  rm_cfg.init.sft_workdir = str(sft_dir)
+  if config.get("rm_pairs", "paper") == "curated":
+    out = workdir / curation_stage.CURATED_DIR
+    if _stage("curated RM pairs (multi-agent curator on SFT samples)", done("curated")):
+      timed("curated", lambda: curation_stage.curate_pairs(config, out, data_dir, sft_dir,
+                                                            endpoint))
+    rm_cfg.data.train_file = str(out / curation_stage.PAIRS_FILE)
+  if _stage("reward model", done("rm")):
+    timed("rm", lambda: reward_model.run_train_rm(rm_cfg, rm_dir, data_dir))
+  if "A" in config.reward_path:
+    if _stage("GRPO, path A (reward model)", done("grpo")):
+      rl_cfg = _rl_config(config, sft_dir, reward_overrides(config, "A", rm_dir))
+      timed("grpo", lambda: rl_run.run_rl(rl_cfg, workdir / "grpo", data_dir))
+    checkpoints["sft_grpo_a"] = str(workdir / "grpo")
 
 
 def _path_b(config: Any, workdir: pathlib.Path, data_dir: pathlib.Path,

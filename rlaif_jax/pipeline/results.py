@@ -11,7 +11,7 @@ from typing import Any
 
 from rlaif_jax.data import greetings
 from rlaif_jax.evaluation import control_eval
-from rlaif_jax.pipeline import principles_stage
+from rlaif_jax.pipeline import curation_stage, principles_stage
 from rlaif_jax.pipeline.evaluation_stage import SIGNAL_NAMES
 from rlaif_jax.pipeline.stages import PROMPT_SET_FILES, stage_time
 from rlaif_jax.training import metrics as metrics_lib, reward_model
@@ -92,12 +92,20 @@ def efficiency_table(workdir: pathlib.Path, data_dir: pathlib.Path | None, paths
   steps = lambda d: sum(1 for r in metrics_lib.read_metrics(d) if "reward_mean" in r)
   fmt_t = lambda *ts: (f"{sum(ts):.0f}s" if all(t is not None for t in ts) else "-")
   if "A" in paths:
-    pairs = (len(greetings.load_preference_pairs(data_dir, "train")) if data_dir else None)
     n = steps(workdir / "grpo") * rl_rows_per_step
-    lines.append(f"| A (reward model) | {pairs if pairs is not None else '-'} preference pairs "
-                 f"(reward_data_train.json) | {fmt_t(stage_time(workdir, 'rm'), stage_time(workdir, 'grpo'))} "
-                 f"(RM {fmt_t(stage_time(workdir, 'rm'))} + GRPO {fmt_t(stage_time(workdir, 'grpo'))}) | "
-                 f"{n} RM scorings (GRPO) |")
+    t_r, t_g = stage_time(workdir, "rm"), stage_time(workdir, "grpo")
+    curated = curation_stage.read_usage(workdir / curation_stage.CURATED_DIR)
+    if curated is not None:  # config.rm_pairs="curated"
+      t_c = stage_time(workdir, "curated")
+      lines.append(f"| A (reward model) | none: {curated['pairs']} pairs the curator made from "
+                   f"{curated['samples']} SFT samples | {fmt_t(t_c, t_r, t_g)} (curation "
+                   f"{fmt_t(t_c)} + RM {fmt_t(t_r)} + GRPO {fmt_t(t_g)}) | "
+                   f"{curated['llm_calls']} LLM calls (curation) + {n} RM scorings (GRPO) |")
+    else:
+      pairs = (len(greetings.load_preference_pairs(data_dir, "train")) if data_dir else None)
+      lines.append(f"| A (reward model) | {pairs if pairs is not None else '-'} preference "
+                   f"pairs (reward_data_train.json) | {fmt_t(t_r, t_g)} (RM {fmt_t(t_r)} + "
+                   f"GRPO {fmt_t(t_g)}) | {n} RM scorings (GRPO) |")
   if "B" in paths:
     usage = principles_stage.read_usage(workdir / "principles") or {}
     n = steps(workdir / "grpo_b") * rl_rows_per_step

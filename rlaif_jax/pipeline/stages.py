@@ -26,6 +26,7 @@ RUNTIME_KEYS = frozenset({"mesh", "progress_bar", "async_checkpointing", "remat"
                           "api_key_env", "log_every", "checkpoint_every", "keep_checkpoints"})
 STAGE_FOLDERS = ("sft", "initial", "rm", "grpo", "principles", "grpo_b")  # in the order they run
 REWARD_PATHS = ("A", "B", "AB")
+RM_PAIRS = ("paper", "curated")  # config.rm_pairs: the reward model's training pairs
 STAGE_TIME_FILE = "pipeline_stage_time.json"  # {"wall_s": ...} of the invocation that made it
 PROMPT_SET_FILES = {"grpo_test": "grpo_data/test.parquet",
                     "eval_queries": "the evaluation set's queries",
@@ -75,14 +76,24 @@ def validate_config(config: Any) -> None:
                            "xgrammar, which is not installed: pip install -e '.[serve]' (or "
                            "--config.judge.constrained_json=false, and most of a tiny model's "
                            "verdicts will not parse)")
+  rm_pairs = config.get("rm_pairs", "paper")
+  if rm_pairs not in RM_PAIRS:
+    raise StageConfigError(f"--config.rm_pairs must be \"paper\" (the authors' released pairs) "
+                           f"or \"curated\" (the curator labels SFT samples), got {rm_pairs!r}")
+  if rm_pairs == "curated" and config.rm.data.get("train_file"):
+    raise StageConfigError("--config.rm_pairs=curated trains the reward model on the curator's "
+                           "pairs; it cannot also take --config.rm.data.train_file="
+                           f"{config.rm.data.train_file!r}")
   if config.eval.prompt_set not in harness.PROMPT_SETS:
     raise StageConfigError(f"--config.eval.prompt_set must be one of {harness.PROMPT_SETS}, got "
                            f"{config.eval.prompt_set!r}")
 
 
 def needs_judge(config: Any) -> bool:
-  """Whether any stage asks an LLM judge: path B, or the evaluation's Signal-1/Signal-2."""
-  return "B" in config.reward_path or bool(config.eval.get("llm_signals", True))
+  """Whether any stage asks an LLM judge: path B, the curated RM pairs, or the evaluation's
+  Signal-1/Signal-2."""
+  return ("B" in config.reward_path or config.get("rm_pairs", "paper") == "curated"
+          or bool(config.eval.get("llm_signals", True)))
 
 
 def _plain(cfg: Any) -> Any:
@@ -108,17 +119,25 @@ def stage_records(config: Any) -> dict[str, dict[str, Any]]:
   if not config.sft.model.get("hf_checkpoint"):
     records["initial"] = {"sft": {k: sft_cfg.get(k) for k in ("seed", "model", "tokenizer")}}
   records["rm"] = {"sft": sft_cfg, "rm": rm_cfg}
+  if config.get("rm_pairs", "paper") == "curated":
+    records["curated"] = {"sft": sft_cfg, **_judge_record(config),
+                          "curate": _plain(config.curate)}
+    records["rm"] = {**records["curated"], "rm": rm_cfg, "rm_pairs": "curated"}
   if "A" in config.reward_path:
-    records["grpo"] = {"sft": sft_cfg, "rl": _rl_record(config, "rm"), "reward_path": "A",
-                       "rm": rm_cfg}
+    records["grpo"] = {**records["rm"], "rl": _rl_record(config, "rm"), "reward_path": "A"}
   if "B" in config.reward_path:
-    judge = {"judge": _plain(config.judge)}
-    if not external_judge(config):  # the stand-in judge is the SFT checkpoint
-      judge["judge_checkpoint"] = "sft"
-    records["principles"] = {"sft": sft_cfg, **judge, "principles": _plain(config.principles)}
+    records["principles"] = {"sft": sft_cfg, **_judge_record(config),
+                             "principles": _plain(config.principles)}
     records["grpo_b"] = {**records["principles"], "rl": _rl_record(config, "judge"),
                          "rl_b": _plain(config.rl_b), "reward_path": "B"}
   return records
+
+
+def _judge_record(config: Any) -> dict[str, Any]:
+  judge = {"judge": _plain(config.judge)}
+  if not external_judge(config):  # the stand-in judge is the SFT checkpoint
+    judge["judge_checkpoint"] = "sft"
+  return judge
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
