@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 from typing import Any, Callable
 
@@ -98,8 +99,18 @@ class Checkpointer:
     self.directory = storage.as_path(directory)
     if isinstance(self.directory, pathlib.Path):
       self.directory = self.directory.absolute()
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=async_save)
+    # Orbax names its multi-process barriers after the step directory ("async_write_complete.3"):
+    # two managers saving the same step (PPO's actor and critic) would meet at each other's
+    # barriers, and process 0 could finalize one checkpoint before process 1 wrote its part.
+    # A prefix per checkpoint directory keeps every manager's barriers its own; it is made of
+    # the directory's last two names ("grpo/critic_checkpoints"), the same on every host even
+    # where hosts mount the work directory at different places.
+    parts = str(self.directory).rstrip("/").split("/")[-2:]
+    prefix = "ckpt_" + "_".join(re.sub(r"[^A-Za-z0-9_.-]", "_", p) for p in parts)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=prefix))
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
 
   def latest_step(self) -> int | None:
