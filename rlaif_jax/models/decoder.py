@@ -209,6 +209,14 @@ class DecoderLayer(nnx.Module):
     return shard_activation(x, ("batch", "length", "embed")), k_cache, v_cache
 
 
+def _after(layer: nnx.Module, gate: jax.Array) -> nnx.Module:
+  """`layer` whose weights XLA may read only once `gate` is computed (an optimization barrier
+  over both): orders the layers' weight fetches after the activations they follow."""
+  graphdef, state = nnx.split(layer)
+  state, _ = jax.lax.optimization_barrier((state, gate))
+  return nnx.merge(graphdef, state)
+
+
 def _call_layer(layer, x, positions, inv_freq, kv_mask, q_slots):
   return layer(x, positions, inv_freq, kv_mask, q_slots, None)
 
@@ -277,8 +285,13 @@ class Decoder(nnx.Module):
     new_k, new_v = [], []
     layers = (self.layers if not cfg.scan_layers
               else [layer_slice(self.layers, i) for i in range(cfg.num_layers)])
+    gate = x
     for i, layer in enumerate(layers):
       layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache.index)
+      if cache is not None:
+        # Inference: layer i's weights pass a barrier with layer i-1's input, so XLA fetches
+        # (FSDP: all-gathers) them at most one layer ahead instead of every layer's at once.
+        layer, gate = _after(layer, gate), x
       if cfg.remat and cache is None:
         # Training: keep only each layer's input; recompute the rest in the backward pass.
         x, nk, nv = nnx.remat(_call_layer, policy=remat_policy(cfg))(
