@@ -246,8 +246,8 @@ def time_constrained(sampler: Sampler, cfg: config_lib.ModelConfig, b: int, p: i
     if constrained:
       hook = grammar.GrammarHook(tokenizer, [fmt] * b, cfg.vocab_size, (eos,))
 
-      def counting(step, prev, lengths, done, bitmask, cancel):
-        hook(step, prev, lengths, done, bitmask, cancel)
+      def counting(step, prev, lengths, done, bitmask, cancel, logprobs):
+        hook(step, prev, lengths, done, bitmask, cancel, logprobs)
         filled[0] += sum(not m.is_terminated() for m in hook.matchers.values())
       handle = decode_step.register_hook(counting)
     start = time.perf_counter()

@@ -1,8 +1,8 @@
 """The server as vLLM users meet it (issue 18): the official `openai` client over real HTTP to
 the real aiohttp server on localhost (run on a background thread's event loop).
 
-Streaming equals non-streaming for greedy decoding; logprobs equal a full forward pass of the
-Hugging Face model; penalties change a looping greedy output; json_schema outputs parse and
+Streaming equals non-streaming for greedy decoding, log-probs included; logprobs equal a full
+forward pass of the Hugging Face model; penalties change a looping greedy output; json_schema outputs parse and
 validate; a small queue answers 200 or 429 to a burst, loses nothing and stays healthy; a client
 that disconnects mid-stream frees its rows; unknown parameters get a 400 naming them.
 """
@@ -149,6 +149,41 @@ def test_logprobs_equal_a_full_forward_pass(server, hf_dir, sampler):
     np.testing.assert_allclose(list(alternatives.values()), ref[t, best], atol=1e-4)
 
 
+def test_streamed_logprobs_come_with_their_text_and_equal_the_non_streamed_ones(server):
+  client = server.client()
+  kw = dict(model="tiny", messages=user("新年快乐"), n=2, temperature=0, max_tokens=12,
+            logprobs=True, top_logprobs=2)
+  full = client.chat.completions.create(**kw)
+  chunks = list(client.chat.completions.create(**kw, stream=True))
+  texts, entries = ["", ""], [[], []]
+  for chunk in chunks:
+    for c in chunk.choices:
+      texts[c.index] += c.delta.content or ""
+      got = c.logprobs.content if c.logprobs is not None else []
+      entries[c.index] += got
+      if c.delta.content and c.finish_reason is None:  # a mid-stream delta: its own tokens
+        assert "".join(e.token for e in got) == c.delta.content
+  assert sum(bool(c.choices and c.choices[0].logprobs and c.choices[0].logprobs.content)
+             for c in chunks) > 4  # log-probs came in pieces, with the text
+  for i, choice in enumerate(full.choices):
+    assert texts[i] == choice.message.content
+    assert [e.model_dump() for e in entries[i]] == [
+        e.model_dump() for e in choice.logprobs.content]
+  # Completions form, with a stop string: offsets continue across chunks.
+  kw = dict(model="tiny", prompt="hello", temperature=0, max_tokens=10, logprobs=2,
+            stop=["\x11\x11"])
+  plain = client.completions.create(**kw).choices[0].logprobs
+  tokens, lps, offsets, tops = [], [], [], []
+  for chunk in client.completions.create(**kw, stream=True):
+    lp = chunk.choices[0].logprobs
+    tokens += lp.tokens
+    lps += lp.token_logprobs
+    offsets += lp.text_offset
+    tops += lp.top_logprobs
+  assert (tokens, lps, offsets, tops) == (plain.tokens, plain.token_logprobs, plain.text_offset,
+                                          plain.top_logprobs)
+
+
 def test_penalties_change_a_looping_greedy_output_and_seeds_repeat(server):
   client = server.client()
   ask = lambda **kw: client.chat.completions.create(
@@ -202,8 +237,8 @@ def test_unknown_parameters_are_refused_by_name(server):
       client.chat.completions.create(model="tiny", messages=user("x"), max_tokens=2,
                                      extra_body=extra)
   with pytest.raises(openai.BadRequestError, match="stream"):
-    client.chat.completions.create(model="tiny", messages=user("x"), max_tokens=2, stream=True,
-                                   logprobs=True)
+    client.chat.completions.create(model="tiny", messages=user("x"), max_tokens=2,
+                                   stream_options={"include_usage": True})
 
 
 def test_disconnected_stream_frees_its_rows(server):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import threading
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +26,19 @@ from rlaif_jax.sampling.logits_processing import sample_step
 from rlaif_jax.sampling.state import SamplerState
 
 # hook(step, prev_tokens i32[B], lengths i32[B], done bool[B], bitmask i32[B, W] (all ones, to
-# fill in place), cancel bool[B] (all False, to fill)) -> None. `prev_tokens[r]` is row r's
-# latest token when lengths[r] > 0 (it is token number lengths[r] - 1 of the row).
-StepHook = Callable[[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+# fill in place), cancel bool[B] (all False, to fill), prev: PrevLogprobs) -> None.
+# `prev_tokens[r]` is row r's latest token when lengths[r] > 0 (it is token number
+# lengths[r] - 1 of the row); `prev` holds that token's recorded log-probs.
+StepHook = Callable[..., None]
+
+
+class PrevLogprobs(NamedTuple):
+  """The log-probs the loop recorded for each row's latest token (`prev_tokens`): `chosen`
+  f32[B] (of the raw model distribution) and its top-k, `top_ids` i32[B, K] / `top_logprobs`
+  f32[B, K] (K = 0 when no row asked for top log-probs)."""
+  chosen: np.ndarray
+  top_ids: np.ndarray
+  top_logprobs: np.ndarray
 
 _HOOKS: dict[int, StepHook] = {}
 _HOOKS_LOCK = threading.Lock()
@@ -54,9 +64,9 @@ def chain(hooks: list[StepHook]) -> StepHook:
   if len(hooks) == 1:
     return hooks[0]
 
-  def run(step, prev_tokens, lengths, done, bitmask, cancel):
+  def run(step, prev_tokens, lengths, done, bitmask, cancel, prev):
     for hook in hooks:
-      hook(step, prev_tokens, lengths, done, bitmask, cancel)
+      hook(step, prev_tokens, lengths, done, bitmask, cancel, prev)
   return run
 
 
@@ -64,7 +74,7 @@ def bitmask_words(vocab_size: int) -> int:
   return (vocab_size + 31) // 32
 
 
-def _dispatch(words: int, handle, step, prev_tokens, lengths, done):
+def _dispatch(words: int, handle, step, prev_tokens, lengths, done, chosen, top_ids, top_lps):
   """Host side of the io_callback: runs the registered hook on numpy copies."""
   rows = prev_tokens.shape[0]
   bitmask = np.full((rows, words), -1, np.int32)
@@ -72,7 +82,7 @@ def _dispatch(words: int, handle, step, prev_tokens, lengths, done):
   hook = _HOOKS.get(int(handle))
   if hook is not None:  # a hook removed mid-run (its request failed): nothing constrained
     hook(int(step), np.asarray(prev_tokens), np.asarray(lengths), np.asarray(done), bitmask,
-         cancel)
+         cancel, PrevLogprobs(np.asarray(chosen), np.asarray(top_ids), np.asarray(top_lps)))
   return bitmask, cancel
 
 
@@ -82,8 +92,13 @@ def _call_hook(state: SamplerState, vocab_size: int) -> tuple[jax.Array, jax.Arr
   words = bitmask_words(vocab_size)
   shapes = (jax.ShapeDtypeStruct((b, words), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.bool_))
 
-  bitmask, cancel = io_callback(functools.partial(_dispatch, words), shapes, state.hook[0], state.step, state.next_token,
-                                state.lengths, state.done, ordered=False)
+  col = jnp.maximum(state.step - 1, 0)  # the step that drew next_token
+  chosen = jax.lax.dynamic_index_in_dim(state.logprobs, col, axis=1, keepdims=False)
+  top_ids = jax.lax.dynamic_index_in_dim(state.top_ids, col, axis=1, keepdims=False)
+  top_lps = jax.lax.dynamic_index_in_dim(state.top_logprobs, col, axis=1, keepdims=False)
+  bitmask, cancel = io_callback(functools.partial(_dispatch, words), shapes, state.hook[0],
+                                state.step, state.next_token, state.lengths, state.done,
+                                chosen, top_ids, top_lps, ordered=False)
   return unpack_bitmask(bitmask, vocab_size), cancel
 
 

@@ -125,8 +125,8 @@ class GrammarHook:
     self.accepted = {r: 0 for r in self.matchers}
 
   def __call__(self, step: int, prev_tokens: np.ndarray, lengths: np.ndarray, done: np.ndarray,
-               bitmask: np.ndarray, cancel: np.ndarray) -> None:
-    del step
+               bitmask: np.ndarray, cancel: np.ndarray, prev=None) -> None:
+    del step, prev
     for r, matcher in self.matchers.items():
       if r >= len(lengths):
         continue

@@ -7,7 +7,8 @@ Honoured request fields: messages / prompt (str or list of str), n, temperature,
 min_p, repetition_penalty, presence_penalty, frequency_penalty, seed, stop (str or list),
 stop_token_ids, max_tokens (chat also max_completion_tokens), logprobs (+ top_logprobs for chat;
 an int for completions; vLLM's return_tokens_as_token_ids), response_format (json_object / json_schema: grammar-constrained, see
-`grammar`), stream (+ stream_options.include_usage). Any other field gets a 400 that names it
+`grammar`), stream (+ stream_options.include_usage; log-probs stream with the text that their
+tokens complete). Any other field gets a 400 that names it
 (`server_requests.check_fields`). Fields a request omits take the model's generation_config.json
 values (`ServerConfig.sampling_defaults`), else OpenAI's defaults.
 
@@ -144,8 +145,6 @@ def make_app(sampler: Sampler, config: ServerConfig = ServerConfig()) -> web.App
     params, n = sampling_from_request(body, config, chat, sampler.cfg.vocab_size)
     stream, include_usage = req.stream_options(body)
     top = req.top_logprobs(body, config, chat)
-    if stream and top >= 0:
-      raise RequestError("'logprobs' with 'stream': true is not supported by this server")
     if len(prompts) * n > config.max_batch_rows:
       raise RequestError(f"{len(prompts)} prompts x n={n} is more than this server's "
                          f"max_batch_rows={config.max_batch_rows}")
@@ -166,7 +165,8 @@ def make_app(sampler: Sampler, config: ServerConfig = ServerConfig()) -> web.App
       writer = resp.SSEWriter(response, config.model_name, chat)
       metrics.first_token.observe(time.monotonic() - job.enqueued)
       try:
-        await resp.stream_answer(writer, job, first, len(prompts) * n, include_usage)
+        await resp.stream_answer(writer, job, first, len(prompts) * n, include_usage,
+                                 sampler.tokenizer, top, req.flag(body, "return_tokens_as_token_ids"))
       except (ConnectionResetError, asyncio.CancelledError):
         job.cancelled = True  # the client went away mid-stream: its rows end next step
         raise

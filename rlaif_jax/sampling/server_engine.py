@@ -28,8 +28,11 @@ class QueueFull(Exception):
 @dataclasses.dataclass
 class _Job:
   """One request: its prompts, sampling, n and the future its completions are set on.
-  `events` (streaming): an asyncio.Queue receiving ("delta", choice index, text) while
-  decoding. `cancelled`: set when the client went away; its rows end at the next step."""
+  `events` (streaming): an asyncio.Queue receiving ("delta", choice index, text, logprobs)
+  while decoding, `logprobs` being the (ids, log-probs, top [(id, log-prob)] lists) of the
+  tokens whose text is complete in what was sent so far (their number grows with the deltas),
+  then ("end", -1, "", None). `cancelled`: set when the client went away; its rows end at the
+  next step."""
   prompts: list[Prompt]
   params: SamplingParams
   n: int
@@ -47,12 +50,17 @@ class _StreamHook:
     self.rows = rows
     self.loop = loop
     self.tokens: list[list[int]] = [[] for _ in rows]
+    self.logprobs: list[list[float]] = [[] for _ in rows]
+    self.tops: list[list[list[tuple[int, float]]]] = [[] for _ in rows]
+    self.ends: list[list[int]] = [[] for _ in rows]  # text length through each token
+    self.covered = [0] * len(rows)  # tokens whose log-probs went out with a delta
     self.sent = ["" for _ in rows]
     self.ended = [False] * len(rows)
 
   def _safe_text(self, r: int, job: _Job) -> tuple[str, bool]:
     """(text that will not change, whether a stop string was reached)."""
     text = self.tokenizer.decode(self.tokens[r])
+    self.ends[r].append(len(text))
     text = text.rstrip("\ufffd")  # an incomplete UTF-8 sequence: wait for its next token
     stop = job.params.stop
     if stop:
@@ -62,7 +70,15 @@ class _StreamHook:
       text = text[:max(len(self.sent[r]), len(text) - max(map(len, stop)) + 1)]
     return text, False
 
-  def __call__(self, step, prev_tokens, lengths, done, bitmask, cancel) -> None:
+  def _newly_covered(self, r: int) -> tuple[list[int], list[float], list] | None:
+    """The tokens (ids, log-probs, tops) whose whole text is now in `sent[r]`, not sent yet."""
+    k = self.covered[r]
+    while k < len(self.ends[r]) and self.ends[r][k] <= len(self.sent[r]):
+      k += 1
+    start, self.covered[r] = self.covered[r], k
+    return self.tokens[r][start:k], self.logprobs[r][start:k], self.tops[r][start:k]
+
+  def __call__(self, step, prev_tokens, lengths, done, bitmask, cancel, prev) -> None:
     del step, bitmask
     for r, (job, choice) in enumerate(self.rows):
       if job.cancelled:
@@ -72,12 +88,17 @@ class _StreamHook:
         continue
       if lengths[r] > len(self.tokens[r]):
         self.tokens[r].append(int(prev_tokens[r]))
+        self.logprobs[r].append(float(prev.chosen[r]))
+        k = job.params.top_logprobs
+        self.tops[r].append(list(zip(prev.top_ids[r, :k].tolist(),
+                                     prev.top_logprobs[r, :k].tolist())))
         text, hit = self._safe_text(r, job)
         if hit:  # the text is final; stop decoding the row now
           self.ended[r] = cancel[r] = True
         if len(text) > len(self.sent[r]) and text.startswith(self.sent[r]):
           delta, self.sent[r] = text[len(self.sent[r]):], text
-          self.loop.call_soon_threadsafe(job.events.put_nowait, ("delta", choice, delta))
+          self.loop.call_soon_threadsafe(job.events.put_nowait,
+                                         ("delta", choice, delta, self._newly_covered(r)))
 
 
 def _sample_params(params: SamplingParams, choice: int) -> SamplingParams:
@@ -269,5 +290,5 @@ class BatchingEngine:
     else:
       job.future.set_result(result)
     if job.events is not None:
-      job.events.put_nowait(("end", -1, ""))
+      job.events.put_nowait(("end", -1, "", None))
 

@@ -21,33 +21,41 @@ def usage(outs: list[Completion]) -> dict[str, int]:
           "total_tokens": prompt_tokens + completion_tokens}
 
 
-def logprobs_body(tokenizer: Tokenizer, c: Completion, chat: bool, top: int,
-                  as_ids: bool = False) -> dict | None:
-  """The `logprobs` object of one choice (OpenAI chat or legacy completions form), from the
-  sampler's recorded log-probabilities of the raw model distribution; `top` < 0: None.
-  `as_ids` (vLLM's return_tokens_as_token_ids): tokens are written "token_id:<id>"."""
-  if top < 0:
-    return None
-
-  def _token(_, token_id: int) -> str:
+def logprobs_part(tokenizer: Tokenizer, ids: list[int], lps: list[float],
+                  tops: list[list[tuple[int, float]]] | None, chat: bool, top: int,
+                  as_ids: bool = False, offset: int = 0) -> dict[str, Any]:
+  """The `logprobs` object (OpenAI chat or legacy completions form) of the tokens `ids` with
+  their log-probs `lps` and top alternatives `tops` (the first `top` of them); `offset`: the
+  completions form's text offset of the first token. `as_ids` (vLLM's
+  return_tokens_as_token_ids): tokens are written "token_id:<id>"."""
+  def _token(token_id: int) -> str:
     if as_ids:
       return f"token_id:{int(token_id)}"
     return tokenizer.decode([int(token_id)], skip_special_tokens=False)
 
-  tops = c.top_logprobs or [[] for _ in c.token_ids]
+  tops = tops or [[] for _ in ids]
   if chat:
     def entry(i: int, lp: float) -> dict[str, Any]:
-      t = _token(tokenizer, i)
+      t = _token(i)
       return {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))}
     return {"content": [{**entry(i, lp), "top_logprobs": [entry(j, v) for j, v in alts[:top]]}
-                        for i, lp, alts in zip(c.token_ids, c.logprobs, tops)]}
-  tokens = [_token(tokenizer, i) for i in c.token_ids]
-  offsets, pos = [], 0
+                        for i, lp, alts in zip(ids, lps, tops)]}
+  tokens = [_token(i) for i in ids]
+  offsets, pos = [], offset
   for t in tokens:
     offsets.append(pos)
     pos += len(t)
-  return {"tokens": tokens, "token_logprobs": list(c.logprobs), "text_offset": offsets,
-          "top_logprobs": [{_token(tokenizer, j): v for j, v in alts[:top]} for alts in tops]}
+  return {"tokens": tokens, "token_logprobs": list(lps), "text_offset": offsets,
+          "top_logprobs": [{_token(j): v for j, v in alts[:top]} for alts in tops]}
+
+
+def logprobs_body(tokenizer: Tokenizer, c: Completion, chat: bool, top: int,
+                  as_ids: bool = False) -> dict | None:
+  """The `logprobs` object of one choice, from the sampler's recorded log-probabilities of the
+  raw model distribution; `top` < 0 (not asked): None."""
+  if top < 0:
+    return None
+  return logprobs_part(tokenizer, c.token_ids, c.logprobs, c.top_logprobs, chat, top, as_ids)
 
 
 def completion_body(tokenizer: Tokenizer, outs: list[Completion], model: str, chat: bool,
@@ -83,15 +91,15 @@ class SSEWriter:
     await self.response.write(f"data: {data}\n\n".encode())
 
   async def choice(self, index: int, text: str | None, finish_reason: str | None = None,
-                   role: bool = False) -> None:
+                   role: bool = False, logprobs: dict | None = None) -> None:
     if self.chat:
       delta: dict[str, Any] = {"role": "assistant"} if role else {}
       if text is not None:
         delta["content"] = text
-      choice = {"index": index, "delta": delta, "logprobs": None,
+      choice = {"index": index, "delta": delta, "logprobs": logprobs,
                 "finish_reason": finish_reason}
     else:
-      choice = {"index": index, "text": text or "", "logprobs": None,
+      choice = {"index": index, "text": text or "", "logprobs": logprobs,
                 "finish_reason": finish_reason}
     await self._send({**self.base, "choices": [choice]})
 
@@ -102,24 +110,41 @@ class SSEWriter:
 
 
 async def stream_answer(writer: SSEWriter, job, first: tuple, choices: int,
-                        include_usage: bool) -> None:
+                        include_usage: bool, tokenizer: Tokenizer | None = None, top: int = -1,
+                        as_ids: bool = False) -> None:
   """Relays `job.events` (server_engine) as chunks: a role chunk per choice (chat), each text
   delta as it is decoded, then per choice the text not streamed yet (the final text is cut at
   its stop string exactly as without streaming) and its finish_reason, the usage chunk when
   asked, and [DONE]. `first`: the job's first event, already taken from the queue. An error
-  after the headers went out ends the stream with an error event."""
+  after the headers went out ends the stream with an error event.
+
+  `top` >= 0 (logprobs asked; needs `tokenizer`): each chunk carries the log-probs of the
+  tokens its text completed, and the last chunk of a choice those of its remaining tokens, so
+  a choice's chunks together hold exactly the non-streamed answer's log-probs."""
   sent = [""] * choices
+  covered = [0] * choices  # tokens whose log-probs went out
+  offsets = [0] * choices  # completions form: text offset of the next token
+
+  def part(i: int, ids, lps, tops) -> dict | None:
+    if top < 0:
+      return None
+    body = logprobs_part(tokenizer, ids, lps, tops, writer.chat, top, as_ids, offsets[i])
+    covered[i] += len(ids)
+    if not writer.chat:
+      offsets[i] += sum(map(len, body["tokens"]))
+    return body
+
   if writer.chat:
     for i in range(choices):
       await writer.choice(i, "", role=True)
   event = first
   while True:
-    kind, index, text = event if event is not None else await job.events.get()
+    kind, index, text, lp = event if event is not None else await job.events.get()
     event = None
     if kind == "end":
       break
     sent[index] += text
-    await writer.choice(index, text)
+    await writer.choice(index, text, logprobs=part(index, *lp) if lp else part(index, [], [], []))
   try:
     outs = job.future.result()
   except Exception as e:  # headers are out: report in-band, as vLLM does
@@ -129,7 +154,9 @@ async def stream_answer(writer: SSEWriter, job, first: tuple, choices: int,
     return
   for i, c in enumerate(outs):
     rest = c.text[len(sent[i]):] if c.text.startswith(sent[i]) else ""
-    await writer.choice(i, rest or None, c.finish_reason)
+    k = covered[i]
+    lp = part(i, c.token_ids[k:], c.logprobs[k:], (c.top_logprobs or [])[k:] or None)
+    await writer.choice(i, rest or None, c.finish_reason, logprobs=lp)
   await writer.finish(usage(outs) if include_usage else None)
 
 
