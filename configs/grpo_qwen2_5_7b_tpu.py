@@ -15,7 +15,7 @@ Target slice: `config.target_topology` = v5p-8 (4 chips). `python -m launch.aot_
 --config=configs/grpo_qwen2_5_7b_tpu.py` compiles every function of an RL step for it: the actor
 update (64 rows x 768 tokens, `remat_policy="dots"`: 13% fewer compiled FLOPs than "full") needs
 88.71 GiB per chip of 95.74 with the fp32 reference (7.09) and the fp32 reward model (6.59, the
-SFT trunk's dtype) resident; the rollout's decode 43.87. On a multi-host v5litepod-32
+SFT trunk's dtype) resident; the rollout's decode 42.36. On a multi-host v5litepod-32
 (`--topology=v5litepod-32`; the mesh takes all 32 chips) every function fits at the defaults
 (peak: the actor update, 15.49 of 15.75 GiB). A v5litepod-4 cannot hold it (`fits=no`, exit 1);
 a v5litepod-8 needs bf16 state (`--config.policy.sft_config.model.param_dtype=bfloat16`, i.e. an

@@ -128,9 +128,10 @@ class Attention(nnx.Module):
     q = apply_rope(self._project(x, self.wq, bias("bq"), dt), positions, inv_freq)
     k = apply_rope(self._project(x, self.wk, bias("bk"), dt), positions, inv_freq)
     v = self._project(x, self.wv, bias("bv"), dt)
-    q = shard_activation(q, ("batch", "length", "heads", "head_dim"))
-    k = shard_activation(k, ("batch", "length", "kv_heads", "head_dim"))
-    v = shard_activation(v, ("batch", "length", "kv_heads", "head_dim"))
+    rows = rows_axis(x)
+    q = shard_activation(q, (rows, "length", "heads", "head_dim"))
+    k = shard_activation(k, (rows, "length", "kv_heads", "head_dim"))
+    v = shard_activation(v, (rows, "length", "kv_heads", "head_dim"))
     b, t = x.shape[:2]
     wo = self.wo.get_value().astype(dt).reshape(cfg.num_heads * cfg.head_dim, cfg.hidden_size)
     if layer_cache is None and cfg.attention_impl == "splash":
@@ -188,7 +189,7 @@ class MLP(nnx.Module):
     dt = jnp.dtype(self.cfg.dtype)
     gate = jnp.einsum("btd,df->btf", x, self.w_gate.get_value().astype(dt))
     up = jnp.einsum("btd,df->btf", x, self.w_up.get_value().astype(dt))
-    h = shard_activation(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+    h = shard_activation(jax.nn.silu(gate) * up, (rows_axis(x), "length", "mlp"))
     return jnp.einsum("btf,fd->btd", h, self.w_down.get_value().astype(dt))
 
 
@@ -206,7 +207,15 @@ class DecoderLayer(nnx.Module):
                                     layer_cache)
     x = x + h
     x = x + self.mlp(self.post_attn_norm(x))
-    return shard_activation(x, ("batch", "length", "embed")), k_cache, v_cache
+    return shard_activation(x, (rows_axis(x), "length", "embed")), k_cache, v_cache
+
+
+def rows_axis(x: jax.Array) -> str:
+  """The logical name of the rows of an activation [B, T, ...]: "decode_batch" for one token
+  per row (a decode step; sharding/mesh.py splits those rows over `data` only, so every FSDP
+  shard multiplies all rows by its own slice of the weights and the partial sums are reduced,
+  instead of all-gathering every weight each step), "batch" otherwise."""
+  return "decode_batch" if x.shape[1] == 1 else "batch"
 
 
 def _after(layer: nnx.Module, gate: jax.Array) -> nnx.Module:
@@ -271,7 +280,7 @@ class Decoder(nnx.Module):
     dt = jnp.dtype(cfg.dtype)
     attention_mask = attention_mask.astype(bool)
     x = jnp.take(self.embed.get_value(), tokens, axis=0).astype(dt)
-    x = shard_activation(x, ("batch", "length", "embed"))
+    x = shard_activation(x, (rows_axis(x), "length", "embed"))
     inv_freq = rope_inv_freq(cfg)
     t = tokens.shape[1]
     if cache is None:
@@ -350,7 +359,7 @@ class Decoder(nnx.Module):
     else:
       w = self.lm_head.get_value().astype(dt)
       logits = jnp.einsum("...d,dv->...v", h, w, preferred_element_type=jnp.float32)
-    return shard_activation(logits, ("batch", "length", "vocab"))
+    return shard_activation(logits, (rows_axis(logits), "length", "vocab"))
 
   def __call__(self, tokens, positions, attention_mask, cache: KVCache | None = None):
     """Returns (logits f32[B, T, V], updated cache or None)."""

@@ -19,6 +19,9 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # Logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
+    # Rows of a one-token decode step: not split over fsdp, so the layers contract each device's
+    # weight shard (partial sums, reduced) rather than all-gather the FSDP weights every step.
+    ("decode_batch", "data"),
     ("length", None),
     ("cache_length", None),
     ("embed", "fsdp"),
