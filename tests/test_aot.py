@@ -1,6 +1,7 @@
 """Ahead-of-time compiles for TPU topologies (libtpu's compiler, no TPU): topology names, the
 collective parser, a tiny SFT step compiled for a v5e 2x2 slice (weights split over fsdp, the
-summary line, fits=no and a non-zero exit under an impossible HBM budget)."""
+summary line, fits=no and a non-zero exit under an impossible HBM budget), a decode step that
+reduces activations instead of gathering the FSDP weights."""
 import math
 import os
 import re
@@ -92,6 +93,30 @@ def test_tiny_sft_step_compiles_for_v5e_with_weights_split_over_fsdp():
   assert replicated < 0.01 * sum(sizes), (replicated, sum(sizes))
   assert sum("fsdp" in str(s.spec) for s in shardings) >= 3 * 7  # weights, two moments
   assert sum(row.collectives.values()) > 0
+
+
+def test_decode_steps_reduce_activations_instead_of_gathering_fsdp_weights():
+  """A decode step's rows stay whole over fsdp (logical axis `decode_batch`): each chip
+  multiplies them by its own weight shard and the partial sums are all-reduced. With the rows
+  split over fsdp like training rows, XLA all-gathered every layer's weights every step (here
+  ~370 MiB of all-gathers as written, more than the weights themselves)."""
+  import ml_collections
+  from configs import grpo_tiny_cpu, rm_tiny_cpu, sft_tiny_cpu
+  from rlaif_jax.aot import report
+  config = grpo_tiny_cpu.get_config()
+  sft_config = sft_tiny_cpu.get_config()
+  sft_config.model.overrides = ml_collections.ConfigDict(dict(
+      num_layers=4, hidden_size=512, intermediate_size=4096, num_heads=8, num_kv_heads=2,
+      head_dim=64))
+  with config.ignore_type():
+    config.policy.sft_config = sft_config
+    config.reward.rm.config = rm_tiny_cpu.get_config()
+  rep = report.run(config, topology.parse("v5e:2x2"), functions=["decode"], log=lambda _: None)
+  row, = rep.rows
+  assert rep.mesh["fsdp"] == 4 and row.fits
+  weights = 4 * (3 * 512 * 4096 + 4 * 512 * 512) * 4  # fp32 layer weights, all chips
+  assert row.collectives["all-gather"] < 0.01 * weights, row.collectives
+  assert row.collectives["all-reduce"] > 0, row.collectives
 
 
 def _cli(*args):
