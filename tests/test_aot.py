@@ -65,6 +65,14 @@ def test_collective_bytes_reads_sync_and_async_ops():
   assert got["all-gather"] == 28 * 3584 * 512 * 2 + 16 * 8 * 4
   assert got["all-reduce"] == 4 and got["reduce-scatter"] == 8 * 4 * 4
   assert got["all-to-all"] == got["collective-permute"] == 0
+  # One all-gather that XLA:TPU chains through async collective fusions is written once per
+  # fusion, all with its channel_id: it counts once.
+  chained = "\n".join(
+      f"  %all-gather.{i} = bf16[3584,1024]{{1,0}} all-gather(%param_0.{i}), channel_id=7, "
+      "dimensions={0}" for i in range(5))
+  assert analysis.collective_bytes(chained)["all-gather"] == 3584 * 1024 * 2
+  assert analysis.collective_bytes(chained.replace("channel_id=7, ", ""))["all-gather"] == (
+      5 * 3584 * 1024 * 2)
 
 
 def test_tiny_sft_step_compiles_for_v5e_with_weights_split_over_fsdp():
@@ -99,7 +107,7 @@ def test_decode_steps_reduce_activations_instead_of_gathering_fsdp_weights():
   """A decode step's rows stay whole over fsdp (logical axis `decode_batch`): each chip
   multiplies them by its own weight shard and the partial sums are all-reduced. With the rows
   split over fsdp like training rows, XLA all-gathered every layer's weights every step (here
-  ~370 MiB of all-gathers as written, more than the weights themselves)."""
+  56 MiB of all-gathers as written: all the layers' bf16 weights)."""
   import ml_collections
   from configs import grpo_tiny_cpu, rm_tiny_cpu, sft_tiny_cpu
   from rlaif_jax.aot import report
